@@ -696,6 +696,20 @@ class RLAIFJobStatus(ApiModel):
     completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")
 
 
+# The stage contract (DESIGN.md §3): which key of which stage's summary JSON (the pod's termination
+# message) the operator copies into which field of status.results. Stages must emit these keys.
+RESULT_KEYS: dict[str, dict[str, str]] = {
+    "label": {"consistency_rate": "labeler_position_consistency"},
+    "reward": {"accuracy": "reward_model_accuracy"},
+    "rl": {"final_reward": "final_reward", "final_kl": "final_kl"},
+    "evaluate": {
+        "win_rate": "win_rate_vs_initial",
+        "win_rate_ci_low": "win_rate_ci_low",
+        "win_rate_ci_high": "win_rate_ci_high",
+    },
+}
+
+
 IMMUTABLE_SPEC_FIELDS = (
     "policy",
     "dataset",
