@@ -25,6 +25,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
+    StrictStr,
     WithJsonSchema,
     model_validator,
 )
@@ -87,8 +89,9 @@ def _check_quantity(value: int | str) -> int | str:
     return value
 
 
+# Strict, like the API server's int-or-string: YAML's `true` or `1.5` is not a quantity.
 Quantity = Annotated[
-    int | str,
+    StrictInt | StrictStr,
     AfterValidator(_check_quantity),
     WithJsonSchema(
         {

@@ -1,0 +1,57 @@
+# One entry point for the common tasks. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help quickstart test test-unit lint crds check-crds cluster cluster-binaries bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77" wheel
+
+$(VENV)/.installed-trainer: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[trainer,operator]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed-trainer
+
+quickstart: $(VENV)/.installed-trainer ## install, then run the main job (examples/quickstart.yaml) on CPU with the embedded model
+	$(BIN)/rlaif-train pipeline examples/quickstart.yaml --workspace runs/quickstart
+
+test: $(VENV)/.installed-dev ## install, then run every test (builds the Kubernetes test binaries on first use)
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+test-unit: $(VENV)/.installed-dev ## unit tests only (no control plane, no embedded model)
+	$(BIN)/pytest tests/unit -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+crds: $(VENV)/.installed-dev ## regenerate crds/ from the pydantic spec
+	$(BIN)/python -m rlaif_operator.crd -o crds/rlaif.dev_rlaifjobs.yaml
+
+check-crds: $(VENV)/.installed-dev ## fail if crds/ is stale
+	$(BIN)/python -m rlaif_operator.crd -o crds/rlaif.dev_rlaifjobs.yaml --check
+
+cluster-binaries: $(VENV)/.installed-dev ## build or locate etcd, kube-*, kwok, kubectl, helm
+	$(BIN)/python -m tests.cluster build
+
+cluster: $(VENV)/.installed-dev ## start the local test control plane by hand (prints the kubeconfig path)
+	$(BIN)/python -m tests.cluster up
+
+bench: $(VENV)/.installed-dev ## run the benchmarks (see BENCHMARKS.md)
+	$(BIN)/python benchmarks/bench_labeling.py
+	$(BIN)/python benchmarks/bench_reward.py
+	$(BIN)/python benchmarks/bench_rl.py
+	$(BIN)/python benchmarks/bench_operator.py
+
+clean: ## remove the virtualenv and local run outputs
+	rm -rf $(VENV) runs workspace .pytest_cache .mypy_cache .ruff_cache

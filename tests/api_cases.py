@@ -1,0 +1,121 @@
+"""Valid and invalid RLAIFJob manifests shared by the pydantic unit tests and the API-server tests.
+
+Each invalid case names the field that the error message must mention, so both validators are held
+to "a clear error that names the field".
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def base_job(name: str = "valid") -> dict[str, Any]:
+    return {
+        "apiVersion": "rlaif.dev/v1alpha1",
+        "kind": "RLAIFJob",
+        "metadata": {"name": name},
+        "spec": {
+            "policy": {"model": "embedded:smollm2-135m-instruct"},
+            "dataset": {"prompts": "data/prompts.jsonl"},
+            "labeler": {"mode": "pointwise", "principles": ["Is the response helpful?"]},
+        },
+    }
+
+
+def example_jobs() -> dict[str, dict[str, Any]]:
+    return {path.name: yaml.safe_load(path.read_text()) for path in sorted(EXAMPLES.glob("*.yaml"))}
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    keys = path.split(".")
+
+    def mutate(job: dict[str, Any]) -> None:
+        node = job
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+
+    return mutate
+
+
+def _delete(path: str) -> Callable[[dict[str, Any]], None]:
+    keys = path.split(".")
+
+    def mutate(job: dict[str, Any]) -> None:
+        node = job
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+
+    return mutate
+
+
+def _all(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def mutate(job: dict[str, Any]) -> None:
+        for mutation in mutations:
+            mutation(job)
+
+    return mutate
+
+
+@dataclass(frozen=True)
+class InvalidCase:
+    name: str
+    mutate: Callable[[dict[str, Any]], None]
+    field: str  # must appear in the error message
+
+    def job(self) -> dict[str, Any]:
+        job = copy.deepcopy(base_job(f"invalid-{self.name}"))
+        self.mutate(job)
+        return job
+
+
+INVALID_CASES = [
+    InvalidCase("wrong-enum", _set("spec.rl.algorithm", "dpo"), "algorithm"),
+    InvalidCase("negative-gpus", _set("spec.resources.default.gpus", -1), "gpus"),
+    InvalidCase("missing-model", _delete("spec.policy.model"), "model"),
+    InvalidCase("openai-without-endpoint", _set("spec.labeler.provider", "openai"), "endpoint"),
+    InvalidCase(
+        "direct-without-labeler",
+        _all(
+            _delete("spec.labeler"),
+            _set("spec.stages", ["rl"]),
+            _set("spec.rl.reward", "direct"),
+        ),
+        "labeler",
+    ),
+    InvalidCase("empty-stages", _set("spec.stages", []), "stages"),
+    InvalidCase("unknown-field", _set("spec.polcy", {"model": "x"}), "polcy"),
+    InvalidCase("stages-out-of-order", _set("spec.stages", ["reward", "label"]), "stages"),
+    InvalidCase("repeated-stage", _set("spec.stages", ["label", "label"]), "stages"),
+    InvalidCase("bad-quantity", _set("spec.resources.default.memory", "lots"), "memory"),
+    InvalidCase("negative-kl", _set("spec.rl.klCoef", -0.1), "klCoef"),
+    InvalidCase("zero-temperature", _set("spec.rl.temperature", 0), "temperature"),
+    InvalidCase("pointwise-without-principles", _set("spec.labeler.principles", []), "principles"),
+    InvalidCase("python-without-callable", _set("spec.labeler.provider", "python"), "callable"),
+    InvalidCase("rloo-with-one-sample", _all(_set("spec.rl.algorithm", "rloo"), _set("spec.rl.samplesPerPrompt", 1)), "samplesPerPrompt"),
+    InvalidCase(
+        "claim-and-size",
+        _set("spec.storage", {"persistentVolumeClaim": {"claimName": "data"}, "size": "10Gi"}),
+        "size",
+    ),
+    InvalidCase("reward-stage-without-labels", _set("spec.stages", ["reward", "rl", "evaluate"]), "labels"),
+    InvalidCase(
+        "evaluate-without-judge",
+        _all(_delete("spec.labeler"), _set("spec.stages", ["evaluate"]), _set("spec.evaluation", {"policy": "/p"})),
+        "judge",
+    ),
+    InvalidCase("rl-without-reward-model", _set("spec.stages", ["rl", "evaluate"]), "reward"),
+    InvalidCase("endpoint-not-http", _set("spec.labeler.endpoint", "vllm:8000"), "endpoint"),
+    InvalidCase("bad-claim-name", _set("spec.storage", {"persistentVolumeClaim": {"claimName": "Data_PVC"}}), "claimName"),
+    InvalidCase("negative-backoff-limit", _set("spec.runPolicy.backoffLimit", -1), "backoffLimit"),
+    InvalidCase("wrong-type", _set("spec.rl.steps", "many"), "steps"),
+]
