@@ -1,0 +1,645 @@
+"""The RL stage: optimise a LoRA policy against the AI-feedback reward with a KL penalty.
+
+One step (``rl.batch_size`` prompts across all processes, ``rl.samples_per_prompt`` samples each):
+
+1. **generate** responses with the current policy (temperature ``rl.temperature``, top-p, at most
+   ``rl.max_new_tokens`` new tokens, stopping at EOS);
+2. **reward** each response: the reward model trained by the reward stage, or ``direct`` (d-RLAIF):
+   the labeler LLM's score in [-1, 1];
+3. **reference** log-probs from the same weights with the LoRA adapters disabled (one model copy);
+4. **update** with the configured algorithm (see :mod:`rlaif_trainer.rl.algorithms` for the exact
+   objective, advantages and KL estimator of each).
+
+Reproducibility and restarts: prompts for step ``s`` are a deterministic function of ``(seed, s)``;
+sampling uses each process's torch RNG, seeded with ``seed + rank``. Every ``rl.checkpoint_every``
+steps the main process writes a checkpoint (adapter, value head, optimizer, every rank's RNG state)
+atomically; a restarted stage resumes from the latest one and reproduces the same next step as an
+uninterrupted run. ``metrics.jsonl`` gets one line per step (reward, KL, entropy, response length,
+generation / reward / training time).
+
+Data parallel: under ``accelerate launch`` each process samples its share of the step's prompts and
+gradients are averaged across processes (all-reduce) before every optimizer step, so the processes'
+weights stay identical; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.rl import algorithms as alg
+from rlaif_trainer.rl.policy import Generation, format_prompts, generate, response_logprobs
+from rlaif_trainer.rl.prompts import split_prompts
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RLTrainer", "RewardFn", "build_reward_fn", "run"]
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+#: Learning rate of the value head (a linear probe on the policy's detached final hidden states).
+VALUE_HEAD_LR = 1e-3
+#: Value-loss weight in the PPO/REINFORCE loss.
+VALUE_COEF = 0.5
+#: Gradient-norm clip.
+MAX_GRAD_NORM = 1.0
+#: GAE parameters for PPO (γ = 1: the episode is one response).
+GAE_GAMMA, GAE_LAMBDA = 1.0, 0.95
+#: Checkpoints kept on disk.
+KEEP_CHECKPOINTS = 2
+
+
+# --------------------------------------------------------------------------------------------------
+# distributed helpers (plain torch.distributed; a no-op in a single process)
+# --------------------------------------------------------------------------------------------------
+
+
+def _dist() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_mean_(tensors: list[torch.Tensor], world: int) -> None:
+    if world <= 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+def _gather_objects(obj: Any, world: int) -> list[Any]:
+    if world <= 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# reward sources
+# --------------------------------------------------------------------------------------------------
+
+
+def build_reward_fn(config, policy_model=None, tokenizer=None, device=None) -> RewardFn:
+    """The reward for ``(prompts, responses)``: the trained reward model, or the labeler's direct score.
+
+    With ``direct`` and an ``hf`` labeler on the policy's own base model, the labeler reuses the
+    policy's weights with the adapters disabled (the frozen initial model), so no second copy is loaded.
+    """
+    spec = config.spec
+    if spec.rl.reward == "direct":
+        from rlaif_trainer.labelers import build_labeler
+
+        lab = spec.labeler
+        if lab is None:
+            raise BadInputError("rl.reward is direct but the job has no labeler")
+        shares = (
+            lab.provider == "hf"
+            and policy_model is not None
+            and (lab.model in (None, spec.policy.model))
+        )
+        if shares:
+            labeler = build_labeler(lab, model=policy_model, tokenizer=tokenizer)
+
+            def direct_shared(prompts: list[str], responses: list[str]) -> list[float]:
+                with policy_model.disable_adapter():
+                    return [float(s) for s in labeler.score(prompts, responses)]
+
+            return direct_shared
+        labeler = build_labeler(lab)
+        return lambda prompts, responses: [float(s) for s in labeler.score(prompts, responses)]
+
+    from rlaif_trainer.reward import load_reward_scorer
+
+    path = spec.reward_model.path or config.artifacts.reward_model
+    if not Path(path).exists():
+        raise BadInputError(f"reward model not found at {path}: run the reward stage or set rewardModel.path")
+    return load_reward_scorer(path, device=device)
+
+
+# --------------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class RLTrainer:
+    """Holds the policy, its optimizer and the reward source for one RL stage run.
+
+    ``model``/``tokenizer``/``reward_fn`` may be injected (tests, benchmarks); by default they are
+    built from the stage config. ``work_dir`` holds checkpoints and metrics until the stage finishes.
+    """
+
+    def __init__(
+        self,
+        config,
+        *,
+        model=None,
+        tokenizer=None,
+        reward_fn: RewardFn | None = None,
+        work_dir: str | Path | None = None,
+        progress: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.rl = config.spec.rl
+        self.progress = progress
+        self.rank, self.world = (
+            (torch.distributed.get_rank(), torch.distributed.get_world_size()) if _dist() else (0, 1)
+        )
+        self.is_main = self.rank == 0
+        self.seed = int(config.seed)
+        policy_dir = Path(config.artifacts.policy)
+        self.work_dir = Path(work_dir) if work_dir else policy_dir.with_name(policy_dir.name + ".partial")
+        self.ckpt_dir = self.work_dir / "checkpoints"
+        self.metrics_path = self.work_dir / "metrics.jsonl"
+        self.algorithm = self.rl.algorithm
+        self.kl_estimator = alg.ALGORITHM_KL_ESTIMATOR[self.algorithm]
+        self.k = self.rl.samples_per_prompt
+        if self.algorithm in ("rloo", "grpo") and self.k < 2:
+            raise BadInputError(f"rl.samplesPerPrompt must be >= 2 for {self.algorithm}")
+
+        self.train_prompts, _ = split_prompts(self.spec)
+
+        if device is None:
+            device = os.environ.get("RLAIF_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+            if device == "cuda" and self.world > 1:
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        self.device = torch.device(device)
+
+        _seed_everything(self.seed + self.rank)
+        if model is None or tokenizer is None:
+            from rlaif_trainer.models import load_causal_lm
+
+            model, tokenizer = load_causal_lm(self.spec.policy.model, device=str(self.device))
+        self.tokenizer = tokenizer
+        self.model = self._with_lora(model).to(self.device)
+        self.model.eval()  # no dropout: the sampling distribution is the one being scored
+        hidden = self.model.get_input_embeddings().weight.shape[1]
+        # Zero-initialised; seeded identically on every rank.
+        self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.lora_params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.lora_params:
+            raise RuntimeError("the policy has no trainable (LoRA) parameters")
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": self.lora_params, "lr": self.rl.learning_rate},
+                {"params": list(self.value_head.parameters()), "lr": VALUE_HEAD_LR},
+            ],
+            weight_decay=0.0,
+        )
+        self.reward_fn = reward_fn or build_reward_fn(config, self.model, self.tokenizer, self.device)
+        self.step = 0
+        self.resumed_from: int | None = None
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def _with_lora(self, model):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if isinstance(model, PeftModel):
+            return model
+        lora = self.spec.policy.lora
+        cfg = LoraConfig(
+            r=lora.r if lora else 16,
+            lora_alpha=lora.alpha if lora else 32,
+            lora_dropout=lora.dropout if lora else 0.0,
+            target_modules=list(lora.target_modules) if lora else ["q_proj", "v_proj"],
+            task_type="CAUSAL_LM",
+        )
+        # LoRA's B matrices start at zero, so the policy equals the reference at step 0 on every
+        # rank; the A matrices are random, so seed them identically everywhere.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return get_peft_model(model, cfg)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def prompts_for_step(self, step: int) -> list[str]:
+        """This process's prompts for ``step``: a seeded permutation per epoch, sliced by rank."""
+        n, B = len(self.train_prompts), self.rl.batch_size
+        out: list[str] = []
+        for j in range(step * B, (step + 1) * B):
+            epoch, pos = divmod(j, n)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(n, generator=g)
+            out.append(self.train_prompts[int(perm[pos])])
+        return out[self.rank :: self.world]
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _forward(self, gen: Generation, *, with_hidden: bool, with_entropy: bool = False):
+        return response_logprobs(
+            self.model,
+            gen.query_ids,
+            gen.query_mask,
+            gen.response_ids,
+            gen.response_mask,
+            temperature=self.rl.temperature,
+            with_entropy=with_entropy,
+            with_hidden=with_hidden,
+        )
+
+    def _optimizer_step(self) -> float:
+        params = self.lora_params + list(self.value_head.parameters())
+        grads = [p.grad for p in params if p.grad is not None]
+        _all_reduce_mean_(grads, self.world)
+        norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def rollout(self, step: int) -> tuple[list[str], Generation, torch.Tensor, dict[str, float]]:
+        raw = self.prompts_for_step(step)
+        raw_k = [p for p in raw for _ in range(self.k)]
+        formatted = format_prompts(self.tokenizer, raw_k)
+        t0 = time.perf_counter()
+        gen = generate(
+            self.model,
+            self.tokenizer,
+            formatted,
+            max_new_tokens=self.rl.max_new_tokens,
+            temperature=self.rl.temperature,
+            top_p=self.rl.top_p,
+            max_prompt_tokens=None,
+            device=self.device,
+        )
+        too_long = int(gen.query_mask.sum(dim=1).max())
+        if too_long > self.spec.policy.max_prompt_length:
+            raise BadInputError(
+                f"{self.spec.dataset.prompts}: a prompt is {too_long} tokens, longer than "
+                f"policy.maxPromptLength={self.spec.policy.max_prompt_length}"
+            )
+        t1 = time.perf_counter()
+        scores = torch.tensor(self.reward_fn(raw_k, gen.texts), dtype=torch.float32, device=self.device)
+        t2 = time.perf_counter()
+        return raw_k, gen, scores, {"gen_time_s": t1 - t0, "reward_time_s": t2 - t1}
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """Run step ``step`` (0-based) and return its metrics (averaged over processes)."""
+        t_start = time.perf_counter()
+        _, gen, scores, timing = self.rollout(step)
+        t_train0 = time.perf_counter()
+        mask = gen.response_mask
+        beta = self.rl.kl_coef
+        with torch.no_grad(), self.model.disable_adapter():
+            ref_logp, _, _ = self._forward(gen, with_hidden=False)
+        extra: dict[str, float] = {}
+
+        logp, entropy, hidden = self._forward(gen, with_hidden=True, with_entropy=True)
+        assert entropy is not None and hidden is not None
+        kl_seq = alg.kl_k1_per_token(logp.detach(), ref_logp, mask).sum(dim=1)
+        returns = alg.regularized_return(scores, kl_seq, beta)
+
+        if self.algorithm == "reinforce":
+            v = self.value_head(hidden[:, 0].detach().float()).squeeze(-1)
+            adv = alg.reinforce_advantages(returns, v)
+            vloss = 0.5 * ((v - returns) ** 2).mean()
+            loss = alg.pg_loss(logp, adv, mask) + VALUE_COEF * vloss
+            loss.backward()
+            extra["grad_norm"] = self._optimizer_step()
+            extra["value_loss"] = float(vloss.detach())
+            kl_logged = kl_seq.mean()
+        elif self.algorithm == "rloo":
+            adv = alg.rloo_advantages(returns, self.k)
+            loss = alg.pg_loss(logp, adv, mask)
+            loss.backward()
+            extra["grad_norm"] = self._optimizer_step()
+            kl_logged = kl_seq.mean()
+        elif self.algorithm == "grpo":
+            adv = alg.grpo_advantages((1.0 - beta) * scores, self.k)
+            old_logp = logp.detach()
+            kl_logged = torch.zeros(())
+            clip_fracs = []
+            for epoch in range(self.rl.ppo_epochs):
+                if epoch > 0:
+                    logp, _, _ = self._forward(gen, with_hidden=False)
+                loss, kl3 = alg.grpo_loss(logp, old_logp, ref_logp, adv, mask, self.rl.clip_range, beta)
+                if epoch == 0:
+                    kl_logged = kl3.detach()
+                ratio = torch.exp(logp.detach() - old_logp)
+                clip_fracs.append(float(alg.masked_mean(((ratio - 1).abs() > self.rl.clip_range).float(), mask)))
+                loss.backward()
+                extra["grad_norm"] = self._optimizer_step()
+            extra["clip_frac"] = float(np.mean(clip_fracs))
+        elif self.algorithm == "ppo":
+            old_logp = logp.detach()
+            old_values = self.value_head(hidden.detach().float()).squeeze(-1).detach() * mask
+            token_rewards = alg.ppo_token_rewards(scores, old_logp, ref_logp, mask, beta)
+            adv, ret = alg.gae(token_rewards, old_values, mask, GAE_GAMMA, GAE_LAMBDA)
+            mean, var = alg.masked_mean(adv, mask), alg.masked_mean((adv - alg.masked_mean(adv, mask)) ** 2, mask)
+            adv = ((adv - mean) / torch.sqrt(var + 1e-8)) * mask
+            clip_fracs, vlosses = [], []
+            for epoch in range(self.rl.ppo_epochs):
+                if epoch > 0:
+                    logp, _, hidden = self._forward(gen, with_hidden=True)
+                    assert hidden is not None
+                values = self.value_head(hidden.detach().float()).squeeze(-1) * mask
+                ploss, cf = alg.ppo_policy_loss(logp, old_logp, adv, mask, self.rl.clip_range)
+                vloss = alg.value_loss(values, old_values, ret, mask, self.rl.clip_range)
+                loss = ploss + VALUE_COEF * vloss
+                loss.backward()
+                extra["grad_norm"] = self._optimizer_step()
+                clip_fracs.append(float(cf.detach()))
+                vlosses.append(float(vloss.detach()))
+            extra["clip_frac"] = float(np.mean(clip_fracs))
+            extra["value_loss"] = float(np.mean(vlosses))
+            kl_logged = kl_seq.mean()
+        else:  # pragma: no cover - guarded by the spec
+            raise ValueError(self.algorithm)
+        t_end = time.perf_counter()
+
+        n_tokens = float(mask.sum())
+        local = {
+            "reward": float(scores.mean()),
+            "reward_std": float(scores.std()) if scores.numel() > 1 else 0.0,
+            "return": float(returns.mean()),
+            "kl": float(kl_logged),
+            "entropy": float(alg.masked_mean(entropy, mask)),
+            "response_length": float(mask.sum(dim=1).mean()),
+            "response_chars": float(np.mean([len(t) for t in gen.texts])),
+            "loss": float(loss.detach()),
+            **extra,
+        }
+        timing["train_time_s"] = t_end - t_train0
+        timing["step_time_s"] = t_end - t_start
+        keys = sorted(local) + sorted(timing)
+        vec = torch.tensor([local.get(k, timing.get(k, 0.0)) for k in keys] + [n_tokens], dtype=torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(vec)
+            vec[:-1] /= self.world
+        metrics: dict[str, Any] = {"step": step + 1}
+        metrics.update({k: float(vec[i]) for i, k in enumerate(keys)})
+        metrics["tokens"] = int(vec[-1])
+        metrics["tokens_per_s"] = metrics["tokens"] / max(metrics["step_time_s"], 1e-9)
+        metrics["kl_estimator"] = self.kl_estimator
+        metrics["samples"] = len(gen.texts) * self.world
+        metrics["example"] = {"response": gen.texts[0][:200], "reward": float(scores[0])}
+        return metrics
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def save_checkpoint(self, step: int) -> Path | None:
+        """Write checkpoint ``step`` (steps completed) from the main process; every rank must call it."""
+        rng = _gather_objects(_rng_state(), self.world)
+        path = self.ckpt_dir / f"step-{step:08d}"
+        if self.is_main:
+            tmp = self.ckpt_dir / f".tmp-step-{step:08d}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            torch.save(
+                {
+                    "step": step,
+                    "world_size": self.world,
+                    "seed": self.seed,
+                    "algorithm": self.algorithm,
+                    "adapter": self._adapter_state(),
+                    "value_head": self.value_head.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "rng": rng,
+                },
+                tmp / "state.pt",
+            )
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+            for old in sorted(self.ckpt_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.world > 1:
+            torch.distributed.barrier()
+        return path if self.is_main else None
+
+    def latest_checkpoint(self) -> Path | None:
+        if not self.ckpt_dir.is_dir():
+            return None
+        done = sorted(p for p in self.ckpt_dir.glob("step-*") if (p / "state.pt").is_file())
+        return done[-1] if done else None
+
+    def load_checkpoint(self, path: Path) -> int:
+        from peft import set_peft_model_state_dict
+
+        state = torch.load(path / "state.pt", map_location=self.device, weights_only=False)
+        set_peft_model_state_dict(self.model, state["adapter"])
+        self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["world_size"] == self.world:
+            _set_rng_state(state["rng"][self.rank])
+        else:
+            log.warning(
+                "checkpoint was written by %d processes, now %d: reseeding sampling RNGs",
+                state["world_size"],
+                self.world,
+            )
+            _seed_everything(self.seed + 7919 * int(state["step"]) + self.rank)
+        self.step = int(state["step"])
+        self.resumed_from = self.step
+        return self.step
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _trim_metrics(self, upto: int) -> None:
+        if not self.is_main or not self.metrics_path.exists():
+            return
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= upto
+        ]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def train(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Resume from the latest checkpoint if any, then run steps up to ``until`` (default ``rl.steps``)."""
+        total = self.rl.steps if until is None else min(until, self.rl.steps)
+        if self.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.world > 1:
+            torch.distributed.barrier()
+        ckpt = self.latest_checkpoint()
+        if ckpt is not None and self.resumed_from is None:
+            self.load_checkpoint(ckpt)
+            log.info("rl: resumed from %s (step %d)", ckpt, self.step)
+        self._trim_metrics(self.step)
+        if self.is_main:
+            log.info(
+                "rl: algorithm=%s reward=%s kl_estimator=%s beta=%s steps=%d batch=%d x k=%d processes=%d",
+                self.algorithm,
+                self.rl.reward,
+                self.kl_estimator,
+                self.rl.kl_coef,
+                total,
+                self.rl.batch_size,
+                self.k,
+                self.world,
+            )
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc=f"rl ({self.algorithm})", unit="step")
+        history: list[dict[str, Any]] = []
+        while self.step < total:
+            metrics = self.train_step(self.step)
+            self.step += 1
+            history.append(metrics)
+            if self.is_main:
+                with self.metrics_path.open("a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}", len=f"{metrics['response_length']:.0f}")
+            if self.step % self.rl.checkpoint_every == 0 or self.step == total:
+                self.save_checkpoint(self.step)
+            for key in ("reward", "kl", "loss"):
+                if not math.isfinite(metrics[key]):
+                    raise RuntimeError(f"rl: {key} is {metrics[key]} at step {self.step}")
+        if bar is not None:
+            bar.close()
+        return history
+
+    def all_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def summary(self, wall_s: float) -> dict[str, Any]:
+        rows = self.all_metrics()
+        tail = rows[-max(1, min(10, len(rows) // 4 or 1)) :] if rows else []
+
+        def mean(key: str, rs=tail) -> float | None:
+            vals = [r[key] for r in rs if key in r]
+            return float(np.mean(vals)) if vals else None
+
+        gen_t = sum(r["gen_time_s"] for r in rows)
+        train_t = sum(r["train_time_s"] for r in rows)
+        rew_t = sum(r["reward_time_s"] for r in rows)
+        tokens = sum(r["tokens"] for r in rows)
+        return {
+            "stage": "rl",
+            "algorithm": self.algorithm,
+            "reward_source": self.rl.reward,
+            "kl_estimator": self.kl_estimator,
+            "kl_coef": self.rl.kl_coef,
+            "steps": len(rows),
+            "processes": self.world,
+            "initial_reward": rows[0]["reward"] if rows else None,
+            "final_reward": mean("reward"),
+            "final_kl": mean("kl"),
+            "final_entropy": mean("entropy"),
+            "final_response_length": mean("response_length"),
+            "initial_response_length": rows[0]["response_length"] if rows else None,
+            "tokens_per_s": tokens / max(gen_t + train_t + rew_t, 1e-9),
+            "generation_s": round(gen_t, 3),
+            "reward_s": round(rew_t, 3),
+            "training_s": round(train_t, 3),
+            "resumed_from_step": self.resumed_from,
+            "wall_s": round(wall_s, 3),
+        }
+
+    def save_final(self, out_dir: Path, summary: dict[str, Any]) -> None:
+        """Write the adapter, metrics and summary into ``out_dir`` (main process only)."""
+        self.model.save_pretrained(out_dir / "adapter")
+        torch.save(self.value_head.state_dict(), out_dir / "value_head.pt")
+        if self.metrics_path.exists():
+            shutil.copyfile(self.metrics_path, out_dir / "metrics.jsonl")
+        (out_dir / "policy.json").write_text(
+            json.dumps(
+                {
+                    "base_model": self.spec.policy.model,
+                    "adapter": "adapter",
+                    "algorithm": self.algorithm,
+                    "reward": self.rl.reward,
+                    "steps": summary["steps"],
+                },
+                indent=2,
+            )
+        )
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _finish_atomically(trainer: RLTrainer, final_dir: Path, summary: dict[str, Any]) -> None:
+    """Final files into a temporary sibling, rename it to the artifact dir, then the DONE marker."""
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainer.save_final(tmp, summary)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
+    (final_dir / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+    shutil.rmtree(trainer.work_dir, ignore_errors=True)
+
+
+def _init_distributed() -> None:
+    """Join the process group when launched by ``accelerate launch`` / torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _dist():
+        try:
+            from accelerate import PartialState
+
+            PartialState()  # initialises torch.distributed (gloo on CPU, nccl on GPU)
+        except Exception:  # pragma: no cover - accelerate is a trainer dependency
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+
+
+def run(config, *, progress: bool = True) -> dict[str, Any]:
+    """The ``rl`` stage: train, checkpoint/resume, and write ``<policy>/`` atomically with a DONE marker."""
+    final_dir = Path(config.artifacts.policy)
+    if (final_dir / "DONE").exists():
+        summary = json.loads((final_dir / "summary.json").read_text())
+        summary["skipped"] = True
+        return summary
+    _init_distributed()
+    t0 = time.perf_counter()
+    trainer = RLTrainer(config, progress=progress)
+    trainer.train()
+    summary = trainer.summary(time.perf_counter() - t0)
+    if trainer.is_main:
+        _finish_atomically(trainer, final_dir, summary)
+    if trainer.world > 1:
+        torch.distributed.barrier()
+    return summary
