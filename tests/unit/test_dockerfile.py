@@ -1,0 +1,219 @@
+"""Invariants of the two-target Dockerfile, checked without a Docker engine (dockerfile-parse).
+
+The images are built with ``docker build --target operator|trainer .``; these tests keep the file
+honest: both targets exist, every base image is pinned, the final stages run as a non-root user,
+the entry points are console scripts the package declares, and the operator image stays torch-free.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import tomllib
+from dockerfile_parse import DockerfileParser
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+TARGETS = {"operator": "rlaif-operator", "trainer": "rlaif-train"}
+
+
+@dataclass
+class Stage:
+    name: str | None
+    base: str  # the FROM image after ARG substitution
+    instructions: list[dict] = field(default_factory=list)
+
+    def all(self, instruction: str) -> list[str]:
+        return [i["value"] for i in self.instructions if i["instruction"] == instruction]
+
+
+def _substitute(value: str, args: dict[str, str]) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in args:
+            raise AssertionError(f"${name} has no default: builds without --build-arg would fail")
+        return args[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, value)
+
+
+def parse(text: str) -> tuple[dict[str | None, Stage], list[Stage]]:
+    # fileobj keeps the parser read-only: with a path (or none, meaning ./Dockerfile) it writes.
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for instr in parser.structure:
+        kind, value = instr["instruction"], instr["value"]
+        if kind == "COMMENT":
+            continue
+        if kind == "ARG" and not stages:
+            name, _, default = value.partition("=")
+            global_args[name.strip()] = default.strip().strip('"')
+            continue
+        if kind == "FROM":
+            parts = value.split()
+            name = None
+            if len(parts) >= 3 and parts[-2].upper() == "AS":
+                name = parts[-1]
+            image = next(p for p in parts if not p.startswith("--"))
+            stages.append(Stage(name=name, base=_substitute(image, global_args)))
+            continue
+        assert stages, f"{kind} before the first FROM"
+        stages[-1].instructions.append(instr)
+    return {s.name: s for s in stages}, stages
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str | None, Stage], list[Stage]]:
+    return parse(DOCKERFILE.read_text())
+
+
+def _dependencies(name: str, by_name: dict[str | None, Stage]) -> list[Stage]:
+    """The stage and every stage it builds on: FROM <stage>, COPY --from=<stage>, RUN --mount=from=<stage>."""
+    seen: list[str] = []
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        stage = by_name[current]
+        if stage.base in by_name:
+            todo.append(stage.base)
+        for instr in stage.instructions:
+            for ref in re.findall(r"--(?:mount=[^ ]*?\bfrom|from)=([\w.-]+)", instr["value"]):
+                if ref in by_name:
+                    todo.append(ref)
+    return [by_name[n] for n in seen]
+
+
+def _external_images(by_name: dict[str | None, Stage], stages: list[Stage]) -> list[str]:
+    return [s.base for s in stages if s.base not in by_name]
+
+
+def test_both_targets_exist(dockerfile):
+    by_name, _ = dockerfile
+    assert set(TARGETS) <= set(by_name), f"missing targets: {set(TARGETS) - set(by_name)}"
+
+
+def test_every_base_image_is_pinned(dockerfile):
+    by_name, stages = dockerfile
+    images = _external_images(by_name, stages)
+    assert images
+    for image in images:
+        if "@sha256:" in image:
+            continue
+        _repo, sep, tag = image.rpartition(":")
+        assert sep and "/" not in tag, f"FROM {image}: no tag; pin an exact version"
+        assert tag != "latest", f"FROM {image}: 'latest' is not a pinned version"
+        # An exact tag carries a full version, not a floating major like python:3 or pytorch:2.
+        assert re.search(r"\d+\.\d+\.\d+", tag), f"FROM {image}: tag {tag!r} floats; use an exact x.y.z version"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_final_stage_runs_as_non_root(dockerfile, target):
+    by_name, _ = dockerfile
+    # USER is inherited through FROM <stage>; the last USER along the chain wins.
+    chain = []
+    stage: Stage | None = by_name[target]
+    while stage is not None:
+        chain.append(stage)
+        stage = by_name.get(stage.base)
+    users = [u for s in reversed(chain) for u in s.all("USER")]
+    assert users, f"target {target} never sets USER, so it runs as the base image's user (root)"
+    user = users[-1].split(":")[0].strip()
+    assert user not in ("root", "0", ""), f"target {target} runs as {users[-1]!r}"
+    if user.isdigit():
+        assert int(user) >= 1000, f"target {target}: uid {user} is a system uid"
+    # runAsNonRoot in Kubernetes can only verify a numeric uid.
+    assert user.isdigit(), f"target {target}: USER {user!r} should be numeric so runAsNonRoot can verify it"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_entrypoint_is_a_declared_console_script(dockerfile, target):
+    by_name, _ = dockerfile
+    entrypoints = by_name[target].all("ENTRYPOINT")
+    assert entrypoints, f"target {target} has no ENTRYPOINT"
+    argv = json.loads(entrypoints[-1])  # exec form: signals reach the process, no shell in between
+    assert isinstance(argv, list) and argv, "ENTRYPOINT must use the exec (JSON) form"
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert argv[0] == TARGETS[target]
+    assert argv[0] in scripts, f"{argv[0]} is not in pyproject's [project.scripts]: {sorted(scripts)}"
+    module, _, func = scripts[argv[0]].partition(":")
+    package, *rest = module.split(".")
+    source_root = {"rlaif_operator": "operator", "rlaif_trainer": "trainer"}[package]
+    module_path = ROOT / source_root / package / Path(*rest)
+    candidates = [module_path.with_suffix(".py"), module_path / "__init__.py"]
+    existing = [c for c in candidates if c.exists()]
+    if existing:  # the operator's __main__ may still be in progress; once it exists it must define main
+        assert re.search(rf"^(async )?def {func}\(", existing[0].read_text(), re.M), f"{existing[0]} has no {func}()"
+    elif package == "rlaif_trainer":
+        pytest.fail(f"{scripts[argv[0]]} does not exist")
+
+
+def _run_text(stages: list[Stage]) -> str:
+    return "\n".join(v for s in stages for v in s.all("RUN"))
+
+
+def test_operator_image_has_no_torch(dockerfile):
+    by_name, _ = dockerfile
+    deps = _dependencies("operator", by_name)
+    runs = _run_text(deps)
+    assert "[operator]" in runs, "the operator image must install the `operator` extra"
+    assert "[trainer]" not in runs and "[dev]" not in runs, "the operator image must not install torch"
+    assert "torch" not in by_name["operator"].base
+    assert "torch" not in " ".join(s.base for s in deps)
+
+
+def test_trainer_image_is_cuda_torch_with_baked_model(dockerfile):
+    by_name, _ = dockerfile
+    deps = _dependencies("trainer", by_name)
+    bases = " ".join(s.base for s in deps if s.base not in by_name)
+    assert "cuda" in bases, f"trainer base images {bases} are not CUDA-capable"
+    runs = _run_text(deps)
+    assert "[trainer]" in runs
+    assert "rlaif-train fetch-model" in runs, "the embedded default model must be baked in at build time"
+    env = " ".join(v for s in deps for v in s.all("ENV"))
+    assert "RLAIF_CACHE_DIR=" in env, "the baked model must live in a fixed cache dir the runtime user can read"
+
+
+def test_copied_sources_exist_and_are_not_dockerignored(dockerfile):
+    _, stages = dockerfile
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for stage in stages:
+        for value in stage.all("COPY"):
+            parts = [p for p in value.split() if not p.startswith("--")]
+            if any(p.startswith("--from") for p in value.split()):
+                continue
+            for src in parts[:-1]:
+                src = src.rstrip("/")
+                assert (ROOT / src).exists(), f"COPY {src}: no such file in the build context"
+                assert src not in ignored, f"COPY {src}: excluded by .dockerignore"
+    for secret in (".git", ".venv", ".env"):
+        assert secret in ignored, f".dockerignore should exclude {secret}"
+
+
+def test_parser_catches_violations():
+    """The checks above can fail: a root user, a latest tag and a missing target are all caught."""
+    bad = "FROM python:latest AS operator\nUSER root\nENTRYPOINT rlaif-operator\n"
+    by_name, stages = parse(bad)
+    assert "trainer" not in by_name
+    assert _external_images(by_name, stages) == ["python:latest"]
+    with pytest.raises(AssertionError):
+        test_every_base_image_is_pinned((by_name, stages))
+    with pytest.raises(AssertionError):
+        test_final_stage_runs_as_non_root((by_name, stages), "operator")
+    with pytest.raises(json.JSONDecodeError):
+        test_entrypoint_is_a_declared_console_script((by_name, stages), "operator")
+    floating = parse("ARG IMG=python:3-slim\nFROM ${IMG} AS operator\n")
+    with pytest.raises(AssertionError, match="floats"):
+        test_every_base_image_is_pinned(floating)
