@@ -176,7 +176,11 @@ def gae(
 
 
 def ppo_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped surrogate ``−E_t[min(ρ_t·A_t, clip(ρ_t, 1±ε)·A_t)]`` over all response tokens.
 

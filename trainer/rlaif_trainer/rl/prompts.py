@@ -30,7 +30,9 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
             except json.JSONDecodeError as exc:
                 raise BadInputError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(obj, dict) or not isinstance(obj.get(field), str) or not obj[field].strip():
-                raise BadInputError(f"{p}:{lineno}: expected an object with a non-empty string field {field!r}")
+                raise BadInputError(
+                    f"{p}:{lineno}: expected an object with a non-empty string field {field!r}"
+                )
             prompts.append(obj[field])
     if not prompts:
         raise BadInputError(f"{p}: no prompts")

@@ -110,9 +110,7 @@ def build_reward_fn(config, policy_model=None, tokenizer=None, device=None) -> R
         if lab is None:
             raise BadInputError("rl.reward is direct but the job has no labeler")
         shares = (
-            lab.provider == "hf"
-            and policy_model is not None
-            and (lab.model in (None, spec.policy.model))
+            lab.provider == "hf" and policy_model is not None and (lab.model in (None, spec.policy.model))
         )
         if shares:
             labeler = build_labeler(lab, model=policy_model, tokenizer=tokenizer)
@@ -359,7 +357,9 @@ class RLTrainer:
                 if epoch == 0:
                     kl_logged = kl3.detach()
                 ratio = torch.exp(logp.detach() - old_logp)
-                clip_fracs.append(float(alg.masked_mean(((ratio - 1).abs() > self.rl.clip_range).float(), mask)))
+                clip_fracs.append(
+                    float(alg.masked_mean(((ratio - 1).abs() > self.rl.clip_range).float(), mask))
+                )
                 loss.backward()
                 extra["grad_norm"] = self._optimizer_step()
             extra["clip_frac"] = float(np.mean(clip_fracs))
@@ -368,7 +368,10 @@ class RLTrainer:
             old_values = self.value_head(hidden.detach().float()).squeeze(-1).detach() * mask
             token_rewards = alg.ppo_token_rewards(scores, old_logp, ref_logp, mask, beta)
             adv, ret = alg.gae(token_rewards, old_values, mask, GAE_GAMMA, GAE_LAMBDA)
-            mean, var = alg.masked_mean(adv, mask), alg.masked_mean((adv - alg.masked_mean(adv, mask)) ** 2, mask)
+            mean, var = (
+                alg.masked_mean(adv, mask),
+                alg.masked_mean((adv - alg.masked_mean(adv, mask)) ** 2, mask),
+            )
             adv = ((adv - mean) / torch.sqrt(var + 1e-8)) * mask
             clip_fracs, vlosses = [], []
             for epoch in range(self.rl.ppo_epochs):
@@ -531,7 +534,11 @@ class RLTrainer:
                     handle.write(json.dumps(metrics) + "\n")
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}", len=f"{metrics['response_length']:.0f}")
+                bar.set_postfix(
+                    reward=f"{metrics['reward']:.3f}",
+                    kl=f"{metrics['kl']:.3f}",
+                    len=f"{metrics['response_length']:.0f}",
+                )
             if self.step % self.rl.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint(self.step)
             for key in ("reward", "kl", "loss"):
