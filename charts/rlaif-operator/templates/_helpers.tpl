@@ -1,0 +1,91 @@
+{{/* Chart name. */}}
+{{- define "rlaif-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name prefix of the release's objects. */}}
+{{- define "rlaif-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rlaif-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "rlaif-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rlaif-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "rlaif-operator.labels" -}}
+helm.sh/chart: {{ include "rlaif-operator.chart" . }}
+{{ include "rlaif-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: rlaif-operator
+{{- end }}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "rlaif-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rlaif-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag or repository@digest. Arguments: (dict "image" <values.image> "chart" .Chart) */}}
+{{- define "rlaif-operator.imageRef" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) -}}
+{{- end -}}
+{{- end }}
+
+{{/* Namespaces that get a trainer ServiceAccount: where stage pods can run. */}}
+{{- define "rlaif-operator.trainerNamespaces" -}}
+{{- $base := .Values.watchNamespaces | default (list .Release.Namespace) -}}
+{{- concat $base .Values.trainer.serviceAccount.extraNamespaces | uniq | toJson -}}
+{{- end }}
+
+{{/*
+The operator's RBAC rules, shared by the ClusterRole (all-namespaces mode) and the per-namespace
+Roles (watchNamespaces mode). They mirror RBAC_RULES in operator/rlaif_operator/rbac.py; a unit test
+fails when the two differ. docs/operator-guide.md gives the reason for every rule.
+*/}}
+{{- define "rlaif-operator.rules" -}}
+- apiGroups: ["rlaif.dev"]
+  resources: ["rlaifjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["rlaif.dev"]
+  resources: ["rlaifjobs/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["rlaif.dev"]
+  resources: ["rlaifjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["configmaps", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
