@@ -1,0 +1,352 @@
+"""Pure manifest builders: the ConfigMap of resolved stage configs, the workspace PVC, and stage Jobs.
+
+Nothing here talks to the API server. Every function takes the validated :class:`RLAIFJob`, its
+Kubernetes identity (name, namespace, uid) and the operator :class:`Settings`, and returns plain
+dicts ready to ``create``. Names are deterministic, so a restarted operator finds (adopts) the
+children a previous instance created instead of duplicating them.
+
+Security: stage pods satisfy the Pod Security Standard "restricted" profile (non-root UID 1000,
+no privilege escalation, all capabilities dropped, RuntimeDefault seccomp, no service-account
+token). GPUs come through the device plugin's resource (``nvidia.com/gpu`` by default), which
+needs none of those privileges. The only exception a user can introduce is through
+``podTemplate.volumes`` (e.g. a hostPath volume), which the operator passes through unchanged and
+the namespace's admission policy then judges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rlaif_trainer import spec as api
+from rlaif_trainer.spec import RLAIFJob, resolve_stage_configs
+
+LABEL_JOB = "rlaif.dev/job"
+LABEL_STAGE = "rlaif.dev/stage"
+LABEL_ATTEMPT = "rlaif.dev/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_JOB_NAME = "rlaif.dev/job-name"  # the full RLAIFJob name (labels are capped at 63 chars)
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MANAGER = "rlaif-operator"
+
+CONTAINER_NAME = "trainer"
+CONFIG_DIR = "/etc/rlaif"
+WORKSPACE_MOUNT = "/workspace"
+TERMINATION_LOG = "/dev/termination-log"
+CONFIG_VOLUME = "rlaif-config"
+WORKSPACE_VOLUME = "rlaif-workspace"
+SHM_VOLUME = "rlaif-dshm"
+RESERVED_VOLUMES = frozenset({CONFIG_VOLUME, WORKSPACE_VOLUME, SHM_VOLUME})
+API_KEY_ENV = "RLAIF_LABELER_API_KEY"  # rlaif_trainer.labelers.API_KEY_ENV
+JUDGE_API_KEY_ENV = "RLAIF_JUDGE_API_KEY"  # rlaif_trainer.labelers.JUDGE_API_KEY_ENV
+DEFAULT_PVC_SIZE = "20Gi"
+MAX_NAME = 63  # a Job's name becomes its pods' job-name label value, so it must be a DNS label
+NONROOT_UID = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator-wide configuration (command-line flags)."""
+
+    trainer_image: str | None = None
+    gpu_resource_name: str = "nvidia.com/gpu"
+    trainer_service_account: str | None = None
+    default_queue_name: str | None = None
+    workspace_root: str = WORKSPACE_MOUNT
+    max_backoff_seconds: float = 600.0
+    wait_requeue_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The identity of the RLAIFJob that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# names and labels
+# --------------------------------------------------------------------------------------------------
+
+
+def _digest(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def bounded_name(base: str, suffix: str = "", limit: int = MAX_NAME) -> str:
+    """``base + suffix`` if it fits in ``limit`` characters, else a truncated base, a hash of the
+    full name, and the suffix. The result is a valid DNS label when base and suffix are."""
+    full = base + suffix
+    if len(full) <= limit:
+        return full
+    digest = _digest(full)
+    keep = limit - len(suffix) - len(digest) - 1
+    head = re.sub(r"[-.]+$", "", base[: max(keep, 0)].replace(".", "-"))
+    return f"{head}-{digest}{suffix}" if head else f"{digest}{suffix}"[:limit]
+
+
+def job_label_value(job_name: str) -> str:
+    """The ``rlaif.dev/job`` label value: the RLAIFJob name, hashed down when over 63 characters."""
+    return bounded_name(job_name)
+
+
+def stage_job_name(job_name: str, stage: str, attempt: int) -> str:
+    """``<job>-<stage>-<attempt>``, truncated with a hash to stay a 63-character DNS label."""
+    return bounded_name(job_name.replace(".", "-"), f"-{stage}-{attempt}")
+
+
+def configmap_name(job_name: str) -> str:
+    return bounded_name(job_name, "-config", limit=253)
+
+
+def pvc_name(job_name: str) -> str:
+    return bounded_name(job_name, "-workspace", limit=253)
+
+
+def owner_labels(owner: Owner) -> dict[str, str]:
+    return {LABEL_JOB: job_label_value(owner.name), LABEL_MANAGED_BY: MANAGER}
+
+
+def _metadata(owner: Owner, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**owner_labels(owner), **(labels or {})},
+        "annotations": {ANNOTATION_JOB_NAME: owner.name},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# ConfigMap and PVC
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_configs(job: RLAIFJob, settings: Settings) -> dict[str, str]:
+    """``{"<stage>.json": config}`` for every listed stage, resolved against the workspace mount.
+
+    The mutable run-policy fields (suspend, TTL) are reset in the copy the pods see, so toggling
+    them never changes the ConfigMap.
+    """
+    frozen = job.model_copy(deep=True)
+    frozen.spec.run_policy.suspend = False
+    frozen.spec.run_policy.ttl_seconds_after_finished = None
+    configs = resolve_stage_configs(frozen, settings.workspace_root)
+    return {f"{stage}.json": config.to_json() for stage, config in configs.items()}
+
+
+def config_hash(data: dict[str, str]) -> str:
+    return _digest(json.dumps(data, sort_keys=True), 16)
+
+
+def build_configmap(job: RLAIFJob, owner: Owner, settings: Settings) -> dict[str, Any]:
+    data = stage_configs(job, settings)
+    meta = _metadata(owner, configmap_name(owner.name))
+    meta["annotations"]["rlaif.dev/config-hash"] = config_hash(data)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+
+def wants_pvc(job: RLAIFJob) -> bool:
+    """A claim is created when ``storage.size`` is set or no existing claim is named."""
+    storage = job.spec.storage
+    return storage.size is not None or storage.persistent_volume_claim is None
+
+
+def workspace_claim_name(job: RLAIFJob, owner: Owner) -> str:
+    claim = job.spec.storage.persistent_volume_claim
+    return claim.claim_name if claim is not None else pvc_name(owner.name)
+
+
+def build_pvc(job: RLAIFJob, owner: Owner) -> dict[str, Any] | None:
+    if not wants_pvc(job):
+        return None
+    storage = job.spec.storage
+    spec: dict[str, Any] = {
+        "accessModes": list(storage.access_modes),
+        "resources": {"requests": {"storage": str(storage.size or DEFAULT_PVC_SIZE)}},
+    }
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(owner, pvc_name(owner.name)),
+        "spec": spec,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# stage Jobs
+# --------------------------------------------------------------------------------------------------
+
+
+def _resources(job: RLAIFJob, stage: str, settings: Settings) -> tuple[dict[str, Any], int]:
+    res = job.spec.resources.for_stage(stage)
+    amounts: dict[str, Any] = {}
+    if res.cpu is not None:
+        amounts["cpu"] = str(res.cpu)
+    if res.memory is not None:
+        amounts["memory"] = str(res.memory)
+    if res.ephemeral_storage is not None:
+        amounts["ephemeral-storage"] = str(res.ephemeral_storage)
+    gpus = res.gpus or 0
+    if gpus > 0:
+        amounts[settings.gpu_resource_name] = str(gpus)
+    if not amounts:
+        return {}, gpus
+    # requests == limits: Guaranteed QoS, and extended resources (GPUs) require it anyway.
+    return {"requests": dict(amounts), "limits": dict(amounts)}, gpus
+
+
+def stage_command(stage: str, gpus: int) -> list[str]:
+    config = f"{CONFIG_DIR}/{stage}.json"
+    args = [stage, "--config", config, "--termination-log", TERMINATION_LOG, "--no-progress"]
+    if gpus > 1:
+        return ["accelerate", "launch", "--num_processes", str(gpus), "-m", "rlaif_trainer.cli", *args]
+    return ["rlaif-train", *args]
+
+
+def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NONROOT_UID,
+        "runAsGroup": NONROOT_UID,
+        "fsGroup": NONROOT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_stage_job(
+    job: RLAIFJob, owner: Owner, stage: str, attempt: int, settings: Settings, image: str
+) -> dict[str, Any]:
+    """The batch/v1 Job for one attempt of one stage.
+
+    ``backoffLimit: 0``: the operator counts attempts itself, with its own backoff, and reads each
+    attempt's exit code to tell permanent from retryable failures.
+    """
+    spec = job.spec
+    tpl = spec.pod_template or api.PodTemplateOverrides()
+    name = stage_job_name(owner.name, stage, attempt)
+    own_labels = {**owner_labels(owner), LABEL_STAGE: stage, LABEL_ATTEMPT: str(attempt)}
+    queue = spec.run_policy.queue_name or settings.default_queue_name
+
+    resources, gpus = _resources(job, stage, settings)
+
+    env: list[dict[str, Any]] = [
+        {"name": "RLAIF_STAGE", "value": stage},
+        {"name": "RLAIF_JOB", "value": owner.name},
+        {"name": "RLAIF_ATTEMPT", "value": str(attempt)},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": f"{WORKSPACE_MOUNT}/.cache/huggingface"},
+        {"name": "RLAIF_CACHE_DIR", "value": f"{WORKSPACE_MOUNT}/.cache/rlaif"},
+    ]
+    if spec.labeler is not None and spec.labeler.api_key_secret_ref is not None:
+        env.append(_secret_env(API_KEY_ENV, spec.labeler.api_key_secret_ref))
+    judge = spec.evaluation.judge
+    if judge is not None and judge.api_key_secret_ref is not None:
+        env.append(_secret_env(JUDGE_API_KEY_ENV, judge.api_key_secret_ref))
+    reserved_env = {e["name"] for e in env}
+    for var in tpl.env or []:
+        if var.name not in reserved_env:
+            env.append(var.to_wire())
+
+    storage = spec.storage
+    workspace_mount: dict[str, Any] = {"name": WORKSPACE_VOLUME, "mountPath": WORKSPACE_MOUNT}
+    if storage.sub_path:
+        workspace_mount["subPath"] = storage.sub_path
+    mounts: list[dict[str, Any]] = [
+        {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+        workspace_mount,
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": CONFIG_VOLUME, "configMap": {"name": configmap_name(owner.name)}},
+        {"name": WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": workspace_claim_name(job, owner)}},
+    ]
+    if gpus > 1:  # NCCL needs more shared memory than the runtime's 64 MiB default
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    for vol in tpl.volumes or []:
+        if vol.get("name") not in RESERVED_VOLUMES:
+            volumes.append(dict(vol))
+    for mount in tpl.volume_mounts or []:
+        if mount.name not in RESERVED_VOLUMES:
+            mounts.append(mount.to_wire())
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "command": stage_command(stage, gpus),
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    sa = tpl.service_account_name or settings.trainer_service_account
+    if sa:
+        pod_spec["serviceAccountName"] = sa
+    if spec.run_policy.priority_class_name:
+        pod_spec["priorityClassName"] = spec.run_policy.priority_class_name
+    if tpl.node_selector:
+        pod_spec["nodeSelector"] = dict(tpl.node_selector)
+    if tpl.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in tpl.tolerations]
+    if tpl.affinity:
+        pod_spec["affinity"] = dict(tpl.affinity)
+    if tpl.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [s.to_wire() for s in tpl.image_pull_secrets]
+
+    pod_annotations = {**(tpl.annotations or {}), ANNOTATION_JOB_NAME: owner.name}
+    pod_labels = {**(tpl.labels or {}), **own_labels}
+
+    job_labels = dict(own_labels)
+    if queue:
+        job_labels[KUEUE_QUEUE_LABEL] = queue
+    meta = _metadata(owner, name, job_labels)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "completions": 1,
+        "parallelism": 1,
+        "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations}, "spec": pod_spec},
+    }
+    if queue:
+        job_spec["suspend"] = True  # Kueue admits (unsuspends) the Job when quota allows
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
