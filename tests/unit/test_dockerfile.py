@@ -112,7 +112,9 @@ def test_every_base_image_is_pinned(dockerfile):
         assert sep and "/" not in tag, f"FROM {image}: no tag; pin an exact version"
         assert tag != "latest", f"FROM {image}: 'latest' is not a pinned version"
         # An exact tag carries a full version, not a floating major like python:3 or pytorch:2.
-        assert re.search(r"\d+\.\d+\.\d+", tag), f"FROM {image}: tag {tag!r} floats; use an exact x.y.z version"
+        assert re.search(r"\d+\.\d+\.\d+", tag), (
+            f"FROM {image}: tag {tag!r} floats; use an exact x.y.z version"
+        )
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
@@ -151,7 +153,9 @@ def test_entrypoint_is_a_declared_console_script(dockerfile, target):
     candidates = [module_path.with_suffix(".py"), module_path / "__init__.py"]
     existing = [c for c in candidates if c.exists()]
     if existing:  # the operator's __main__ may still be in progress; once it exists it must define main
-        assert re.search(rf"^(async )?def {func}\(", existing[0].read_text(), re.M), f"{existing[0]} has no {func}()"
+        assert re.search(rf"^(async )?def {func}\(", existing[0].read_text(), re.M), (
+            f"{existing[0]} has no {func}()"
+        )
     elif package == "rlaif_trainer":
         pytest.fail(f"{scripts[argv[0]]} does not exist")
 
@@ -179,7 +183,9 @@ def test_trainer_image_is_cuda_torch_with_baked_model(dockerfile):
     assert "[trainer]" in runs
     assert "rlaif-train fetch-model" in runs, "the embedded default model must be baked in at build time"
     env = " ".join(v for s in deps for v in s.all("ENV"))
-    assert "RLAIF_CACHE_DIR=" in env, "the baked model must live in a fixed cache dir the runtime user can read"
+    assert "RLAIF_CACHE_DIR=" in env, (
+        "the baked model must live in a fixed cache dir the runtime user can read"
+    )
 
 
 def test_copied_sources_exist_and_are_not_dockerignored(dockerfile):
