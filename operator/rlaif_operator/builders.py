@@ -58,6 +58,7 @@ class Settings:
     workspace_root: str = WORKSPACE_MOUNT
     max_backoff_seconds: float = 600.0
     wait_requeue_seconds: float = 30.0
+    default_tolerations: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -327,8 +328,9 @@ def build_stage_job(
         pod_spec["priorityClassName"] = spec.run_policy.priority_class_name
     if tpl.node_selector:
         pod_spec["nodeSelector"] = dict(tpl.node_selector)
-    if tpl.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in tpl.tolerations]
+    tolerations = [dict(t) for t in settings.default_tolerations] + [t.to_wire() for t in tpl.tolerations or []]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if tpl.affinity:
         pod_spec["affinity"] = dict(tpl.affinity)
     if tpl.image_pull_secrets:

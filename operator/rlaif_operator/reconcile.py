@@ -532,9 +532,10 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             st.state, st.message = "Pending", "suspended"
         else:
             phase = PHASE_OF_STAGE[current]
+            reason, message = _advance(plan, job, owner, settings, observed, view, st, new, now, now_s, current)
+            deadline = _deadline(job, new, now)  # the first attempt may just have set startTime
             if deadline is not None:
                 plan.requeue((deadline - now).total_seconds())
-            reason, message = _advance(plan, job, owner, settings, observed, view, st, new, now, now_s, current)
             if reason in WAIT_REASONS and done == 0 and not view.attempts:
                 phase = "Pending"
 
