@@ -23,3 +23,19 @@ def tiny_model_and_tokenizer(tiny_model_dir: Path):
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
     model.eval()
     return model, tok
+
+
+def make_stage_config(workdir: Path, stage: str, spec: dict):
+    """A resolved StageConfig for ``stage`` from a camelCase spec dict (relative paths under ``workdir``)."""
+    from rlaif_trainer import spec as api
+
+    job = api.RLAIFJob.model_validate({"metadata": {"name": "t", "namespace": "ns"}, "spec": spec})
+    return api.resolve_stage_configs(job, workdir / "ws", base_dir=workdir)[stage]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
