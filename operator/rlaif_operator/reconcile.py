@@ -354,7 +354,7 @@ def _set_conditions(
     for ctype in CONDITION_TYPES:
         status_bool, reason, message = wanted[ctype]
         status = "True" if status_bool else "False"
-        prev = by_type.get(ctype)
+        prev = by_type.get(ctype)  # type: ignore[call-overload]
         ltt = prev.last_transition_time if prev is not None and prev.status == status else now
         out.append(
             Condition(
@@ -449,7 +449,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
 
     rp = job.spec.run_policy
     stages_status: dict[str, StageStatus] = {}
-    for stage in STAGE_ORDER:
+    for stage in STAGE_ORDER:  # type: ignore[assignment]
         if stage not in listed:
             stages_status[stage] = StageStatus(state="Skipped")
     done = 0
@@ -498,7 +498,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         new.current_stage = None
         new.completion_time = new.completion_time or now_s
     else:
-        new.current_stage = current
+        new.current_stage = current  # type: ignore[assignment]
         view = views[current]
         st = stages_status[current]
         all_live = [a for v in views.values() for a in v.live]
@@ -539,7 +539,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             if reason in WAIT_REASONS and done == 0 and not view.attempts:
                 phase = "Pending"
 
-    new.phase = phase
+    new.phase = phase  # type: ignore[assignment]
     if phase in TERMINAL_PHASES:
         new.current_stage = None if phase == "Succeeded" else new.current_stage
         _ttl(plan, job, new, now)
@@ -725,3 +725,20 @@ def _diff_events(plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, views: di
     old_running = _condition(old, "Running")
     if running is not None and running.reason in WAIT_REASONS and (old_running is None or old_running.reason != running.reason):
         plan.events.append(EventSpec("Warning", running.reason, running.message))
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: changed keys, ``None`` for
+    removed ones, lists replaced whole. Sending only the difference keeps status writes small and
+    leaves fields written by anyone else untouched."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value) if isinstance(value, dict) and isinstance(old[key], dict) else value
+    return patch

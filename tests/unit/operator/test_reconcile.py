@@ -521,3 +521,36 @@ def test_status_is_valid_against_the_api_model() -> None:
     sim = Sim()
     sim.run_to_end(SUMMARIES)
     RLAIFJobStatus.model_validate(sim.status())
+
+
+def test_merge_patch_contains_changes_and_nulls_for_removed_keys() -> None:
+    from rlaif_operator.reconcile import merge_patch
+
+    old = {"phase": "Labeling", "stages": {"label": {"state": "Pending", "nextRetryTime": "t"}}, "conditions": [1, 2]}
+    new = {"phase": "Labeling", "stages": {"label": {"state": "Running"}}, "conditions": [1, 3], "progress": "0/4"}
+    patch = merge_patch(old, new)
+    assert patch == {"stages": {"label": {"state": "Running", "nextRetryTime": None}}, "conditions": [1, 3], "progress": "0/4"}
+    assert merge_patch(new, new) == {}
+
+
+def test_merge_patch_applied_reproduces_new() -> None:
+    from rlaif_operator.reconcile import merge_patch
+
+    def apply(target: dict, patch: dict) -> dict:
+        out = copy.deepcopy(target)
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            elif isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = apply(out[k], v)
+            else:
+                out[k] = v
+        return out
+
+    sim = Sim()
+    sim.step()
+    before = copy.deepcopy(sim.status())
+    sim.finish("demo-label-1", 1)
+    sim.step()
+    after = sim.status()
+    assert apply(before, merge_patch(before, after)) == after

@@ -1,0 +1,411 @@
+"""The I/O half of the operator: a keyed work queue that runs the pure core and executes its plan.
+
+Why a work queue and not reconciliation inside kopf's handlers: the RLAIFJob must be reconciled
+when any of its children (Jobs, Pods, the workspace claim) changes, and kopf handlers only see
+the object whose event fired. So every kopf handler just *enqueues the owning RLAIFJob's key*;
+workers dedupe keys (a key is never reconciled twice at once, and events that arrive mid-reconcile
+cause exactly one more pass), read the RLAIFJob and its children from kopf's in-memory indexes
+(no list calls), and execute the plan. Failed passes are retried with bounded exponential backoff
+(``MAX_RETRIES``); a periodic resync re-enqueues every RLAIFJob as a safety net, which is also how
+the operator recovers after the API server comes back.
+
+Two short-lived caches cover the lag between a write and its watch event: the RLAIFJob returned by
+our last status patch (used when it is newer than the index's copy), and the stage Jobs this
+process just created or deleted (treated as present or gone until the watch catches up). Both are
+only accelerators: after a restart, kopf fills the indexes before any handler runs, and the core
+derives everything from the RLAIFJob and its children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from rlaif_trainer import spec as api
+
+from .builders import ANNOTATION_JOB_NAME, Settings, stage_job_name
+from .kube import RETRYABLE, ApiError, KubeClient, collection_path, object_collection
+from .metrics import Metrics
+from .reconcile import (
+    EventSpec,
+    JobInfo,
+    Observed,
+    Plan,
+    PodInfo,
+    fmt_time,
+    merge_patch,
+    reconcile,
+)
+
+log = logging.getLogger("rlaif_operator")
+
+Key = tuple[str, str]  # (namespace, name)
+MAX_RETRIES = 8
+RETRY_BASE_SECONDS = 0.5
+RETRY_CAP_SECONDS = 30.0
+WRITE_LAG_SECONDS = 60.0
+RESYNC_SECONDS = 60.0
+
+
+def _rv(body: Mapping[str, Any] | None) -> int:
+    try:
+        return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def retry_delay(failures: int) -> float:
+    return float(min(RETRY_BASE_SECONDS * (2 ** max(failures - 1, 0)), RETRY_CAP_SECONDS))
+
+
+class Indexes:
+    """Read access to kopf's indexes (plain mappings of key -> iterable of values)."""
+
+    def __init__(
+        self,
+        jobs: Mapping[Key, Iterable[dict[str, Any]]],
+        children: Mapping[Key, Iterable[JobInfo]],
+        pods: Mapping[Key, Iterable[PodInfo]],
+        claims: Mapping[str, Iterable[str]],
+        claims_known: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.jobs = jobs
+        self.children = children
+        self.pods = pods
+        self.claims = claims
+        self.claims_known = claims_known
+
+    def body(self, key: Key) -> dict[str, Any] | None:
+        values = list(self.jobs.get(key, ()))
+        return values[-1] if values else None
+
+    def keys(self) -> list[Key]:
+        return list(self.jobs)
+
+
+class Controller:
+    def __init__(
+        self,
+        client: KubeClient,
+        indexes: Indexes,
+        settings: Settings,
+        metrics: Metrics,
+        workers: int = 8,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.client = client
+        self.indexes = indexes
+        self.settings = settings
+        self.metrics = metrics
+        self.workers = workers
+        self.clock = clock
+        self.queue: asyncio.Queue[Key] = asyncio.Queue()
+        self.queued: set[Key] = set()
+        self.processing: set[Key] = set()
+        self.dirty: set[Key] = set()
+        self.failures: dict[Key, int] = {}
+        self.timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+        self.latest: dict[Key, dict[str, Any]] = {}
+        self.created: dict[tuple[str, str], tuple[float, JobInfo]] = {}  # (ns, job name) -> (when, info)
+        self.deleted: dict[tuple[str, str], float] = {}
+        self.ensured: set[tuple[str, str, str, str]] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.workers):
+            self.tasks.append(asyncio.create_task(self._worker(), name=f"rlaif-worker-{i}"))
+        self.tasks.append(asyncio.create_task(self._resync(), name="rlaif-resync"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for _, handle in self.timers.values():
+            handle.cancel()
+        await self.client.close()
+
+    # -- the queue -----------------------------------------------------------------------------
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+        if delay > 0:
+            self._schedule(key, delay)
+            return
+        if key in self.processing:
+            self.dirty.add(key)
+        elif key not in self.queued:
+            self.queued.add(key)
+            self.queue.put_nowait(key)
+
+    def _schedule(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        current = self.timers.get(key)
+        if current is not None and current[0] <= when:
+            return
+        if current is not None:
+            current[1].cancel()
+
+        def fire() -> None:
+            self.timers.pop(key, None)
+            self.enqueue(key)
+
+        self.timers[key] = (when, loop.call_at(when, fire))
+
+    def forget(self, key: Key, uid: str | None) -> None:
+        self.latest.pop(key, None)
+        self.failures.pop(key, None)
+        timer = self.timers.pop(key, None)
+        if timer is not None:
+            timer[1].cancel()
+        if uid:
+            self.metrics.forget(uid)
+
+    def depth(self) -> int:
+        return self.queue.qsize() + len(self.processing)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self.queued.discard(key)
+            self.processing.add(key)
+            try:
+                await self.reconcile_key(key)
+                self.failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self.metrics.reconcile_total.labels(result="error").inc()
+                n = self.failures.get(key, 0) + 1
+                self.failures[key] = n
+                if n <= MAX_RETRIES:
+                    delay = retry_delay(n)
+                    log.warning("reconcile %s/%s failed (try %d/%d, again in %.1fs): %s", *key, n, MAX_RETRIES, delay, err)
+                    self._schedule(key, delay)
+                else:
+                    log.error("reconcile %s/%s failed %d times, waiting for the next event or resync: %s", *key, n, err)
+                    self.failures.pop(key, None)
+            finally:
+                self.processing.discard(key)
+                if key in self.dirty:
+                    self.dirty.discard(key)
+                    self.enqueue(key)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            for key in self.indexes.keys():  # noqa: SIM118 (not a dict)
+                self.enqueue(key)
+
+    # -- one reconciliation --------------------------------------------------------------------
+    def _body(self, key: Key) -> dict[str, Any] | None:
+        body = self.indexes.body(key)
+        if body is None:
+            return None
+        cached = self.latest.get(key)
+        if cached is not None:
+            same = (cached.get("metadata") or {}).get("uid") == (body.get("metadata") or {}).get("uid")
+            if same and _rv(cached) > _rv(body):
+                return cached
+            self.latest.pop(key, None)
+        return body
+
+    def observe(self, namespace: str, name: str, uid: str) -> Observed:
+        now = time.monotonic()
+        jobs: dict[str, JobInfo] = {}
+        for info in self.indexes.children.get((namespace, name), ()):
+            recently_deleted = self.deleted.get((namespace, info.name))
+            if recently_deleted is not None and now - recently_deleted < WRITE_LAG_SECONDS:
+                continue
+            jobs[info.name] = info
+        for (ns, job_name), (when, info) in list(self.created.items()):
+            if now - when > WRITE_LAG_SECONDS:
+                self.created.pop((ns, job_name), None)
+                continue
+            if ns == namespace and info.owner_uid == uid and job_name not in jobs:
+                jobs[job_name] = info  # created by us, the watch has not shown it yet
+        for k, when in list(self.deleted.items()):
+            if now - when > WRITE_LAG_SECONDS:
+                self.deleted.pop(k, None)
+        pods = {j: list(self.indexes.pods.get((namespace, j), ())) for j in jobs}
+        claims = frozenset(self.indexes.claims.get(namespace, ())) if self.indexes.claims_known() else None
+        return Observed(jobs=list(jobs.values()), pods=pods, claims=claims)
+
+    async def reconcile_key(self, key: Key) -> Plan | None:
+        started = time.perf_counter()
+        body = self._body(key)
+        if body is None:
+            return None
+        meta = body.get("metadata") or {}
+        namespace, name, uid = key[0], key[1], meta.get("uid", "")
+        observed = self.observe(namespace, name, uid)
+        now = self.clock()
+        plan = reconcile(body, observed, now, self.settings)
+        result = "success"
+        try:
+            await self.execute(key, body, plan, now)
+        except ApiError as err:
+            if err.status == 409:
+                result = "conflict"
+            raise
+        finally:
+            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+            if result == "conflict":
+                self.metrics.reconcile_total.labels(result="conflict").inc()
+        self.metrics.reconcile_total.labels(result="success").inc()
+        return plan
+
+    async def execute(self, key: Key, body: dict[str, Any], plan: Plan, now: datetime) -> None:
+        namespace, name = key
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid", "")
+        for obj in plan.ensure:
+            await self._ensure(obj, uid)
+        for job_name in plan.delete:
+            await self._delete_job(namespace, job_name)
+        requeue_soon = False
+        for manifest in plan.create:
+            requeue_soon |= not await self._create_job(manifest, uid, now)
+        if plan.status is not None:
+            patch = {"status": merge_patch(body.get("status") or {}, plan.status)}
+            path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}/status"
+            try:
+                updated = await self.client.merge_patch(path, patch)
+            except ApiError as err:
+                if err.status == 404:
+                    return  # deleted meanwhile
+                raise
+            if isinstance(updated, dict):
+                self.latest[key] = updated
+        self.metrics.set_phase(uid, plan.phase)
+        for outcome in plan.outcomes:
+            self.metrics.stage_finished(outcome.stage, outcome.result, outcome.duration_seconds)
+        for event in plan.events:
+            await self._post_event(body, event, now)
+        if plan.delete_self:
+            await self._delete_self(namespace, name, uid)
+            return
+        if plan.requeue_after is not None:
+            self._schedule(key, plan.requeue_after + 0.05)
+        if requeue_soon:
+            self._schedule(key, 1.0)
+
+    # -- children ------------------------------------------------------------------------------
+    async def _ensure(self, obj: dict[str, Any], uid: str) -> None:
+        meta = obj["metadata"]
+        digest = (meta.get("annotations") or {}).get("rlaif.dev/config-hash", "")
+        cache_key = (obj["kind"], meta["namespace"], meta["name"], f"{uid}/{digest}")
+        if cache_key in self.ensured:
+            return
+        try:
+            await self.client.create(object_collection(obj), obj)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            if obj["kind"] == "ConfigMap":
+                path = object_collection(obj) + f"/{meta['name']}"
+                current = await self.client.get(path)
+                current_hash = ((current.get("metadata") or {}).get("annotations") or {}).get("rlaif.dev/config-hash")
+                if current_hash != digest:
+                    await self.client.merge_patch(
+                        path, {"metadata": {"annotations": {"rlaif.dev/config-hash": digest}}, "data": obj["data"]}
+                    )
+        self.ensured.add(cache_key)
+
+    async def _create_job(self, manifest: dict[str, Any], uid: str, now: datetime) -> bool:
+        meta = manifest["metadata"]
+        labels = meta["labels"]
+        info = JobInfo(
+            name=meta["name"],
+            stage=labels["rlaif.dev/stage"],
+            attempt=int(labels["rlaif.dev/attempt"]),
+            owner_uid=uid,
+            created=fmt_time(now),
+            suspended=bool(manifest["spec"].get("suspend")),
+        )
+        try:
+            await self.client.create(object_collection(manifest), manifest)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            # Already there: a previous operator instance (or our own lagging cache) created it.
+            # The index will show it; if it belongs to an older RLAIFJob of the same name, the
+            # garbage collector removes it and a later pass creates ours.
+            log.info("stage Job %s/%s already exists: adopting it", meta["namespace"], meta["name"])
+            return False
+        self.created[(meta["namespace"], meta["name"])] = (time.monotonic(), info)
+        return True
+
+    async def _delete_job(self, namespace: str, job_name: str) -> None:
+        path = collection_path("batch/v1", "jobs", namespace) + f"/{job_name}"
+        try:
+            await self.client.delete(path, {"propagationPolicy": "Background"})
+        except ApiError as err:
+            if err.status != 404:
+                raise
+        self.deleted[(namespace, job_name)] = time.monotonic()
+        self.created.pop((namespace, job_name), None)
+
+    async def _delete_self(self, namespace: str, name: str, uid: str) -> None:
+        path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}"
+        try:
+            await self.client.delete(path, {"preconditions": {"uid": uid}, "propagationPolicy": "Background"})
+        except ApiError as err:
+            if err.status not in (404, 409):
+                raise
+        log.info("deleted finished RLAIFJob %s/%s (ttlSecondsAfterFinished)", namespace, name)
+
+    async def _post_event(self, body: dict[str, Any], event: EventSpec, now: datetime) -> None:
+        meta = body.get("metadata") or {}
+        stamp = fmt_time(now)
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'rlaifjob')[:200]}.", "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "reason": event.reason[:128],
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": "rlaif-operator"},
+            "reportingComponent": "rlaif.dev/operator",
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self.client.create(object_collection(manifest), manifest)
+        except (ApiError, *RETRYABLE) as err:  # events are best effort: never fail a reconcile
+            log.warning("could not post event %s on %s/%s: %s", event.reason, meta.get("namespace"), meta.get("name"), err)
+
+
+def job_owner_key(body: Mapping[str, Any]) -> Key | None:
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == api.KIND and ref.get("controller"):
+            return (meta.get("namespace", ""), ref.get("name", ""))
+    return None
+
+
+def pod_owner_key(body: Mapping[str, Any]) -> Key | None:
+    meta = body.get("metadata") or {}
+    owner = (meta.get("annotations") or {}).get(ANNOTATION_JOB_NAME)
+    return (meta.get("namespace", ""), owner) if owner else None
+
+
+__all__ = ["Controller", "Indexes", "job_owner_key", "pod_owner_key", "retry_delay", "stage_job_name"]

@@ -1,0 +1,183 @@
+"""kopf wiring: indexes of RLAIFJobs and their children, thin event handlers, operator settings.
+
+Handlers do no API calls and no decisions: index handlers keep in-memory views of the RLAIFJobs,
+their stage Jobs (keyed by the owning RLAIFJob), stage Pods (keyed by their Job) and PVC names
+(keyed by namespace); event handlers enqueue the owning RLAIFJob into the
+:class:`~rlaif_operator.controller.Controller`, which runs the pure core and applies its plan.
+Because kopf fills every index before it calls any handler, a restarted operator sees all
+existing children before it plans anything: it adopts instead of duplicating.
+
+API access (least privilege; mirrored by :data:`rlaif_operator.rbac.RBAC_RULES`, which the Helm
+chart's Role/ClusterRole should copy):
+
+==========================  ====================================  ================================
+resource                    verbs                                 why
+==========================  ====================================  ================================
+rlaif.dev rlaifjobs         get, list, watch, delete              watch/index; TTL deletion
+rlaif.dev rlaifjobs/status  patch                                 merge-patch of the status
+batch jobs                  list, watch, create, delete           stage attempts; suspend/deadline
+pods                        list, watch                           exit codes, termination messages
+configmaps                  get, create, patch                    resolved stage configs
+persistentvolumeclaims      list, watch, create                   claim existence; owned workspace
+events                      create                                phase/stage/retry/failure events
+==========================  ====================================  ================================
+
+Optional: apiextensions.k8s.io customresourcedefinitions list/watch (kopf notices the CRD being
+installed after start-up), and namespaces list/watch when ``--namespace`` is a glob pattern.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from rlaif_trainer import spec as api
+
+from .builders import LABEL_STAGE, Settings
+from .controller import Controller, Indexes, job_owner_key, pod_owner_key
+from .kube import KubeClient
+from .metrics import Metrics
+from .reconcile import summarize_job, summarize_pod
+
+log = logging.getLogger("rlaif_operator")
+PREFIX = "rlaif.dev"
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf hygiene: our own prefix, watch timeouts, bounded retries, no chatty event posting."""
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    # Watches end server-side before the client gives up, so they are renewed cleanly; a
+    # connection that goes quiet (e.g. the API server died) is noticed within a minute.
+    settings.watching.server_timeout = 240
+    settings.watching.client_timeout = 270
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = 60
+    settings.watching.reconnect_backoff = 1.0
+    # kopf's own API calls: bounded retries with backoff, then the error surfaces.
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.networking.error_backoffs = [1, 2, 4, 8, 15]
+    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    # The operator posts its own, meaningful events; kopf's per-handler log events would double
+    # the API traffic.
+    settings.posting.enabled = False
+
+
+def _controller(memo: Any) -> Controller:
+    ctrl: Controller = memo.controller
+    return ctrl
+
+
+# --------------------------------------------------------------------------------------------------
+# activities
+# --------------------------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None:
+    rlaif_jobs, rlaif_stage_jobs = kw["rlaif_jobs"], kw["rlaif_stage_jobs"]
+    rlaif_stage_pods, rlaif_claims = kw["rlaif_stage_pods"], kw["rlaif_claims"]
+    configure_kopf(settings)
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.PermanentError("no credentials: neither an in-cluster service account nor a kubeconfig")
+    op_settings: Settings = getattr(memo, "operator_settings", None) or Settings()
+    metrics: Metrics = getattr(memo, "metrics", None) or Metrics()
+    memo.metrics = metrics
+    indexes = Indexes(rlaif_jobs, rlaif_stage_jobs, rlaif_stage_pods, rlaif_claims)
+    controller = Controller(KubeClient(info), indexes, op_settings, metrics, workers=getattr(memo, "workers", 8))
+    controller.start()
+    memo.controller = controller
+    log.info(
+        "rlaif-operator started: trainer image %s, GPU resource %s",
+        op_settings.trainer_image or "(spec.image only)",
+        op_settings.gpu_resource_name,
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: Any, **_: Any) -> None:
+    ctrl = getattr(memo, "controller", None)
+    if ctrl is not None:
+        await ctrl.stop()
+
+
+@kopf.on.probe(id="queueDepth")
+def queue_depth(memo: Any, **_: Any) -> int:
+    ctrl = getattr(memo, "controller", None)
+    return ctrl.depth() if ctrl is not None else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# indexes (in-memory views; no list calls in hot paths)
+# --------------------------------------------------------------------------------------------------
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+async def rlaif_jobs(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    return {(kw["namespace"], kw["name"]): dict(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_STAGE: kopf.PRESENT})
+async def rlaif_stage_jobs(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key, info = job_owner_key(body), summarize_job(dict(body))
+    return {key: info} if key is not None and info is not None else {}
+
+
+@kopf.index("v1", "pods", labels={LABEL_STAGE: kopf.PRESENT})
+async def rlaif_stage_pods(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    info = summarize_pod(dict(body))
+    return {(kw["namespace"], info.job_name): info} if info is not None else {}
+
+
+@kopf.index("v1", "persistentvolumeclaims")
+async def rlaif_claims(**kw: Any) -> dict[Any, Any]:
+    return {kw["namespace"]: kw["name"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# events -> work queue
+# --------------------------------------------------------------------------------------------------
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def rlaif_job_event(event: Any, memo: Any, **kw: Any) -> None:
+    ctrl = _controller(memo)
+    key = (kw["namespace"], kw["name"])
+    if event.get("type") == "DELETED":
+        ctrl.forget(key, kw.get("uid"))
+    else:
+        ctrl.enqueue(key)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_STAGE: kopf.PRESENT})
+async def stage_job_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    key = job_owner_key(body)
+    if key is not None:
+        _controller(memo).enqueue(key)
+
+
+@kopf.on.event("v1", "pods", labels={LABEL_STAGE: kopf.PRESENT})
+async def stage_pod_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    key = pod_owner_key(body)
+    if key is not None:
+        _controller(memo).enqueue(key)
+
+
+@kopf.on.event("v1", "persistentvolumeclaims")
+async def claim_event(memo: Any, **kw: Any) -> None:
+    """A claim appeared or went: wake the jobs of that namespace that have not started yet."""
+    ctrl = _controller(memo)
+    namespace = kw["namespace"]
+    for key, store in list(kw["rlaif_jobs"].items()):
+        if key[0] != namespace:
+            continue
+        for body in store:
+            if ((body.get("status") or {}).get("phase") or "Pending") == "Pending":
+                ctrl.enqueue(key)
