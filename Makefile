@@ -35,8 +35,10 @@ lint: $(VENV)/.installed-dev ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-crds: $(VENV)/.installed-dev ## regenerate crds/ from the pydantic spec
+crds: $(VENV)/.installed-dev ## regenerate the CRD (crds/ and the chart's copy) and the spec reference from the pydantic spec
 	$(BIN)/python -m rlaif_operator.crd -o crds/rlaif.dev_rlaifjobs.yaml
+	cp crds/rlaif.dev_rlaifjobs.yaml charts/rlaif-operator/files/crds/rlaif.dev_rlaifjobs.yaml
+	$(BIN)/python docs/gen_reference.py
 
 check-crds: $(VENV)/.installed-dev ## fail if crds/ is stale
 	$(BIN)/python -m rlaif_operator.crd -o crds/rlaif.dev_rlaifjobs.yaml --check

@@ -7,9 +7,9 @@ pydantic's JSON Schema is close to, but not, a Kubernetes *structural* schema, s
 inlines ``$ref``s, turns ``Optional[X]`` (``anyOf: [X, null]``) into plain ``X``, drops ``title``,
 and attaches the :class:`~rlaif_trainer.spec.CelRule` s declared on each model as
 ``x-kubernetes-validations``. Defaults are kept, so the API server fills them in and CEL rules can
-rely on them (``self.rl.reward`` exists even when a user leaves ``rl`` out); an object's default is
-pruned to what differs from its fields' own defaults, so ``rl`` defaults to ``{}`` rather than to a
-copy of every field.
+rely on them (``self.rl.reward`` exists even when a user leaves ``rl`` out). An object's default is
+written in full: the API server checks a default against the CEL rules as it is written, before
+nested defaulting, so ``rl: {}`` would fail a rule that reads ``self.algorithm``.
 """
 
 from __future__ import annotations
@@ -127,27 +127,19 @@ def _attach_factory_defaults(model: type[api.ApiModel], node: dict[str, Any]) ->
             _attach_factory_defaults(nested, target)
 
 
-def _prune_defaults(node: dict[str, Any]) -> None:
-    """Drop null defaults and shrink object defaults to what the properties' own defaults don't give."""
+def _drop_null_defaults(node: dict[str, Any]) -> None:
     for sub in node.get("properties", {}).values():
-        _prune_defaults(sub)
+        _drop_null_defaults(sub)
     if "items" in node:
-        _prune_defaults(node["items"])
-    if "default" not in node:
-        return
-    default = node["default"]
-    if default is None:
+        _drop_null_defaults(node["items"])
+    if "default" in node and node["default"] is None:
         del node["default"]
-    elif isinstance(default, dict) and "properties" in node:
-        node["default"] = {
-            key: value
-            for key, value in default.items()
-            if value is not None and node["properties"].get(key, {}).get("default") != value
-        }
 
 
 def _require_descriptions(node: dict[str, Any], path: str) -> None:
     for prop, sub in node.get("properties", {}).items():
+        if path == "" and prop == "metadata":
+            continue
         if not sub.get("description"):
             raise SchemaError(f"{path}.{prop} has no description: add Field(description=...) in rlaif_trainer.spec")
         _require_descriptions(sub, f"{path}.{prop}")
@@ -162,14 +154,14 @@ def openapi_schema() -> dict[str, Any]:
     raw = api.RLAIFJob.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
     schema = _structural(raw, defs, _models_by_title(), "")
-    # The API server owns metadata's schema; a CRD may only constrain name and generateName.
-    schema["properties"]["metadata"] = {"type": "object", "description": "Standard object metadata."}
+    # The API server owns metadata's schema: a CRD may not even describe it.
+    schema["properties"]["metadata"] = {"type": "object"}
     schema["properties"]["apiVersion"] = {"type": "string", "description": "APIVersion of this object: rlaif.dev/v1alpha1."}
     schema["properties"]["kind"] = {"type": "string", "description": "Kind of this object: RLAIFJob."}
     schema["required"] = ["spec"]
     schema["x-kubernetes-validations"] = [api.IMMUTABLE_AFTER_START_RULE.to_schema()]
     _attach_factory_defaults(api.RLAIFJob, schema)
-    _prune_defaults(schema)
+    _drop_null_defaults(schema)
     _require_descriptions(schema, "")
     return schema
 
