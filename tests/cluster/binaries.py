@@ -1,0 +1,284 @@
+"""Locate or build the control-plane binaries.
+
+Lookup order for a binary ``NAME`` (e.g. ``kube-apiserver``):
+
+1. ``TEST_ASSET_<NAME>`` (upper case, ``-`` -> ``_``, e.g. ``TEST_ASSET_KUBE_APISERVER``):
+   an explicit path to the executable (the envtest convention).
+2. ``$KUBEBUILDER_ASSETS/NAME`` when ``KUBEBUILDER_ASSETS`` is set and the file exists
+   (envtest ships etcd, kube-apiserver and kubectl; the rest is built).
+3. The per-user cache: ``${RLAIF_TEST_BIN_DIR:-${XDG_CACHE_HOME:-~/.cache}/rlaif-operator/bin}/
+   NAME-VERSION-HASH``, where HASH covers the wrapper module's go.mod/go.sum and ldflags.
+4. A build from the pinned Go wrapper modules in ``tests/cluster/go/`` through the Go module
+   proxy (``GOTOOLCHAIN=local``, ``-trimpath``, version ldflags, ``-p 2``), serialised
+   across processes by a lock file in the cache directory. ``RLAIF_TEST_NO_BUILD=1``
+   turns this step off.
+
+When every step fails a :class:`BinaryError` names the binary and says how to provide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+GO_DIR = Path(__file__).resolve().parent / "go"
+
+KUBE_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
+
+
+def _kube_ldflags(version: str) -> tuple[str, ...]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags: list[str] = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.gitCommit={version}",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return tuple(flags)
+
+
+@dataclass(frozen=True)
+class BinarySpec:
+    name: str
+    version: str
+    module: str  # directory under tests/cluster/go/
+    package: str  # Go package path to build
+    ldflags: tuple[str, ...] = ()
+    version_args: tuple[str, ...] = ("--version",)
+
+    @property
+    def env_var(self) -> str:
+        return "TEST_ASSET_" + self.name.upper().replace("-", "_")
+
+    @property
+    def module_dir(self) -> Path:
+        return GO_DIR / self.module
+
+    def cache_key(self) -> str:
+        h = hashlib.sha256()
+        for f in ("go.mod", "go.sum"):
+            p = self.module_dir / f
+            h.update(p.read_bytes() if p.exists() else b"")
+        h.update(self.package.encode())
+        h.update(" ".join(self.ldflags).encode())
+        return f"{self.name}-{self.version}-{h.hexdigest()[:10]}"
+
+
+SPECS: dict[str, BinarySpec] = {
+    spec.name: spec
+    for spec in (
+        BinarySpec(
+            "etcd",
+            ETCD_VERSION,
+            "etcd",
+            ".",
+            (f"-X go.etcd.io/etcd/api/v3/version.GitSHA={ETCD_VERSION}",),
+        ),
+        *(
+            BinarySpec(
+                name,
+                KUBE_VERSION,
+                "kube",
+                f"k8s.io/kubernetes/cmd/{name}",
+                _kube_ldflags(KUBE_VERSION),
+                ("version", "--client") if name == "kubectl" else ("--version",),
+            )
+            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+        ),
+        BinarySpec(
+            "kwok",
+            KWOK_VERSION,
+            "kwok",
+            "sigs.k8s.io/kwok/cmd/kwok",
+            (f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION.lstrip('v')}",),
+        ),
+        BinarySpec(
+            "helm",
+            HELM_VERSION,
+            "helm",
+            "helm.sh/helm/v3/cmd/helm",
+            (
+                f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+                "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                # helm's Makefile sets these from the k8s.io modules it builds against (v0.37).
+                "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+                "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37",
+                "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+                "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37",
+            ),
+            ("version",),
+        ),
+    )
+}
+
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+
+
+class BinaryError(RuntimeError):
+    """A control-plane binary could neither be found nor built."""
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("RLAIF_TEST_BIN_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rlaif-operator" / "bin"
+
+
+def how_to_provide(spec: BinarySpec) -> str:
+    return (
+        f"Provide it with {spec.env_var}=/path/to/{spec.name}"
+        + (" or KUBEBUILDER_ASSETS=<dir with envtest binaries>" if spec.name in _ENVTEST else "")
+        + f", or build it with `python -m tests.cluster build` (needs Go >= 1.26 and access to the Go"
+        f" module proxy; output goes to {cache_dir()})."
+    )
+
+
+_ENVTEST = {"etcd", "kube-apiserver", "kubectl"}
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find(name: str) -> Path | None:
+    """Return an existing binary for ``name`` without building, or None."""
+    spec = SPECS[name]
+    explicit = os.environ.get(spec.env_var)
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not _executable(p):
+            raise BinaryError(f"{spec.env_var}={explicit} is not an executable file. {how_to_provide(spec)}")
+        return p
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        p = Path(assets).expanduser() / name
+        if _executable(p):
+            return p
+    p = cache_dir() / spec.cache_key()
+    if _executable(p):
+        return p
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".build.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[tests.cluster] waiting for another build holding {d / '.build.lock'}", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["GOTOOLCHAIN"] = "local"
+    env["GOFLAGS"] = "-mod=readonly"
+    env["GOWORK"] = "off"
+    return env
+
+
+def _build(spec: BinarySpec, log: Path | None) -> Path:
+    go = shutil.which("go")
+    if go is None:
+        raise BinaryError(f"cannot build {spec.name}: `go` is not on PATH. {how_to_provide(spec)}")
+    dest = cache_dir() / spec.cache_key()
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    cmd = [
+        go,
+        "build",
+        "-p",
+        os.environ.get("RLAIF_TEST_GO_PARALLELISM", "2"),
+        "-trimpath",
+        "-ldflags",
+        " ".join(("-s", "-w", *spec.ldflags)),
+        "-o",
+        str(tmp),
+        spec.package,
+    ]
+    print(f"[tests.cluster] building {spec.name} {spec.version} in {spec.module_dir} ...", file=sys.stderr)
+    start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "a")) if log else None
+        proc = subprocess.run(
+            cmd,
+            cwd=spec.module_dir,
+            env=go_env(),
+            stdout=out if out else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        tail = proc.stdout[-4000:] if proc.stdout else f"(see {log})"
+        raise BinaryError(
+            f"building {spec.name} {spec.version} failed (exit {proc.returncode}):\n{tail}\n{how_to_provide(spec)}"
+        )
+    os.replace(tmp, dest)
+    print(f"[tests.cluster] built {spec.name} in {time.monotonic() - start:.0f}s -> {dest}", file=sys.stderr)
+    return dest
+
+
+def ensure(
+    names: Iterable[str] = CONTROL_PLANE, *, build: bool | None = None, log: Path | None = None
+) -> dict[str, Path]:
+    """Return paths for ``names``, building the missing ones (unless building is off)."""
+    if build is None:
+        build = os.environ.get("RLAIF_TEST_NO_BUILD", "") not in ("1", "true", "yes")
+    result: dict[str, Path] = {}
+    missing: list[str] = []
+    for name in names:
+        found = find(name)
+        if found is None:
+            missing.append(name)
+        else:
+            result[name] = found
+    if not missing:
+        return result
+    if not build:
+        spec = SPECS[missing[0]]
+        raise BinaryError(
+            f"control-plane binary {spec.name} {spec.version} not found. {how_to_provide(spec)}"
+        )
+    with _build_lock():
+        for name in missing:
+            found = find(name)  # another process may have built it while we waited
+            result[name] = found if found is not None else _build(SPECS[name], log)
+    return result
+
+
+def version_of(name: str, path: Path) -> str:
+    spec = SPECS[name]
+    try:
+        proc = subprocess.run(
+            [str(path), *spec.version_args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError as exc:
+        return f"error: {exc}"
+    text = (proc.stdout or proc.stderr).strip()
+    return " ".join(text.split())[:200]

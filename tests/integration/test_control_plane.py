@@ -1,0 +1,229 @@
+"""Proof that the local control plane (tests.cluster) behaves like a real cluster with GPU nodes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import Cluster, binaries
+
+pytestmark = pytest.mark.integration
+
+
+def _job(
+    name: str, *, annotations: dict[str, str] | None = None, gpus: int = 1, backoff: int = 0
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": backoff,
+            "template": {
+                "metadata": {"annotations": annotations or {}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "rlaif-trainer:test",
+                            "command": ["rlaif-train", "rl"],
+                            "resources": {
+                                "limits": {"nvidia.com/gpu": str(gpus), "cpu": "1", "memory": "1Gi"}
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _create_job(cluster: Cluster, ns: str, job: dict[str, Any]) -> None:
+    cluster.request("POST", f"/apis/batch/v1/namespaces/{ns}/jobs", job)
+
+
+def _job_condition(cluster: Cluster, ns: str, name: str) -> str | None:
+    job = cluster.get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
+    for cond in (job or {}).get("status", {}).get("conditions") or []:
+        if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
+            return str(cond["type"])
+    return None
+
+
+def _pods(cluster: Cluster, ns: str, job: str) -> list[dict[str, Any]]:
+    pods = cluster.get(f"/api/v1/namespaces/{ns}/pods?labelSelector=job-name%3D{job}")
+    return list(pods["items"]) if pods else []
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    return dict(pod["status"]["containerStatuses"][0]["state"]["terminated"])
+
+
+def test_binaries_report_pinned_versions(cluster: Cluster) -> None:
+    out = cluster.kubectl("version", "-o", "json").stdout
+    versions = json.loads(out)
+    assert versions["clientVersion"]["gitVersion"] == binaries.KUBE_VERSION
+    assert versions["serverVersion"]["gitVersion"] == binaries.KUBE_VERSION
+
+
+def test_gpu_nodes_advertise_gpus(cluster: Cluster) -> None:
+    nodes = cluster.get("/api/v1/nodes")["items"]
+    gpu_nodes = [n for n in nodes if n["status"]["allocatable"].get("nvidia.com/gpu") == "8"]
+    assert len(gpu_nodes) >= 2
+    for n in gpu_nodes:
+        ready = {c["type"]: c["status"] for c in n["status"]["conditions"]}
+        assert ready["Ready"] == "True"
+
+
+def test_gpu_job_is_scheduled_and_completes(cluster: Cluster, namespace: str) -> None:
+    _create_job(cluster, namespace, _job("gpu-ok"))
+    assert (
+        cluster.wait_for("job gpu-ok finished", lambda: _job_condition(cluster, namespace, "gpu-ok"), 60)
+        == "Complete"
+    )
+    [pod] = _pods(cluster, namespace, "gpu-ok")
+    assert pod["spec"]["nodeName"].startswith("kwok-gpu-")
+    assert pod["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert pod["status"]["phase"] == "Succeeded"
+    assert _terminated(pod)["exitCode"] == 0
+    # The ServiceAccount admission plugin ran: the pod got the default SA and its token volume.
+    assert pod["spec"]["serviceAccountName"] == "default"
+    assert any(v["name"].startswith("kube-api-access-") for v in pod["spec"]["volumes"])
+
+
+def test_annotated_pod_fails_its_job_with_chosen_exit_code(cluster: Cluster, namespace: str) -> None:
+    _create_job(cluster, namespace, _job("gpu-fail", annotations={"rlaif.dev/test-exit-code": "3"}))
+    assert (
+        cluster.wait_for("job gpu-fail finished", lambda: _job_condition(cluster, namespace, "gpu-fail"), 60)
+        == "Failed"
+    )
+    job = cluster.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/gpu-fail")
+    assert job["status"].get("failed") == 1
+    [pod] = _pods(cluster, namespace, "gpu-fail")
+    assert pod["status"]["phase"] == "Failed"
+    assert _terminated(pod)["exitCode"] == 3
+    assert _terminated(pod)["reason"] == "Error"
+
+
+def test_termination_message_and_run_time_annotations(cluster: Cluster, namespace: str) -> None:
+    summary = json.dumps({"stage": "reward", "metrics": {"accuracy": 0.71}, "quote": 'it\'s "fine"\n'})
+    t0 = time.monotonic()
+    _create_job(
+        cluster,
+        namespace,
+        _job(
+            "summary",
+            annotations={"rlaif.dev/test-termination-message": summary, "rlaif.dev/test-run-seconds": "3"},
+        ),
+    )
+    # While it runs, it is Running on a kwok node.
+    cluster.wait_for(
+        "pod Running",
+        lambda: [p for p in _pods(cluster, namespace, "summary") if p["status"].get("phase") == "Running"],
+        30,
+    )
+    assert (
+        cluster.wait_for("job summary finished", lambda: _job_condition(cluster, namespace, "summary"), 60)
+        == "Complete"
+    )
+    assert time.monotonic() - t0 >= 2.5, "rlaif.dev/test-run-seconds=3 was not honoured"
+    [pod] = _pods(cluster, namespace, "summary")
+    term = _terminated(pod)
+    assert term["message"] == summary
+    assert json.loads(term["message"])["metrics"]["accuracy"] == 0.71
+
+
+def test_garbage_collector_deletes_dependents(cluster: Cluster, namespace: str) -> None:
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    owner = cluster.request("POST", base, {"metadata": {"name": "owner"}, "data": {"k": "v"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    cluster.request("POST", base, {"metadata": {"name": "dependent", "ownerReferences": [ref]}})
+    cluster.request("DELETE", f"{base}/owner")
+    cluster.wait_for(
+        "dependent ConfigMap garbage-collected", lambda: cluster.get(f"{base}/dependent") is None, 30
+    )
+
+    # A long-running Job's pod is deleted with the Job (GC + kwok's pod-delete stage).
+    _create_job(cluster, namespace, _job("long", annotations={"rlaif.dev/test-run-seconds": "600"}))
+    cluster.wait_for(
+        "long pod Running",
+        lambda: [p for p in _pods(cluster, namespace, "long") if p["status"].get("phase") == "Running"],
+        30,
+    )
+    cluster.request(
+        "DELETE",
+        f"/apis/batch/v1/namespaces/{namespace}/jobs/long",
+        {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+    )
+    cluster.wait_for("pods of deleted job gone", lambda: not _pods(cluster, namespace, "long"), 30)
+
+
+def test_kopf_runner_handles_configmaps(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    from kopf.testing import KopfRunner
+
+    handler = tmp_path / "throwaway_operator.py"
+    handler.write_text(
+        "import kopf\n\n"
+        "@kopf.on.startup()\n"
+        "def configure(settings: kopf.OperatorSettings, **_):\n"
+        "    settings.watching.server_timeout = 10\n\n"
+        "@kopf.on.create('configmaps', labels={'rlaif.dev/kopf-test': 'yes'})\n"
+        "def mark(body, patch, **_):\n"
+        "    patch.metadata.annotations['rlaif.dev/handled-by'] = 'kopf'\n"
+        "    return {'seen': body['metadata']['name']}\n"
+    )
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    args = ["run", "--standalone", "--namespace", namespace, "--verbose", str(handler)]
+    with KopfRunner(args, timeout=60) as runner:
+        cluster.request(
+            "POST", base, {"metadata": {"name": "watched", "labels": {"rlaif.dev/kopf-test": "yes"}}}
+        )
+        cm = cluster.wait_for(
+            "kopf annotation",
+            lambda: (
+                (c := cluster.get(f"{base}/watched"))
+                and "rlaif.dev/handled-by" in (c["metadata"].get("annotations") or {})
+                and c
+            ),
+            30,
+        )
+    assert cm["metadata"]["annotations"]["rlaif.dev/handled-by"] == "kopf"
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+    assert "Handler 'mark' succeeded" in runner.output
+
+
+def test_apiserver_restart_keeps_state_and_controllers_recover(cluster: Cluster, namespace: str) -> None:
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    cluster.request("POST", base, {"metadata": {"name": "before-restart"}, "data": {"x": "1"}})
+    cluster.stop_apiserver()
+    assert not cluster.procs["kube-apiserver"].running
+    with pytest.raises(OSError):
+        cluster.get(f"{base}/before-restart")
+    cluster.start_apiserver()
+    assert cluster.get(f"{base}/before-restart")["data"] == {"x": "1"}
+    # Scheduler, controller-manager and kwok reconnect: a new Job still runs to completion.
+    _create_job(cluster, namespace, _job("after-restart"))
+    assert (
+        cluster.wait_for("job after restart", lambda: _job_condition(cluster, namespace, "after-restart"), 90)
+        == "Complete"
+    )
+
+
+def test_missing_binary_fails_with_instructions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TEST_ASSET_KWOK", str(tmp_path / "nope"))
+    with pytest.raises(binaries.BinaryError, match=r"TEST_ASSET_KWOK=.*python -m tests.cluster build"):
+        binaries.ensure(["kwok"])
+    monkeypatch.delenv("TEST_ASSET_KWOK")
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    monkeypatch.setenv("RLAIF_TEST_BIN_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("RLAIF_TEST_NO_BUILD", "1")
+    with pytest.raises(
+        binaries.BinaryError, match=r"kube-scheduler v1\.36\.3 not found.*TEST_ASSET_KUBE_SCHEDULER"
+    ):
+        binaries.ensure(["kube-scheduler"])
