@@ -23,7 +23,9 @@ Batching: dynamic padding to the longest sequence of each batch, and length-grou
 Data parallel: under ``accelerate launch`` every process computes the same global batch order and
 takes every ``world_size``-th pair of each global batch; each process's loss is its sum divided by
 the global batch size times the world size, so DDP's gradient mean equals the single-process mean
-over the same global batch (tested with two CPU processes on gloo).
+over the same global batch (tested with two CPU processes on gloo, launched with
+``accelerate launch --multi_gpu --num_processes 2``: torchrun underneath; without CUDA the
+processes join a gloo group).
 
 Checkpoints: every ``checkpointEvery`` optimizer steps, ``accelerate``'s ``save_state`` (model,
 optimizer, RNG) into ``<reward_model>.partial/checkpoint/``, plus the step counter. A restarted
