@@ -11,6 +11,7 @@ skips) with a message naming the binary and how to provide it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -18,11 +19,34 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster import BinaryError, Cluster, ClusterError
+from tests.cluster import BinaryError, Cluster, ClusterError, binaries
+
+_binaries: dict[str, object] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build/locate the binaries once collection shows that a test needs the control plane.
+
+    A cold build takes ~15 minutes on 2 cores; doing it here (with live progress on the
+    terminal) keeps it out of the first test's pytest-timeout budget.
+    """
+    if session.config.option.collectonly or not any(
+        "cluster" in getattr(item, "fixturenames", ()) for item in session.items
+    ):
+        return
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    ctx = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
+    with ctx:
+        try:
+            _binaries["paths"] = binaries.ensure(list(binaries.SPECS))
+        except BinaryError as exc:
+            _binaries["error"] = exc
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
+    if "error" in _binaries:
+        pytest.fail(f"Kubernetes test control plane unavailable: {_binaries['error']}", pytrace=False)
     c = Cluster()
     try:
         c.start()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster, binaries
+from tests.cluster import Cluster, ClusterError, binaries
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +235,83 @@ def test_missing_binary_fails_with_instructions(monkeypatch: pytest.MonkeyPatch,
         binaries.BinaryError, match=r"kube-scheduler v1\.36\.3 not found.*TEST_ASSET_KUBE_SCHEDULER"
     ):
         binaries.ensure(["kube-scheduler"])
+
+
+def test_component_crash_at_startup_is_reported_and_cleaned_up(cluster: Cluster, tmp_path: Path) -> None:
+    broken = Cluster(bins={**cluster.binaries, "kwok": Path("/bin/false")}, startup_timeout=60)
+    with pytest.raises(ClusterError, match=r"kwok exited with code 1") as info:
+        broken.start()
+    assert "---- kube-apiserver (" in str(info.value)  # every component's log tail is in the message
+    assert all(not p.running for p in broken.procs.values())
+    assert not broken.dir.exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                kids = {int(x) for x in children.read_text().split()}
+                todo += list(kids - found)
+                found |= kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie is dead, just not yet reaped by init
+
+
+def _start_up_command(tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster", "up", "--nodes", "1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Ctrl-C to stop"):
+            return proc, lines
+    proc.kill()
+    raise AssertionError("`python -m tests.cluster up` did not come up:\n" + "".join(lines))
+
+
+def test_up_command_stops_everything_on_ctrl_c(cluster: Cluster, tmp_path: Path) -> None:
+    proc, lines = _start_up_command(tmp_path)
+    text = "".join(lines)
+    kubeconfig = re.search(r"^export KUBECONFIG=(\S+)$", text, re.M)
+    assert kubeconfig, text
+    children = _descendants(proc.pid)
+    assert len(children) >= 5, text
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    assert not [p for p in children if _alive(p)]
+    assert not Path(kubeconfig.group(1)).exists()  # temp dir removed
+
+
+def test_components_die_with_a_sigkilled_parent(cluster: Cluster, tmp_path: Path) -> None:
+    proc, lines = _start_up_command(tmp_path)
+    children = _descendants(proc.pid)
+    assert len(children) >= 5, "".join(lines)
+    proc.kill()  # no Python cleanup runs: PR_SET_PDEATHSIG must take the components down
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and [p for p in children if _alive(p)]:
+        time.sleep(0.2)
+    assert not [p for p in children if _alive(p)]
+    logs = re.search(r"logs: (\S+)/logs\)", "".join(lines))
+    if logs:
+        shutil.rmtree(logs.group(1), ignore_errors=True)
