@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(level)
     if level > logging.DEBUG:
         logging.getLogger("kopf").setLevel(max(level, logging.INFO))
+        # "Handler ... succeeded" for every watch event is noise at INFO.
+        logging.getLogger("kopf.objects").setLevel(max(level, logging.WARNING))
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
     try:
