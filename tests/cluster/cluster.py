@@ -187,25 +187,37 @@ class Cluster:
                 return self
             t0 = time.monotonic()
             self.binaries = self._bins or binaries.ensure(binaries.CONTROL_PLANE)
-            if self._given_dir is not None:
-                self._given_dir.mkdir(parents=True, exist_ok=True)
-                self.dir = self._given_dir
-            else:
-                self.dir = Path(tempfile.mkdtemp(prefix="rlaif-cluster-"))
-            (self.dir / "logs").mkdir(exist_ok=True)
-            self.cert_dir = self.dir / "pki"
-            _live.add(self)
             _install_cleanup()
-            try:
-                self._start(t0)
-            except BaseException as exc:
-                report = self.log_report()
-                self.stop()
-                if isinstance(exc, ClusterError):
+            attempts = 3
+            for attempt in range(1, attempts + 1):
+                if self._given_dir is not None:
+                    self.dir = self._given_dir
+                    # Every start is a fresh cluster: old etcd data and PKI would not match.
+                    for stale in ("etcd", "pki"):
+                        shutil.rmtree(self.dir / stale, ignore_errors=True)
+                    self.dir.mkdir(parents=True, exist_ok=True)
+                else:
+                    self.dir = Path(tempfile.mkdtemp(prefix="rlaif-cluster-"))
+                (self.dir / "logs").mkdir(exist_ok=True)
+                self.cert_dir = self.dir / "pki"
+                self.procs = {}
+                _live.add(self)
+                try:
+                    self._start(t0)
+                    return self
+                except ClusterError as exc:
+                    report = self.log_report()
+                    self.stop()
+                    # free_port() can race with another process grabbing the port; retry then.
+                    if "address already in use" in report and attempt < attempts:
+                        print(f"[tests.cluster] port clash, retrying ({exc})", file=sys.stderr)
+                        continue
                     print(report, file=sys.stderr)
                     raise ClusterError(f"{exc}\n{report}") from None
-                raise
-            return self
+                except BaseException:
+                    self.stop()
+                    raise
+            raise AssertionError("unreachable")
 
     def _start(self, t0: float) -> None:
         self.pki = certs.generate(self.cert_dir, service_ip=SERVICE_IP)
@@ -522,6 +534,8 @@ class Cluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={p.front_proxy_client.cert}",
             f"--proxy-client-key-file={p.front_proxy_client.key}",
+            # Close watches quickly on SIGTERM so stop_apiserver() (fault-injection tests) is fast.
+            "--shutdown-watch-termination-grace-period=2s",
             "--max-requests-inflight=800",
             "--max-mutating-requests-inflight=400",
             "--profiling=false",

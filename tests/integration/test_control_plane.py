@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -315,3 +316,19 @@ def test_components_die_with_a_sigkilled_parent(cluster: Cluster, tmp_path: Path
     logs = re.search(r"logs: (\S+)/logs\)", "".join(lines))
     if logs:
         shutil.rmtree(logs.group(1), ignore_errors=True)
+
+
+def test_port_clash_at_startup_is_retried(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tests.cluster.cluster as cluster_module
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        real = cluster_module.free_port
+        calls = iter([taken.getsockname()[1]])  # the first port handed out (etcd's) is in use
+        monkeypatch.setattr(cluster_module, "free_port", lambda: next(calls, None) or real())
+        with Cluster(bins=cluster.binaries, nodes=1) as second:
+            assert second.get("/api/v1/namespaces/default")["metadata"]["name"] == "default"
+    assert "port clash, retrying" in capsys.readouterr().err
