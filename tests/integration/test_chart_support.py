@@ -185,23 +185,34 @@ def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path
 
 
 def can_i(cluster: Cluster, kubeconfig: Path, verb: str, resource: str, namespace: str) -> bool:
+    """``kubectl auth can-i`` as the kubeconfig's user; ``resource`` may be ``plural.group/subresource``."""
+    resource, _, sub = resource.partition("/")
+    cmd = [
+        str(cluster.binaries["kubectl"]),
+        "--kubeconfig",
+        str(kubeconfig),
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        "-n",
+        namespace,
+    ]
+    if sub:
+        cmd.append(f"--subresource={sub}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip() == "yes"
+
+
+def whoami(cluster: Cluster, kubeconfig: Path) -> str:
     proc = subprocess.run(
-        [
-            str(cluster.binaries["kubectl"]),
-            "--kubeconfig",
-            str(kubeconfig),
-            "auth",
-            "can-i",
-            verb,
-            resource,
-            "-n",
-            namespace,
-        ],
+        [str(cluster.binaries["kubectl"]), "--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "json"],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    return proc.stdout.strip() == "yes"
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["status"]["userInfo"]["username"]
 
 
 def operator_command(deployment: dict[str, Any]) -> tuple[list[str], dict[str, str], int]:
@@ -259,7 +270,7 @@ def fake_volume(cluster: Cluster, name: str, size: str = "100Gi") -> None:
             "metadata": {"name": name, "labels": {"rlaif.dev/test": "true"}},
             "spec": {
                 "capacity": {"storage": size},
-                "accessModes": ["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"],
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
                 "persistentVolumeReclaimPolicy": "Delete",
                 "hostPath": {"path": f"/tmp/{name}"},
             },
