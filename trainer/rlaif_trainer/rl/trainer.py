@@ -329,6 +329,13 @@ class RLTrainer:
         assert entropy is not None and hidden is not None
         kl_seq = alg.kl_k1_per_token(logp.detach(), ref_logp, mask).sum(dim=1)
         returns = alg.regularized_return(scores, kl_seq, beta)
+        if step == 0 and self.algorithm in ("reinforce", "ppo"):
+            # Start the learned baseline at the first batch's mean return (averaged over processes)
+            # rather than 0, so the first updates are not one-sided.
+            mean_ret = returns.mean().detach().double().reshape(1)
+            _all_reduce_mean_([mean_ret], self.world)
+            with torch.no_grad():
+                self.value_head.bias.fill_(float(mean_ret))
 
         if self.algorithm == "reinforce":
             v = self.value_head(hidden[:, 0].detach().float()).squeeze(-1)
@@ -548,6 +555,18 @@ class RLTrainer:
             bar.close()
         return history
 
+    def replicas_in_sync(self) -> bool:
+        """Whether every process holds the same trainable weights (a collective: call on every rank)."""
+        params = self.lora_params + list(self.value_head.parameters())
+        vec = torch.stack(
+            [
+                torch.cat([p.detach().double().reshape(-1) for p in params]).sum(),
+                torch.cat([p.detach().double().reshape(-1) for p in params]).abs().sum(),
+            ]
+        )
+        gathered = _gather_objects(vec.cpu().tolist(), self.world)
+        return all(g == gathered[0] for g in gathered)
+
     def all_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
@@ -644,7 +663,9 @@ def run(config, *, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer = RLTrainer(config, progress=progress)
     trainer.train()
+    in_sync = trainer.replicas_in_sync()
     summary = trainer.summary(time.perf_counter() - t0)
+    summary["replicas_in_sync"] = in_sync
     if trainer.is_main:
         _finish_atomically(trainer, final_dir, summary)
     if trainer.world > 1:
