@@ -52,9 +52,8 @@ def _constraints(node: dict[str, Any]) -> list[str]:
         out.append(("> " if node.get("exclusiveMinimum") else "≥ ") + str(lo))
     if hi is not None:
         out.append(("< " if node.get("exclusiveMaximum") else "≤ ") + str(hi))
-    if node.get("type") == "string" and not node.get("x-kubernetes-int-or-string"):
-        if "maxLength" in node:
-            out.append(f"at most {node['maxLength']} characters")
+    if node.get("type") == "string" and not node.get("x-kubernetes-int-or-string") and "maxLength" in node:
+        out.append(f"at most {node['maxLength']} characters")
     if "maxItems" in node:
         out.append(f"at most {node['maxItems']} items")
     if "minItems" in node and node["minItems"] > 0:
