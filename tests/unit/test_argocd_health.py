@@ -8,6 +8,10 @@ returned table's ``status`` and ``message``; this harness does the same.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +96,67 @@ def test_empty_status_object():
     assert assess(obj)["status"] == "Progressing"
     obj["status"] = {"conditions": []}
     assert assess(obj)["status"] == "Progressing"
+
+
+# ------------------------------------------------------------------------------------------------
+# Flux: the healthCheckExprs in deploy/flux/kustomization.yaml, evaluated with cel-go against the
+# same fixtures. Flux's outcomes map onto Argo CD's health like this:
+# ------------------------------------------------------------------------------------------------
+FLUX_OF_ARGO = {
+    "Healthy": "Current",
+    "Suspended": "Current",
+    "Degraded": "Failed",
+    "Progressing": "InProgress",
+}
+
+
+@pytest.fixture(scope="module")
+def celcheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("needs Go (deploy/flux/celcheck is built with cel-go)")
+    out = tmp_path_factory.mktemp("celcheck") / "celcheck"
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly"}
+    proc = subprocess.run(
+        [go, "build", "-o", str(out), "."],
+        cwd=ROOT / "deploy" / "flux" / "celcheck",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_flux_health_check_exprs_agree_with_argocd(celcheck):
+    inputs = [str(ARGOCD / c["inputPath"]) for c in CASES]
+    proc = subprocess.run(
+        [str(celcheck), str(ROOT / "deploy" / "flux" / "kustomization.yaml"), *inputs],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = {Path(r["input"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    for case in CASES:
+        name = Path(case["inputPath"]).name
+        assert results[name]["status"] == FLUX_OF_ARGO[case["healthStatus"]["status"]], (name, results[name])
+        if "error" in results[name]:  # only a job the operator has not seen yet may fail to evaluate
+            assert "status" in results[name]["error"] and name == "new.yaml", results[name]
+
+
+def test_celcheck_detects_a_wrong_expression(celcheck, tmp_path):
+    """The checker is not a rubber stamp: an expression that ignores Failed misclassifies a failure."""
+    text = (ROOT / "deploy" / "flux" / "kustomization.yaml").read_text()
+    broken = text.replace("(c.type == 'Failed' && c.status == 'True') ||", "")
+    assert broken != text
+    (tmp_path / "k.yaml").write_text(broken)
+    proc = subprocess.run(
+        [str(celcheck), str(tmp_path / "k.yaml"), str(ARGOCD / "testdata" / "failed.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] != "Failed"
