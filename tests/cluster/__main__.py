@@ -35,28 +35,26 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     cluster = Cluster(nodes=args.nodes, gpus_per_node=args.gpus, workdir=args.dir)
-    try:
-        cluster.start()
-    except (ClusterError, binaries.BinaryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"control plane up in {cluster.startup_seconds:.1f}s (logs: {cluster.dir / 'logs'})")
-    print(f"kubeconfig: {cluster.kubeconfig}")
-    print(f"export KUBECONFIG={cluster.kubeconfig}")
-    print("Ctrl-C to stop.", flush=True)
 
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
     try:
+        cluster.start()
+        print(f"control plane up in {cluster.startup_seconds:.1f}s (logs: {cluster.dir / 'logs'})")
+        print(f"kubeconfig: {cluster.kubeconfig}")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        print("Ctrl-C to stop.", flush=True)
         while True:
             time.sleep(1)
             cluster.check_alive()
     except KeyboardInterrupt:
         print("\nstopping ...", file=sys.stderr)
-    except ClusterError as exc:
-        print(f"error: {exc}\n{cluster.log_report()}", file=sys.stderr)
+    except (ClusterError, binaries.BinaryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if cluster.started:
+            print(cluster.log_report(), file=sys.stderr)
         return 1
     finally:
         cluster.stop()

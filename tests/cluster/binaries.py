@@ -197,7 +197,7 @@ def _build_lock() -> Iterator[None]:
 def go_env() -> dict[str, str]:
     env = dict(os.environ)
     env["GOTOOLCHAIN"] = "local"
-    env["GOFLAGS"] = "-mod=readonly"
+    env["GOFLAGS"] = "-mod=readonly -buildvcs=false"
     env["GOWORK"] = "off"
     return env
 

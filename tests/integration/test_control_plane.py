@@ -74,10 +74,19 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_binaries_report_pinned_versions(cluster: Cluster) -> None:
-    out = cluster.kubectl("version", "-o", "json").stdout
-    versions = json.loads(out)
-    assert versions["clientVersion"]["gitVersion"] == binaries.KUBE_VERSION
-    assert versions["serverVersion"]["gitVersion"] == binaries.KUBE_VERSION
+    versions = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    built = {name: path.parent == binaries.cache_dir() for name, path in cluster.binaries.items()}
+    if built["kubectl"]:
+        assert versions["clientVersion"]["gitVersion"] == binaries.KUBE_VERSION
+    if built["kube-apiserver"]:
+        assert versions["serverVersion"]["gitVersion"] == binaries.KUBE_VERSION
+    else:  # a user-provided (envtest) apiserver: the API reports what the binary says it is
+        reported = binaries.version_of("kube-apiserver", cluster.binaries["kube-apiserver"])
+        assert reported.endswith(versions["serverVersion"]["gitVersion"])
+    if built["etcd"]:
+        assert binaries.ETCD_VERSION.lstrip("v") in binaries.version_of("etcd", cluster.binaries["etcd"])
+    if built["kwok"]:
+        assert binaries.KWOK_VERSION in binaries.version_of("kwok", cluster.binaries["kwok"])
 
 
 def test_gpu_nodes_advertise_gpus(cluster: Cluster) -> None:
@@ -229,6 +238,7 @@ def test_missing_binary_fails_with_instructions(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(binaries.BinaryError, match=r"TEST_ASSET_KWOK=.*python -m tests.cluster build"):
         binaries.ensure(["kwok"])
     monkeypatch.delenv("TEST_ASSET_KWOK")
+    monkeypatch.delenv("TEST_ASSET_KUBE_SCHEDULER", raising=False)
     monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
     monkeypatch.setenv("RLAIF_TEST_BIN_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("RLAIF_TEST_NO_BUILD", "1")
@@ -332,3 +342,24 @@ def test_port_clash_at_startup_is_retried(
         with Cluster(bins=cluster.binaries, nodes=1) as second:
             assert second.get("/api/v1/namespaces/default")["metadata"]["name"] == "default"
     assert "port clash, retrying" in capsys.readouterr().err
+
+
+def test_binary_lookup_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def exe(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+        return path
+
+    spec = binaries.SPECS["kube-apiserver"]
+    monkeypatch.delenv(spec.env_var, raising=False)
+    monkeypatch.setenv("RLAIF_TEST_BIN_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RLAIF_TEST_NO_BUILD", "1")
+    cached = exe(tmp_path / "cache" / spec.cache_key())
+    assert binaries.ensure(["kube-apiserver"])["kube-apiserver"] == cached
+    envtest = exe(tmp_path / "envtest" / "kube-apiserver")
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(envtest.parent))
+    assert binaries.ensure(["kube-apiserver"])["kube-apiserver"] == envtest
+    explicit = exe(tmp_path / "mine" / "apiserver")
+    monkeypatch.setenv(spec.env_var, str(explicit))
+    assert binaries.ensure(["kube-apiserver"])["kube-apiserver"] == explicit
