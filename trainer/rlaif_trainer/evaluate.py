@@ -7,9 +7,9 @@ numbers: the difference between the two responses comes from the policies, not t
 judge (``evaluation.judge``, default the labeler) is the position-debiased AI labeler; its soft
 preference ``p`` that the trained policy's response is better is turned into
 
-* ``win_rate``: the share of prompts where ``p > 0.5`` (a tie, ``p == 0.5``, counts half), with a
-  95% bootstrap percentile interval (2000 resamples of prompts, seeded);
-* ``soft_win_rate``: the mean of ``p``, with its bootstrap interval;
+* ``win_rate``: the share of prompts where ``p > 0.5`` (a tie, ``p == 0.5``, counts half), with
+  a 95% Wilson score interval (:func:`rlaif_trainer.judge.win_rate_from_probs`);
+* ``soft_win_rate``: the mean of ``p``, with a normal 95% interval;
 * ``length_controlled``: RL tends to lengthen responses, and judges tend to like length, so the
   per-prompt outcome is regressed on the length difference (tokens, trained − initial): the
   intercept is the win rate *at equal length*, with a 95% interval from its standard error; the
@@ -37,9 +37,8 @@ from rlaif_trainer.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bootstrap_ci", "length_controlled", "run", "win_rate_stats"]
+__all__ = ["evaluate", "hard_outcomes", "length_controlled", "run"]
 
-BOOTSTRAP_RESAMPLES = 2000
 #: Length-difference buckets (tokens, trained − initial): shorter, similar, longer.
 BUCKET_EDGE = 5
 
@@ -52,45 +51,6 @@ BUCKET_EDGE = 5
 def hard_outcomes(p: Sequence[float]) -> list[float]:
     """1 where the trained policy wins (p > 0.5), 0 where it loses, 0.5 on an exact tie."""
     return [1.0 if x > 0.5 else 0.0 if x < 0.5 else 0.5 for x in p]
-
-
-def bootstrap_ci(
-    values: Sequence[float], *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
-) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return (float("nan"), float("nan"))
-    if v.size == 1:
-        return (float(v[0]), float(v[0]))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(resamples, v.size))
-    means = v[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return (float(lo), float(hi))
-
-
-def win_rate_stats(p: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
-    """Hard and soft win rates of the trained policy with 95% bootstrap intervals."""
-    hard = hard_outcomes(p)
-    n = len(p)
-    wr = sum(hard) / n if n else float("nan")
-    lo, hi = bootstrap_ci(hard, seed=seed)
-    soft = sum(p) / n if n else float("nan")
-    slo, shi = bootstrap_ci(list(p), seed=seed + 1)
-    return {
-        "n": n,
-        "wins": sum(1 for x in p if x > 0.5),
-        "losses": sum(1 for x in p if x < 0.5),
-        "ties": sum(1 for x in p if x == 0.5),
-        "win_rate": wr,
-        "win_rate_ci95": [lo, hi],
-        "soft_win_rate": soft,
-        "soft_win_rate_ci95": [slo, shi],
-        "ci_method": f"percentile bootstrap over prompts, {BOOTSTRAP_RESAMPLES} resamples",
-    }
 
 
 def length_controlled(p: Sequence[float], length_diff: Sequence[float]) -> dict[str, Any]:
@@ -228,6 +188,11 @@ def _sample(
     return texts, lengths
 
 
+def _policy_meta(policy_path: Path) -> dict[str, Any]:
+    meta = policy_path / "policy.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
 def _read_metrics(policy_path: Path) -> list[dict[str, Any]]:
     path = policy_path / "metrics.jsonl"
     if not path.is_file():
@@ -239,11 +204,12 @@ def evaluate(
     config,
     *,
     progress: bool = True,
-    judge_fn: Callable[[list[str], list[str], list[str]], list[float]] | None = None,
+    judge_fn: Callable[[list[str], list[str], list[str]], list[Any]] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """Generate, judge and compute the report. Returns ``(report, samples, rl_metrics)``.
 
-    ``judge_fn(prompts, trained, initial) -> P(trained better)`` overrides the configured judge (tests).
+    ``judge_fn(prompts, trained, initial) -> [PreferenceResult]`` (A = trained) overrides the
+    configured judge (tests).
     """
     from rlaif_trainer.rl.prompts import split_prompts
 
@@ -294,15 +260,15 @@ def evaluate(
 
             def judge_fn(pr, a, b):
                 with pol.base_weights():
-                    return [r.p_a for r in labeler.preference(pr, a, b)]
+                    return labeler.preference(pr, a, b)
         else:
             labeler = build_labeler(judge_spec, api_key_env=JUDGE_API_KEY_ENV, device=device)
 
             def judge_fn(pr, a, b):
-                return [r.p_a for r in labeler.preference(pr, a, b)]
+                return labeler.preference(pr, a, b)
 
     t1 = time.perf_counter()
-    p: list[float] = []
+    results: list[Any] = []
     bs = 16
     it: Any = range(0, len(prompts), bs)
     if progress:
@@ -310,10 +276,14 @@ def evaluate(
 
         it = tqdm(it, desc="eval: judge", unit="batch")
     for i in it:
-        p.extend(float(x) for x in judge_fn(prompts[i : i + bs], trained[i : i + bs], initial[i : i + bs]))
+        results.extend(judge_fn(prompts[i : i + bs], trained[i : i + bs], initial[i : i + bs]))
     t_judge = time.perf_counter() - t1
 
-    stats = win_rate_stats(p, seed=config.seed)
+    from rlaif_trainer.judge import win_rate_from_probs
+
+    p = [float(r.p_a) for r in results]
+    stats = win_rate_from_probs(p, [getattr(r, "consistent", None) for r in results])
+    stats["ci_method"] = "Wilson score interval (hard win rate); normal interval (soft win rate)"
     diff = [a - b for a, b in zip(len_t, len_i, strict=True)]
     lc = length_controlled(p, diff)
     samples = [
@@ -343,6 +313,7 @@ def evaluate(
         "generation_s": round(t_gen, 3),
         "judge_s": round(t_judge, 3),
         "rl_steps": len(rl_metrics),
+        "rl_algorithm": _policy_meta(policy_path).get("algorithm"),
     }
     return report, samples, rl_metrics
 
@@ -358,6 +329,7 @@ def summary_of(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
         "soft_win_rate": round(report["soft_win_rate"], 4),
         "win_rate_equal_length": round(lc["win_rate_at_equal_length"], 4),
         "ties": report["ties"],
+        "judge_consistency": report.get("consistency_rate"),
         "mean_length_trained": round(report["mean_length_trained"], 2),
         "mean_length_initial": round(report["mean_length_initial"], 2),
         "wall_s": round(wall_s, 3),
@@ -366,35 +338,31 @@ def summary_of(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
 
 def run(config, *, progress: bool = True) -> dict[str, Any]:
     """The ``evaluate`` stage: write ``<eval>/`` atomically with a DONE marker; return the summary."""
+    from rlaif_trainer.data import finalize_dir, is_done, partial_dir, read_done
+
     out = Path(config.artifacts.eval)
-    if (out / "DONE").exists():
-        summary = json.loads((out / "summary.json").read_text())
-        summary["skipped"] = True
-        return summary
+    if is_done(out):
+        return {**read_done(out), "skipped": True}
     t0 = time.perf_counter()
     report, samples, rl_metrics = evaluate(config, progress=progress)
     summary = summary_of(report, time.perf_counter() - t0)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "report.json").write_text(json.dumps(report, indent=2))
-    with (tmp / "samples.jsonl").open("w") as handle:
+    work = partial_dir(out)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with (work / "samples.jsonl").open("w") as handle:
         for s in samples:
             handle.write(json.dumps(s) + "\n")
     if rl_metrics:
         from rlaif_trainer.plots import plot_training_curves
 
-        algo = rl_metrics[0].get("kl_estimator", "")
+        algo = report.get("rl_algorithm") or ""
         plot_training_curves(
-            rl_metrics, tmp / "training_curves.png", title=f"RL training ({config.job}, KL {algo})"
+            rl_metrics, work / "training_curves.png", title=f"RL training: {config.job} {algo}".strip()
         )
         report["plot"] = "training_curves.png"
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    (out / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    finalize_dir(work, out, summary)
     log.info(
         "evaluate: win rate %.3f [%.3f, %.3f] over %d prompts (equal-length %.3f)",
         report["win_rate"],

@@ -7,36 +7,16 @@ documents.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-from rlaif_trainer.errors import BadInputError
 
 __all__ = ["read_prompts", "split_prompts"]
 
 
 def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
-    """The ``field`` of every JSON object in a JSONL file; bad input names the file and line."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p}: prompt file not found")
-    prompts: list[str] = []
-    with p.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadInputError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str) or not obj[field].strip():
-                raise BadInputError(
-                    f"{p}:{lineno}: expected an object with a non-empty string field {field!r}"
-                )
-            prompts.append(obj[field])
-    if not prompts:
-        raise BadInputError(f"{p}: no prompts")
-    return prompts
+    """The prompt texts of a JSONL file (bad input names the file and line)."""
+    from rlaif_trainer.data import read_prompts as _read
+
+    return [r["prompt"] for r in _read(path, field=field)]
 
 
 def split_prompts(spec) -> tuple[list[str], list[str]]:

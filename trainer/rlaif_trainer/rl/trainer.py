@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlaif_trainer.data import partial_dir
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.rl import algorithms as alg
 from rlaif_trainer.rl.policy import Generation, format_prompts, generate, response_logprobs
@@ -187,7 +188,7 @@ class RLTrainer:
         self.is_main = self.rank == 0
         self.seed = int(config.seed)
         policy_dir = Path(config.artifacts.policy)
-        self.work_dir = Path(work_dir) if work_dir else policy_dir.with_name(policy_dir.name + ".partial")
+        self.work_dir = Path(work_dir) if work_dir else partial_dir(policy_dir)
         self.ckpt_dir = self.work_dir / "checkpoints"
         self.metrics_path = self.work_dir / "metrics.jsonl"
         self.algorithm = self.rl.algorithm
@@ -610,7 +611,10 @@ class RLTrainer:
         """Write the adapter, metrics and summary into ``out_dir`` (main process only)."""
         self.model.save_pretrained(out_dir / "adapter")
         torch.save(self.value_head.state_dict(), out_dir / "value_head.pt")
-        if self.metrics_path.exists():
+        if (
+            self.metrics_path.exists()
+            and self.metrics_path.resolve() != (out_dir / "metrics.jsonl").resolve()
+        ):
             shutil.copyfile(self.metrics_path, out_dir / "metrics.jsonl")
         (out_dir / "policy.json").write_text(
             json.dumps(
@@ -628,16 +632,13 @@ class RLTrainer:
 
 
 def _finish_atomically(trainer: RLTrainer, final_dir: Path, summary: dict[str, Any]) -> None:
-    """Final files into a temporary sibling, rename it to the artifact dir, then the DONE marker."""
-    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainer.save_final(tmp, summary)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp, final_dir)
-    (final_dir / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
-    shutil.rmtree(trainer.work_dir, ignore_errors=True)
+    """Final files into the work dir (checkpoints dropped), rename it to the artifact dir, then DONE."""
+    from rlaif_trainer.data import finalize_dir
+
+    work = trainer.work_dir
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    trainer.save_final(work, summary)
+    finalize_dir(work, final_dir, summary)
 
 
 def _init_distributed() -> None:
@@ -654,11 +655,11 @@ def _init_distributed() -> None:
 
 def run(config, *, progress: bool = True) -> dict[str, Any]:
     """The ``rl`` stage: train, checkpoint/resume, and write ``<policy>/`` atomically with a DONE marker."""
+    from rlaif_trainer.data import is_done, read_done
+
     final_dir = Path(config.artifacts.policy)
-    if (final_dir / "DONE").exists():
-        summary = json.loads((final_dir / "summary.json").read_text())
-        summary["skipped"] = True
-        return summary
+    if is_done(final_dir):
+        return {**read_done(final_dir), "skipped": True}
     _init_distributed()
     t0 = time.perf_counter()
     trainer = RLTrainer(config, progress=progress)
