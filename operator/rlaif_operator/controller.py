@@ -275,6 +275,10 @@ class Controller:
         requeue_soon = False
         for manifest in plan.create:
             requeue_soon |= not await self._create_job(manifest, uid, now)
+        # Events go out before the status write that records the transition: a crash in between
+        # re-derives and re-posts them (at least once) instead of losing them.
+        for event in plan.events:
+            await self._post_event(body, event, now)
         if plan.status is not None:
             patch = {"status": merge_patch(body.get("status") or {}, plan.status)}
             path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}/status"
@@ -289,8 +293,6 @@ class Controller:
         self.metrics.set_phase(uid, plan.phase)
         for outcome in plan.outcomes:
             self.metrics.stage_finished(outcome.stage, outcome.result, outcome.duration_seconds)
-        for event in plan.events:
-            await self._post_event(body, event, now)
         if plan.delete_self:
             await self._delete_self(namespace, name, uid)
             return

@@ -1,0 +1,154 @@
+"""Fault tolerance of the operator against the real control plane: restarts, suspend/resume,
+deadline, TTL, deletion cascade, and the API server going away."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.cluster import Cluster
+from tests.integration.test_operator_support import (
+    OperatorProcess,
+    bind_claim,
+    condition,
+    crd_installed,
+    create_job,
+    events,
+    get_job,
+    job_names,
+    operator,
+    patch_job,
+    reasons,
+    rlaif_job,
+    stage_jobs,
+    status,
+    wait_phase,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["crd_installed", "operator"]  # fixtures
+STAGES = ("label", "reward", "rl", "evaluate")
+
+
+def messages(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    return [e["message"] for e in events(cluster, namespace, name)]
+
+
+def test_operator_killed_in_every_stage_neither_duplicates_nor_loses_transitions(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("crash", namespace, run_seconds=2.5))
+    for stage in STAGES:
+        wait_until(
+            f"{stage} Job", lambda s=stage: f"crash-{s}-1" in job_names(cluster, namespace), timeout=60
+        )
+        operator.kill()  # SIGKILL mid-stage: the pod keeps running (and may finish) meanwhile
+        time.sleep(0.5)
+        operator.start()
+    st = wait_phase(cluster, namespace, "crash", "Succeeded", timeout=90)
+    assert job_names(cluster, namespace) == [f"crash-{s}-1" for s in sorted(STAGES)]
+    assert all(st["stages"][s]["attempts"] == 1 and st["stages"][s]["metrics"] for s in STAGES)
+    assert st["results"]["winRateVsInitial"] == 0.68
+    # every transition was announced (at least once: a kill between an event and the status
+    # write that records it re-posts the event rather than losing it)
+    for stage in STAGES:
+        for what in ("started stage {s} attempt 1", "stage {s} attempt 1 succeeded"):
+            text = what.format(s=stage)
+            wait_until(
+                text,
+                lambda t=text: any(m.startswith(t) for m in messages(cluster, namespace, "crash")),
+                timeout=30,
+            )
+    assert operator.starts == 5
+
+
+def test_suspend_then_resume_continues_from_the_current_stage(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("pause", namespace, run_seconds=3))
+    wait_until("reward Job", lambda: "pause-reward-1" in job_names(cluster, namespace), timeout=60)
+    patch_job(cluster, namespace, "pause", {"spec": {"runPolicy": {"suspend": True}}})
+    st = wait_phase(cluster, namespace, "pause", "Suspended", timeout=30)
+    assert condition(st, "Suspended")["status"] == "True"
+    assert condition(st, "Running")["status"] == "False"
+    assert st["currentStage"] == "reward"
+    assert st["stages"]["label"]["state"] == "Succeeded"
+    wait_until(
+        "reward Job deleted", lambda: "pause-reward-1" not in job_names(cluster, namespace), timeout=30
+    )
+    assert "pause-label-1" in job_names(cluster, namespace)  # completed stages are kept
+    assert cluster.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/workspace") is not None
+    time.sleep(1)
+    assert status(cluster, namespace, "pause")["phase"] == "Suspended"  # and it stays suspended
+
+    patch_job(cluster, namespace, "pause", {"spec": {"runPolicy": {"suspend": False}}})
+    st = wait_phase(cluster, namespace, "pause", "Succeeded", timeout=90)
+    names = job_names(cluster, namespace)
+    assert "pause-reward-2" in names and "pause-label-2" not in names
+    assert st["stages"]["reward"]["attempts"] == 2
+    got = reasons(cluster, namespace, "pause")
+    assert "Suspended" in got and "Resumed" in got
+
+
+def test_active_deadline_fails_with_deadline_exceeded(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("slow", namespace, run_seconds=60, activeDeadlineSeconds=3))
+    st = wait_phase(cluster, namespace, "slow", "Failed", timeout=30)
+    assert condition(st, "Failed")["reason"] == "DeadlineExceeded"
+    wait_until("running stage Job deleted", lambda: job_names(cluster, namespace) == [], timeout=30)
+    assert "DeadlineExceeded" in reasons(cluster, namespace, "slow")
+
+
+def test_ttl_deletes_the_finished_job_and_gc_removes_children(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("short", namespace, ttlSecondsAfterFinished=2))
+    wait_phase(cluster, namespace, "short", "Succeeded", timeout=90)
+    wait_until("RLAIFJob deleted by TTL", lambda: get_job(cluster, namespace, "short") is None, timeout=30)
+    wait_until("stage Jobs garbage-collected", lambda: job_names(cluster, namespace) == [], timeout=60)
+
+
+def test_deleting_the_rlaifjob_cascades_to_its_children(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    bind_claim(cluster, namespace, "gone-workspace", create_claim=False)
+    create_job(cluster, rlaif_job("gone", namespace, run_seconds=30, claim=None))
+    wait_until("label Job", lambda: job_names(cluster, namespace) == ["gone-label-1"], timeout=60)
+    assert cluster.get(f"/api/v1/namespaces/{namespace}/configmaps/gone-config") is not None
+    cluster.request("DELETE", f"/apis/rlaif.dev/v1alpha1/namespaces/{namespace}/rlaifjobs/gone")
+    wait_until("Jobs deleted", lambda: job_names(cluster, namespace) == [], timeout=60)
+    wait_until(
+        "ConfigMap deleted",
+        lambda: cluster.get(f"/api/v1/namespaces/{namespace}/configmaps/gone-config") is None,
+        timeout=60,
+    )
+
+    def claim_gone() -> bool:
+        pvc = cluster.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/gone-workspace")
+        return pvc is None or bool(pvc["metadata"].get("deletionTimestamp"))
+
+    wait_until("owned PVC deleted", claim_gone, timeout=60)
+
+
+def test_api_server_restart_during_a_run(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("outage", namespace, run_seconds=2))
+    wait_until("label Job", lambda: "outage-label-1" in job_names(cluster, namespace), timeout=60)
+    pid = operator.pid
+    cluster.stop_apiserver()
+    try:
+        time.sleep(6)  # the label pod's end and the operator's writes all hit a dead API server
+        assert operator.alive()
+    finally:
+        cluster.start_apiserver()
+    st = wait_phase(cluster, namespace, "outage", "Succeeded", timeout=150)
+    assert operator.pid == pid and operator.alive() and operator.starts == 1
+    assert st["progress"] == "4/4"
+    assert len(stage_jobs(cluster, namespace, "outage")) == 4
