@@ -215,24 +215,24 @@ def whoami(cluster: Cluster, kubeconfig: Path) -> str:
     return json.loads(proc.stdout)["status"]["userInfo"]["username"]
 
 
-def operator_command(deployment: dict[str, Any]) -> tuple[list[str], dict[str, str], int]:
+def operator_command(deployment: dict[str, Any]) -> tuple[list[str], dict[str, str], int, int]:
     """The rendered Deployment's operator command line and environment, for a local process.
 
-    Ports are replaced by free local ones (returns the liveness port); env vars that come from the
-    downward API get fixed values.
+    Ports are replaced by free local ones (returned: liveness, metrics); env vars that come from
+    the downward API get fixed values.
     """
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    liveness = free_port()
+    liveness, metrics = free_port(), free_port()
     args = []
     for arg in container["args"]:
         if arg.startswith("--metrics-port="):
-            arg = f"--metrics-port={free_port()}"
+            arg = f"--metrics-port={metrics}"
         elif arg.startswith("--liveness-port="):
             arg = f"--liveness-port={liveness}"
         args.append(arg)
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
     env["POD_NAME"] = "rlaif-operator-test"
-    return [sys.executable, "-m", "rlaif_operator", *args], env, liveness
+    return [sys.executable, "-m", "rlaif_operator", *args], env, liveness, metrics
 
 
 @contextmanager

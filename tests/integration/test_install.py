@@ -14,6 +14,8 @@ so the API server authorizes it exactly as it would the in-cluster pod.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ class Install:
     manifests: list[dict[str, Any]]
     kubeconfig: Path
     tmp: Path
+    cluster: Cluster
 
     @property
     def deployment(self) -> dict[str, Any]:
@@ -72,10 +75,16 @@ class Install:
         return self.deployment["spec"]["template"]["spec"]["serviceAccountName"]
 
 
-@pytest.fixture
-def install(cluster: Cluster, tmp_path: Path) -> Iterator[Install]:
-    """The chart installed with helm, in namespaced mode, watching one restricted namespace."""
+@pytest.fixture(params=["namespaced"])
+def install(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Install]:
+    """The chart installed with helm, watching one restricted namespace (namespaced mode: a Role
+    there), or every namespace (cluster mode: the chart's default ClusterRole)."""
     release, release_ns, jobs_ns = unique("rlaif"), unique("rlaif-system"), unique("jobs")
+    mode_args = (
+        ["--set", f"watchNamespaces={{{jobs_ns}}}"]
+        if request.param == "namespaced"
+        else ["--set", f"trainer.serviceAccount.extraNamespaces={{{jobs_ns}}}"]
+    )
     create_namespace(cluster, jobs_ns, PSS_RESTRICTED)
     adopt_crd_for_release(cluster, release, release_ns)
     pv = unique("pv-workspace")
@@ -85,12 +94,14 @@ def install(cluster: Cluster, tmp_path: Path) -> Iterator[Install]:
             cluster,
             "install", release, str(CHART),
             "--namespace", release_ns, "--create-namespace",
-            "--set", f"watchNamespaces={{{jobs_ns}}}",
+            *mode_args,
             "--set", "log.format=plain",
             "--timeout", "2m",
         )  # fmt: skip
         manifest = helm(cluster, "get", "manifest", release, "-n", release_ns).stdout
-        inst = Install(release, release_ns, jobs_ns, docs_of(manifest), tmp_path / "sa.kubeconfig", tmp_path)
+        inst = Install(
+            release, release_ns, jobs_ns, docs_of(manifest), tmp_path / "sa.kubeconfig", tmp_path, cluster
+        )
         service_account_kubeconfig(cluster, release_ns, inst.service_account, inst.kubeconfig)
         yield inst
     finally:
@@ -145,9 +156,10 @@ def test_service_account_is_least_privilege(cluster: Cluster, install: Install):
     assert whoami(cluster, kc) == f"system:serviceaccount:{install.release_ns}:{install.service_account}"
 
 
+@pytest.mark.parametrize("install", ["namespaced", "cluster"], indirect=True)
 def test_minimal_example_succeeds_under_the_charts_identity(cluster: Cluster, install: Install):
     """The "done when" of the install: helm install, operator as the chart's SA, minimal.yaml Succeeded."""
-    cmd, env, liveness = operator_command(install.deployment)
+    cmd, env, liveness, metrics_port = operator_command(install.deployment)
     log = install.tmp / "operator.log"
     job = minimal_job(install.jobs_ns)
     with running_operator(cmd, env, install.kubeconfig, log) as proc:
@@ -161,6 +173,7 @@ def test_minimal_example_succeeds_under_the_charts_identity(cluster: Cluster, in
             raise AssertionError(f"{exc}\n{diagnostics(cluster, install.jobs_ns, log)}") from None
         assert done["status"]["phase"] == "Succeeded", diagnostics(cluster, install.jobs_ns, log)
         assert proc.poll() is None, "the operator exited"
+        run_helm_test_script(install, liveness, metrics_port)
     status = done["status"]
     stages = status["stages"]
     assert [s for s in ("label", "reward", "rl", "evaluate") if stages[s]["state"] == "Succeeded"] == [
@@ -181,10 +194,31 @@ def test_minimal_example_succeeds_under_the_charts_identity(cluster: Cluster, in
 # kopf probes these two cluster-scoped lists at start-up and falls back when refused (documented in
 # docs/operator-guide.md; the chart grants neither by default). Any other 403 is a missing rule.
 OPTIONAL_CLUSTER_READS = (
+    "being terminated",  # cluster mode: other tests' namespaces being deleted
     'cannot list resource "namespaces"',
     'cannot watch resource "namespaces"',
     "customresourcedefinitions",
 )
+
+
+def run_helm_test_script(install: Install, liveness: int, metrics_port: int) -> None:
+    """Run the chart's `helm test` check against the local operator (instead of via the Service)."""
+    (pod,) = [m for m in install.manifests if m["kind"] == "Pod"] or [None]
+    if pod is None:  # `helm get manifest` leaves hooks out; render the hook from the release
+        hooks = helm_hooks(install)
+        (pod,) = [h for h in hooks if h["kind"] == "Pod"]
+    script = pod["spec"]["containers"][0]["args"][0]
+    service = f"{install.deployment['metadata']['name']}-metrics.{install.release_ns}.svc"
+    assert service in script
+    script = script.replace(f"http://{service}", "http://127.0.0.1")
+    script = script.replace(":8081/", f":{liveness}/").replace(":8080/", f":{metrics_port}/")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+def helm_hooks(install: Install) -> list[dict[str, Any]]:
+    out = helm(install.cluster, "get", "hooks", install.release, "-n", install.release_ns).stdout
+    return docs_of(out)
 
 
 def unexpected_forbidden(text: str) -> list[str]:
@@ -225,7 +259,7 @@ def test_one_rule_less_fails_visibly(cluster: Cluster, install: Install, removal
     qualified = (f"{plural}.{group}" if group else plural) + (f"/{sub}" if sub else "")
     assert not can_i(cluster, install.kubeconfig, verb, qualified, install.jobs_ns)
 
-    cmd, env, liveness = operator_command(install.deployment)
+    cmd, env, liveness, _ = operator_command(install.deployment)
     log = install.tmp / "operator.log"
     job = minimal_job(install.jobs_ns)
     with running_operator(cmd, env, install.kubeconfig, log) as proc:
