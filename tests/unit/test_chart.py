@@ -438,6 +438,7 @@ def test_dashboard_covers_the_operator_metrics():
         "rlaif_stage_attempts_total",
         "rlaif_reconcile_total",
         "rlaif_reconcile_duration_seconds_bucket",
+        "rlaif_api_requests_total",
         "rlaif_trainer_samples_per_second",
     ):
         assert family in exprs, f"no panel uses {family}"
