@@ -461,6 +461,7 @@ class RLTrainer:
             os.replace(tmp, path)
             for old in sorted(self.ckpt_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
+            log.info("rl: checkpoint saved at step %d: %s", step, path)
         if self.world > 1:
             torch.distributed.barrier()
         return path if self.is_main else None
