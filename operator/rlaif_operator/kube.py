@@ -33,8 +33,11 @@ class ApiError(Exception):
 
 
 class KubeClient:
-    def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0, pool: int = 32) -> None:
+    def __init__(
+        self, info: kopf.ConnectionInfo, timeout: float = 30.0, pool: int = 32, on_request: Any = None
+    ) -> None:
         self.info = info
+        self.on_request = on_request  # called with (method, status) after every request
         self.server = info.server.rstrip("/")
         headers = {"Accept": JSON, "User-Agent": "rlaif-operator"}
         if info.token:
@@ -67,6 +70,8 @@ class KubeClient:
         headers = {"Content-Type": content_type} if body is not None else None
         async with self.session.request(method, self.server + path, data=data, headers=headers, params=params) as resp:
             text = await resp.text()
+            if self.on_request is not None:
+                self.on_request(method, resp.status)
             try:
                 payload: Any = json.loads(text) if text else None
             except ValueError:

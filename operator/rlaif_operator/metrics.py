@@ -71,6 +71,12 @@ class Metrics:
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        self.api_requests = Counter(
+            "rlaif_api_requests_total",
+            "API requests the operator's reconciler made (kopf's watches not included), by method and HTTP code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
         self.registry.register(_JobsByPhase(self._phase_values))
 
     # -- job phases ----------------------------------------------------------------------------
@@ -91,6 +97,9 @@ class Metrics:
         self.stage_attempts.labels(stage=stage, result=result).inc()
         if duration_seconds is not None:
             self.stage_duration.labels(stage=stage, result=result).observe(duration_seconds)
+
+    def api_request(self, method: str, status: int) -> None:
+        self.api_requests.labels(method=method, code=str(status)).inc()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""

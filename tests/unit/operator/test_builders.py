@@ -267,3 +267,80 @@ def test_pvc_only_when_storage_asks_for_one() -> None:
     assert pvc["metadata"]["ownerReferences"][0]["controller"] is True
     model, owner = job(storage={"persistentVolumeClaim": {"claimName": "x"}})
     assert b.build_pvc(model, owner) is None
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def test_metric_families_names_and_no_per_job_labels() -> None:
+    from prometheus_client import generate_latest
+
+    from rlaif_operator.metrics import PHASES, Metrics
+
+    m = Metrics()
+    m.set_phase("uid-a", "Labeling")
+    m.set_phase("uid-b", "Labeling")
+    m.set_phase("uid-c", "Succeeded")
+    m.stage_finished("label", "succeeded", 12.0)
+    m.stage_finished("label", "failed", None)
+    m.reconcile_total.labels(result="success").inc()
+    m.reconcile_duration.observe(0.01)
+    m.api_request("POST", 201)
+    text = generate_latest(m.registry).decode()
+    assert 'rlaif_jobs{phase="Labeling"} 2.0' in text
+    assert 'rlaif_jobs{phase="Succeeded"} 1.0' in text
+    assert all(f'rlaif_jobs{{phase="{p}"}}' in text for p in PHASES)
+    assert 'rlaif_stage_attempts_total{result="succeeded",stage="label"} 1.0' in text
+    assert 'rlaif_stage_attempts_total{result="failed",stage="label"} 1.0' in text
+    assert 'rlaif_stage_duration_seconds_count{result="succeeded",stage="label"} 1.0' in text
+    assert 'rlaif_reconcile_total{result="success"} 1.0' in text
+    assert "rlaif_reconcile_duration_seconds_bucket" in text
+    assert "uid-" not in text
+    m.forget("uid-c")
+    assert 'rlaif_jobs{phase="Succeeded"} 0.0' in generate_latest(m.registry).decode()
+
+
+def test_cli_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from rlaif_operator.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in (
+        "--namespace",
+        "--all-namespaces",
+        "--metrics-port",
+        "--liveness-port",
+        "--log-format",
+        "--trainer-image",
+        "--gpu-resource-name",
+        "--trainer-service-account",
+        "--default-queue-name",
+    ):
+        assert flag in out
+    args = build_parser().parse_args(["-n", "a", "-n", "b", "--log-format", "json"])
+    assert args.namespace == ["a", "b"] and args.log_format == "json"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--namespace", "a", "--all-namespaces"])
+
+
+def test_rbac_rules_cover_what_the_operator_calls() -> None:
+    from rlaif_operator.rbac import RBAC_RULES
+
+    def allowed(group: str, resource: str, verb: str) -> bool:
+        return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in RBAC_RULES)
+
+    for group, resource, verb in [
+        ("rlaif.dev", "rlaifjobs", "watch"),
+        ("rlaif.dev", "rlaifjobs", "delete"),
+        ("rlaif.dev", "rlaifjobs/status", "patch"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("", "pods", "watch"),
+        ("", "configmaps", "create"),
+        ("", "persistentvolumeclaims", "create"),
+        ("", "events", "create"),
+    ]:
+        assert allowed(group, resource, verb), (group, resource, verb)
+    assert not allowed("", "secrets", "get")  # API keys reach pods by reference only
+    assert not allowed("", "pods", "create") and not allowed("rlaif.dev", "rlaifjobs", "update")
