@@ -130,6 +130,8 @@ def test_helm_install_objects(cluster: Cluster, install: Install):
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{install.jobs_ns}/roles/{install.deployment['metadata']['name']}"
     )
     assert role is not None
+    for rule in role["rules"]:  # as stored by the API server: no wildcards anywhere
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
     trainer_sa = cluster.get(f"/api/v1/namespaces/{install.jobs_ns}/serviceaccounts/rlaif-trainer")
     assert trainer_sa["automountServiceAccountToken"] is False
     deployment = cluster.get(
