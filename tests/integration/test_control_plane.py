@@ -156,6 +156,24 @@ def test_termination_message_and_run_time_annotations(cluster: Cluster, namespac
     assert json.loads(term["message"])["metrics"]["accuracy"] == 0.71
 
 
+def test_long_termination_message_keeps_the_tail_like_the_kubelet(cluster: Cluster, namespace: str) -> None:
+    message = "x" * 1000 + json.dumps({"tail": "y" * 4000})
+    _create_job(
+        cluster,
+        namespace,
+        _job(
+            "longmsg",
+            annotations={"rlaif.dev/test-termination-message": message, "rlaif.dev/test-run-seconds": "0"},
+        ),
+    )
+    assert (
+        cluster.wait_for("job longmsg finished", lambda: _job_condition(cluster, namespace, "longmsg"), 60)
+        == "Complete"
+    )
+    [pod] = _pods(cluster, namespace, "longmsg")
+    assert _terminated(pod)["message"] == message[-4096:]
+
+
 def test_garbage_collector_deletes_dependents(cluster: Cluster, namespace: str) -> None:
     base = f"/api/v1/namespaces/{namespace}/configmaps"
     owner = cluster.request("POST", base, {"metadata": {"name": "owner"}, "data": {"k": "v"}})
