@@ -140,6 +140,33 @@ def test_helm_install_objects(cluster: Cluster, install: Install):
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_upgrade_updates_and_uninstall_keeps_the_crd(cluster: Cluster, install: Install):
+    """The CRD is a template: `helm upgrade` re-applies it; `helm uninstall` leaves it (resource-policy keep)."""
+    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rlaifjobs.rlaif.dev"
+    # Simulate an old schema in the cluster: the upgrade must bring the chart's back.
+    old = cluster.get(crd_path)
+    description = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"]
+    cluster.request(
+        "PATCH",
+        crd_path,
+        [{"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema/description", "value": "stale"}],
+        content_type="application/json-patch+json",
+    )
+    helm(
+        cluster, "upgrade", install.release, str(CHART), "-n", install.release_ns, "--reuse-values",
+        "--set", "log.level=debug",
+    )  # fmt: skip
+    crd = cluster.get(crd_path)
+    assert crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] == description
+    name = install.deployment["metadata"]["name"]
+    deployment = cluster.get(f"/apis/apps/v1/namespaces/{install.release_ns}/deployments/{name}")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RLAIF_LOG_LEVEL"] == "debug"
+    helm(cluster, "uninstall", install.release, "-n", install.release_ns, "--wait")
+    assert cluster.get(f"/apis/apps/v1/namespaces/{install.release_ns}/deployments/{name}") is None
+    assert cluster.get(crd_path) is not None, "helm uninstall deleted the CRD (and with it every RLAIFJob)"
+
+
 def test_service_account_is_least_privilege(cluster: Cluster, install: Install):
     """The token really is the chart's ServiceAccount, with exactly the namespaced access it needs."""
     kc, ns = install.kubeconfig, install.jobs_ns
