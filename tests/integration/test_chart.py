@@ -213,3 +213,40 @@ def test_stage_job_passes_restricted(cluster: Cluster, restricted_namespace, gpu
         cluster, _pod_from_template(manifest["spec"]["template"], restricted_namespace, f"stage-{gpus}")
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_rlaifjobs_in_the_docs_are_accepted_by_the_api_server(cluster: Cluster):
+    """Every RLAIFJob manifest shown in docs/ passes the CRD's schema and CEL rules (server dry run)."""
+    import re
+
+    import yaml
+
+    from tests.integration.test_chart_support import ROOT
+
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=docs-test",
+        "-f",
+        str(ROOT / "crds" / "rlaif.dev_rlaifjobs.yaml"),
+    )
+    ensure_crds(cluster, [yaml.safe_load((ROOT / "crds" / "rlaif.dev_rlaifjobs.yaml").read_text())])
+    ns = unique("docs")
+    create_namespace(cluster, ns)
+    found = 0
+    try:
+        for doc in sorted((ROOT / "docs").glob("*.md")):
+            for block in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S):
+                obj = yaml.safe_load(block)
+                if not isinstance(obj, dict) or obj.get("kind") != "RLAIFJob":
+                    continue
+                found += 1
+                obj["metadata"]["namespace"] = ns
+                proc = cluster.kubectl(
+                    "create", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False
+                )
+                assert proc.returncode == 0, f"{doc.name}: {proc.stderr}"
+        assert found >= 1
+    finally:
+        delete_namespace(cluster, ns)
