@@ -1,94 +1,9 @@
-"""Fixtures for tests that need the local Kubernetes control plane (``tests.cluster``).
+"""Integration tests run against the local Kubernetes control plane (see tests/cluster/README.md).
 
-* ``cluster`` (session): one control plane per test session; ``KUBECONFIG`` points at its
-  admin kubeconfig for the whole session (kopf, the kubernetes client and kubectl pick it up).
-* ``namespace`` (function): a fresh namespace (with its ``default`` ServiceAccount ready),
-  deleted afterwards.
-
-If a binary can be neither found nor built, every test that uses ``cluster`` fails (never
-skips) with a message naming the binary and how to provide it.
+Fixtures: ``cluster`` (session-scoped ``tests.cluster.Cluster``; sets ``KUBECONFIG``) and
+``namespace`` (a fresh namespace per test). A missing binary fails the tests with instructions.
 """
 
-from __future__ import annotations
+from tests.cluster.fixtures import cluster, namespace, pytest_collection_finish
 
-import contextlib
-import os
-import re
-import uuid
-from collections.abc import Iterator
-
-import pytest
-
-from tests.cluster import BinaryError, Cluster, ClusterError, binaries
-
-_binaries: dict[str, object] = {}
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build/locate the binaries once collection shows that a test needs the control plane.
-
-    A cold build takes ~15 minutes on 2 cores; doing it here (with live progress on the
-    terminal) keeps it out of the first test's pytest-timeout budget.
-    """
-    if session.config.option.collectonly or not any(
-        "cluster" in getattr(item, "fixturenames", ()) for item in session.items
-    ):
-        return
-    capman = session.config.pluginmanager.getplugin("capturemanager")
-    ctx = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
-    with ctx:
-        try:
-            _binaries["paths"] = binaries.ensure(list(binaries.SPECS))
-        except BinaryError as exc:
-            _binaries["error"] = exc
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    if "error" in _binaries:
-        pytest.fail(f"Kubernetes test control plane unavailable: {_binaries['error']}", pytrace=False)
-    c = Cluster()
-    try:
-        c.start()
-    except BinaryError as exc:
-        pytest.fail(f"Kubernetes test control plane unavailable: {exc}", pytrace=False)
-    except ClusterError as exc:
-        pytest.fail(f"Kubernetes test control plane failed to start: {exc}", pytrace=False)
-    print(f"\n[tests.cluster] control plane up in {c.startup_seconds:.1f}s, KUBECONFIG={c.kubeconfig}")
-    old = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(c.kubeconfig)
-    try:
-        yield c
-    finally:
-        if old is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = old
-        c.stop()
-
-
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "test"
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
-    cluster.request(
-        "POST",
-        "/api/v1/namespaces",
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"rlaif.dev/test": "true"}},
-        },
-    )
-    cluster.wait_for(
-        f"ServiceAccount {name}/default",
-        lambda: cluster.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
-        timeout=30,
-    )
-    try:
-        yield name
-    finally:
-        if not cluster.procs["kube-apiserver"].running:  # a fault-injection test left it stopped
-            cluster.start_apiserver()
-        # Background deletion: the namespace controller and kwok clean up while tests go on.
-        cluster.request("DELETE", f"/api/v1/namespaces/{name}")
+__all__ = ["cluster", "namespace", "pytest_collection_finish"]
