@@ -353,6 +353,9 @@ def test_optional_rbac_rules(helm):
     docs = render(helm, "--set", "rbac.watchCRDs=true", "--set", "watchNamespaces={team-a}")
     (crd_role,) = by_kind(docs, "ClusterRole")
     assert rules_of(crd_role) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+    from rlaif_operator import rbac
+
+    assert crd_role["rules"] == rbac.CLUSTER_DISCOVERY_RULES
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == crd_role["metadata"]["name"]
     assert_no_wildcards(docs)
