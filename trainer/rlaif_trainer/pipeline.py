@@ -93,7 +93,7 @@ def format_summary_table(job: str, rows: Sequence[dict[str, Any]]) -> str:
         for r in rows
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    line = "+".join("-" * (w + 2) for w in widths)
+    line = "-+-".join("-" * w for w in widths)
     out = [f"RLAIFJob {job}", line]
     out.append(" | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
     out.append(line)
