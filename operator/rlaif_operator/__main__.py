@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Kueue LocalQueue for jobs without spec.runPolicy.queueName (stage Jobs are then created suspended)",
     )
-    parser.add_argument("--workers", type=int, default=8, help="concurrent reconciliations (default 8)")
+    parser.add_argument(
+        "--workers", type=int, default=32, help="concurrent reconciliations, each mostly waiting on the API (default 32)"
+    )
     parser.add_argument("--version", action="version", version=f"rlaif-operator {__version__}")
     return parser
 

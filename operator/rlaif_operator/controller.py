@@ -268,17 +268,14 @@ class Controller:
         namespace, name = key
         meta = body.get("metadata") or {}
         uid = meta.get("uid", "")
-        for obj in plan.ensure:
-            await self._ensure(obj, uid)
-        for job_name in plan.delete:
-            await self._delete_job(namespace, job_name)
-        requeue_soon = False
-        for manifest in plan.create:
-            requeue_soon |= not await self._create_job(manifest, uid, now)
+        # Independent writes go out concurrently: one round trip per step, not one per object.
+        await asyncio.gather(*(self._ensure(obj, uid) for obj in plan.ensure))
+        await asyncio.gather(*(self._delete_job(namespace, job_name) for job_name in plan.delete))
+        created = await asyncio.gather(*(self._create_job(manifest, uid, now) for manifest in plan.create))
+        requeue_soon = not all(created)
         # Events go out before the status write that records the transition: a crash in between
         # re-derives and re-posts them (at least once) instead of losing them.
-        for event in plan.events:
-            await self._post_event(body, event, now)
+        await asyncio.gather(*(self._post_event(body, event, now) for event in plan.events))
         if plan.status is not None:
             patch = {"status": merge_patch(body.get("status") or {}, plan.status)}
             path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}/status"

@@ -34,7 +34,7 @@ class ApiError(Exception):
 
 class KubeClient:
     def __init__(
-        self, info: kopf.ConnectionInfo, timeout: float = 30.0, pool: int = 32, on_request: Any = None
+        self, info: kopf.ConnectionInfo, timeout: float = 30.0, pool: int = 64, on_request: Any = None
     ) -> None:
         self.info = info
         self.on_request = on_request  # called with (method, status) after every request

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -420,9 +421,8 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     jobs = [j for j in observed.jobs if j.owner_uid == owner.uid]
 
     try:
-        job = RLAIFJob.model_validate(
-            {"spec": body.get("spec") or {}, "metadata": {"name": owner.name, "namespace": owner.namespace}}
-        )
+        spec_json = json.dumps(body.get("spec") or {}, sort_keys=True)
+        job = _parse_job(owner.name, owner.namespace, spec_json)
     except ValidationError as err:
         invalid = old.model_copy(deep=True)
         invalid.phase = "Pending"
@@ -491,7 +491,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     new.results = results if results.model_dump(exclude_none=True) else None
     new.progress = f"{done}/{len(listed)}"
     new.artifacts = _artifacts(job, settings)
-    plan.ensure.extend(_ensure_objects(job, owner, settings))
+    plan.ensure.extend(_ensure_objects(job, owner, settings, spec_json))
 
     if current is None:
         phase, reason, message = "Succeeded", "AllStagesSucceeded", f"all {len(listed)} stages succeeded"
@@ -616,8 +616,20 @@ def _blocker(job: RLAIFJob, owner: Owner, settings: Settings, observed: Observed
     return None
 
 
-def _ensure_objects(job: RLAIFJob, owner: Owner, settings: Settings) -> list[dict[str, Any]]:
-    objs = [build_configmap(job, owner, settings)]
+@lru_cache(maxsize=4096)
+def _parse_job(name: str, namespace: str, spec_json: str) -> RLAIFJob:
+    """Validation is the costliest step of a pass and the spec rarely changes: memoized (read-only)."""
+    return RLAIFJob.model_validate({"spec": json.loads(spec_json), "metadata": {"name": name, "namespace": namespace}})
+
+
+@lru_cache(maxsize=4096)
+def _configmap(owner: Owner, spec_json: str, workspace_root: str) -> dict[str, Any]:
+    job = _parse_job(owner.name, owner.namespace, spec_json)
+    return build_configmap(job, owner, Settings(workspace_root=workspace_root))
+
+
+def _ensure_objects(job: RLAIFJob, owner: Owner, settings: Settings, spec_json: str) -> list[dict[str, Any]]:
+    objs = [_configmap(owner, spec_json, settings.workspace_root)]
     if wants_pvc(job):
         pvc = build_pvc(job, owner)
         if pvc is not None:
@@ -710,14 +722,15 @@ def _diff_events(plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, views: di
                 EventSpec("Normal", "StageStarted", f"started stage {stage} attempt {after.attempts}{retry} (job {after.job_name})")
             )
     if old_phase != new_phase:
+        detail = f": {ready.message}" if new_phase == "Succeeded" and (ready := _condition(new, "Ready")) else ""
         plan.events.append(
-            EventSpec("Warning" if new_phase == "Failed" else "Normal", "PhaseChanged", f"phase {old_phase} -> {new_phase}")
+            EventSpec(
+                "Warning" if new_phase == "Failed" else "Normal", "PhaseChanged", f"phase {old_phase} -> {new_phase}{detail}"
+            )
         )
         if new_phase == "Failed":
             failed = _condition(new, "Failed")
             plan.events.append(EventSpec("Warning", failed.reason if failed else "Failed", failed.message if failed else ""))
-        elif new_phase == "Succeeded":
-            plan.events.append(EventSpec("Normal", "Succeeded", "all stages succeeded"))
         elif new_phase == "Suspended":
             plan.events.append(EventSpec("Normal", "Suspended", "suspended: running stage Jobs deleted, artifacts kept"))
         elif old_phase == "Suspended":

@@ -77,7 +77,7 @@ def test_happy_path_through_four_stages_with_results() -> None:
         "PhaseChanged: phase Labeling -> TrainingRewardModel",
         "PhaseChanged: phase TrainingRewardModel -> OptimizingPolicy",
         "PhaseChanged: phase OptimizingPolicy -> Evaluating",
-        "PhaseChanged: phase Evaluating -> Succeeded",
+        "PhaseChanged: phase Evaluating -> Succeeded: all 4 stages succeeded",
     ]
     assert len(sim.events("StageStarted")) == 4 and len(sim.events("StageSucceeded")) == 4
     outcomes = [(o.stage, o.result) for p in sim.plans for o in p.outcomes]
