@@ -292,20 +292,36 @@ class Cluster:
 
     # -- the API server alone (fault-tolerance tests) -----------------------------------
 
-    def stop_apiserver(self) -> None:
-        """Stop kube-apiserver; the other components keep running and retry."""
-        self.procs["kube-apiserver"].stop()
+    def stop_apiserver(self, *, graceful: bool = True) -> None:
+        """Stop kube-apiserver (SIGTERM, or SIGKILL for a crash); the other components keep
+        running and retry until it is back."""
+        self.stop_component("kube-apiserver", graceful=graceful)
 
     def start_apiserver(self, timeout: float = 60.0) -> None:
         """Start kube-apiserver again on the same port and wait for /readyz."""
-        self.procs["kube-apiserver"].start()
-        self._wait("kube-apiserver /readyz after restart", self._apiserver_ready, time.monotonic() + timeout)
+        self.start_component("kube-apiserver", timeout=timeout)
 
-    def restart_apiserver(self, downtime: float = 0.0) -> None:
-        self.stop_apiserver()
+    def restart_apiserver(self, downtime: float = 0.0, *, graceful: bool = True) -> None:
+        self.stop_apiserver(graceful=graceful)
         if downtime:
             time.sleep(downtime)
         self.start_apiserver()
+
+    def stop_component(self, name: str, *, graceful: bool = True) -> None:
+        """Stop one of etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok."""
+        self.procs[name].stop(graceful=graceful)
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped component with its original flags and wait until it is healthy."""
+        self.procs[name].start()
+        checks: dict[str, Callable[[], bool]] = {
+            "kube-apiserver": self._apiserver_ready,
+            "kube-controller-manager": lambda: _https_ok(f"https://127.0.0.1:{self.ports['kcm']}/healthz"),
+            "kube-scheduler": lambda: _https_ok(f"https://127.0.0.1:{self.ports['scheduler']}/healthz"),
+            "kwok": lambda: _http_ok(f"http://127.0.0.1:{self.ports['kwok']}/healthz"),
+        }
+        if name in checks:
+            self._wait(f"{name} healthy after restart", checks[name], time.monotonic() + timeout)
 
     # -- nodes --------------------------------------------------------------------------
 
@@ -439,11 +455,8 @@ class Cluster:
         return env
 
     def check_alive(self) -> None:
-        dead = [
-            p
-            for n, p in self.procs.items()
-            if p.popen is not None and not p.running and n != "kube-apiserver"
-        ]
+        """Raise ClusterError if a component exited that was not stopped on purpose."""
+        dead = [p for p in self.procs.values() if p.crashed]
         if dead:
             raise ClusterError(", ".join(f"{p.name} exited with {p.returncode}" for p in dead))
 
@@ -467,7 +480,7 @@ class Cluster:
     def _wait(self, desc: str, fn: Callable[[], bool], deadline: float) -> None:
         while True:
             for p in self.procs.values():
-                if p.popen is not None and not p.running:
+                if p.crashed:
                     raise ClusterError(f"{p.name} exited with code {p.returncode} while waiting for {desc}")
             try:
                 if fn():
@@ -598,6 +611,14 @@ class Cluster:
             "--node-ip=10.240.0.1",  # default for nodes created without addresses
             f"--server-address=127.0.0.1:{self.ports['kwok']}",
         ]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _https_ok(url: str) -> bool:

@@ -73,10 +73,12 @@ class Process:
         self.log = log
         self.env = env
         self.popen: subprocess.Popen[bytes] | None = None
+        self.stopped = False  # stopped on purpose (not crashed)
 
     def start(self) -> None:
         if self.running:
             return
+        self.stopped = False
 
         def spawn() -> subprocess.Popen[bytes]:
             with open(self.log, "ab") as out:
@@ -99,15 +101,22 @@ class Process:
         return self.popen is not None and self.popen.poll() is None
 
     @property
+    def crashed(self) -> bool:
+        """Started, exited, and not because we stopped it."""
+        return self.popen is not None and not self.stopped and self.popen.poll() is not None
+
+    @property
     def returncode(self) -> int | None:
         return None if self.popen is None else self.popen.poll()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, graceful: bool = True) -> None:
+        """SIGTERM the process group, SIGKILL after ``timeout`` (at once if not graceful)."""
         p = self.popen
         if p is None:
             return
+        self.stopped = True
         if p.poll() is None:
-            _killpg(p.pid, signal.SIGTERM)
+            _killpg(p.pid, signal.SIGTERM if graceful else signal.SIGKILL)
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -251,6 +251,19 @@ def test_apiserver_restart_keeps_state_and_controllers_recover(cluster: Cluster,
     )
 
 
+def test_crashed_apiserver_and_kwok_come_back(cluster: Cluster, namespace: str) -> None:
+    cluster.stop_apiserver(graceful=False)  # SIGKILL: a crash, not a graceful shutdown
+    cluster.stop_component("kwok", graceful=False)
+    cluster.check_alive()  # components stopped on purpose do not count as crashed
+    cluster.start_apiserver()
+    cluster.start_component("kwok")
+    _create_job(cluster, namespace, _job("after-crash"))
+    assert (
+        cluster.wait_for("job after crash", lambda: _job_condition(cluster, namespace, "after-crash"), 90)
+        == "Complete"
+    )
+
+
 def test_missing_binary_fails_with_instructions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TEST_ASSET_KWOK", str(tmp_path / "nope"))
     with pytest.raises(binaries.BinaryError, match=r"TEST_ASSET_KWOK=.*python -m tests.cluster build"):
