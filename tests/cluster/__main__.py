@@ -43,6 +43,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         print(f"control plane up in {cluster.startup_seconds:.1f}s (logs: {cluster.dir / 'logs'})")
+        print("  " + ", ".join(f"{k}: {v}s" for k, v in cluster.timings.items()))
         print(f"kubeconfig: {cluster.kubeconfig}")
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         print("Ctrl-C to stop.", flush=True)

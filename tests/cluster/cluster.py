@@ -31,7 +31,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, client: certs.CertPair, 
 
 # --- process-wide cleanup ---------------------------------------------------------------
 
-_live: weakref.WeakSet[Cluster] = weakref.WeakSet()
+_live: set[Cluster] = set()  # strong refs: a started, unreferenced Cluster must still be stopped
 _handlers_installed = False
 
 
@@ -169,6 +168,7 @@ class Cluster:
         self.procs: dict[str, Process] = {}
         self.started = False
         self.startup_seconds = 0.0
+        self.timings: dict[str, float] = {}  # seconds spent in each startup/restart wait
         self._ssl: ssl.SSLContext | None = None
         self._lock = threading.RLock()
 
@@ -478,6 +478,13 @@ class Cluster:
         )
 
     def _wait(self, desc: str, fn: Callable[[], bool], deadline: float) -> None:
+        t0 = time.monotonic()
+        try:
+            self._wait_inner(desc, fn, deadline)
+        finally:
+            self.timings[desc] = round(time.monotonic() - t0, 2)
+
+    def _wait_inner(self, desc: str, fn: Callable[[], bool], deadline: float) -> None:
         while True:
             for p in self.procs.values():
                 if p.crashed:
