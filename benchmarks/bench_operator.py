@@ -255,6 +255,8 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         api_after = apiserver_requests(cluster)
         op_after = operator_metric(metrics_port, "rlaif_api_requests_total")
         rss = peak_rss_mib(proc.pid)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            (log_dir / f"metrics-{namespace}.txt").write_bytes(resp.read())
         reconciles = operator_metric(metrics_port, "rlaif_reconcile_duration_seconds_count")
         reconcile_seconds = operator_metric(metrics_port, "rlaif_reconcile_duration_seconds_sum")
         cpu_seconds = sum(int(x) for x in Path(f"/proc/{proc.pid}/stat").read_text().split()[13:15]) / os.sysconf("SC_CLK_TCK")
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, nargs="+", default=[50, 200, 500], help="values of N (default 50 200 500)")
     parser.add_argument("--run-seconds", type=float, default=1.0, help="how long kwok runs each stage pod (default 1)")
     parser.add_argument("--timeout", type=float, default=900, help="give up waiting for Succeeded after this many seconds per N")
-    parser.add_argument("--workers", type=int, default=8, help="operator --workers (default 8)")
+    parser.add_argument("--workers", type=int, default=64, help="operator --workers (default 64)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
 

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kueue LocalQueue for jobs without spec.runPolicy.queueName (stage Jobs are then created suspended)",
     )
     parser.add_argument(
-        "--workers", type=int, default=32, help="concurrent reconciliations, each mostly waiting on the API (default 32)"
+        "--workers", type=int, default=64, help="concurrent reconciliations, each mostly waiting on the API (default 64)"
     )
     parser.add_argument("--version", action="version", version=f"rlaif-operator {__version__}")
     return parser

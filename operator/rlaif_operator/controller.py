@@ -124,6 +124,7 @@ class Controller:
         for i in range(self.workers):
             self.tasks.append(asyncio.create_task(self._worker(), name=f"rlaif-worker-{i}"))
         self.tasks.append(asyncio.create_task(self._resync(), name="rlaif-resync"))
+        self.tasks.append(asyncio.create_task(self._lag_probe(), name="rlaif-lag-probe"))
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -200,6 +201,13 @@ class Controller:
                     self.dirty.discard(key)
                     self.enqueue(key)
 
+    async def _lag_probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.5)
+            self.metrics.loop_lag.observe(max(loop.time() - before - 0.5, 0.0))
+
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_SECONDS)
@@ -268,14 +276,22 @@ class Controller:
         namespace, name = key
         meta = body.get("metadata") or {}
         uid = meta.get("uid", "")
-        # Independent writes go out concurrently: one round trip per step, not one per object.
-        await asyncio.gather(*(self._ensure(obj, uid) for obj in plan.ensure))
-        await asyncio.gather(*(self._delete_job(namespace, job_name) for job_name in plan.delete))
-        created = await asyncio.gather(*(self._create_job(manifest, uid, now) for manifest in plan.create))
-        requeue_soon = not all(created)
-        # Events go out before the status write that records the transition: a crash in between
-        # re-derives and re-posts them (at least once) instead of losing them.
-        await asyncio.gather(*(self._post_event(body, event, now) for event in plan.events))
+        # Independent writes go out concurrently, so a pass costs two round trips: first the
+        # children and the events, then the status write that records the transition. Events
+        # precede that write, so a crash in between re-derives and re-posts them (at least once)
+        # rather than losing them. The ConfigMap is created alongside the first Job: the kubelet
+        # waits for a pod's ConfigMap volume, and the pod cannot start sooner anyway.
+        first = await asyncio.gather(
+            *(self._ensure(obj, uid) for obj in plan.ensure),
+            *(self._delete_job(namespace, job_name) for job_name in plan.delete),
+            *(self._post_event(body, event, now) for event in plan.events),
+            *(self._create_job(manifest, uid, now) for manifest in plan.create),
+            return_exceptions=True,
+        )
+        errors = [r for r in first if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        requeue_soon = not all(first[len(first) - len(plan.create) :])
         if plan.status is not None:
             patch = {"status": merge_patch(body.get("status") or {}, plan.status)}
             path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}/status"

@@ -91,7 +91,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None
     metrics: Metrics = getattr(memo, "metrics", None) or Metrics()
     memo.metrics = metrics
     indexes = Indexes(rlaif_jobs, rlaif_stage_jobs, rlaif_stage_pods, rlaif_claims)
-    controller = Controller(KubeClient(info, on_request=metrics.api_request), indexes, op_settings, metrics, workers=getattr(memo, "workers", 32))
+    controller = Controller(KubeClient(info, on_request=metrics.api_request), indexes, op_settings, metrics, workers=getattr(memo, "workers", 64))
     controller.start()
     memo.controller = controller
     log.info(

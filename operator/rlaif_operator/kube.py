@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -37,7 +38,7 @@ class KubeClient:
         self, info: kopf.ConnectionInfo, timeout: float = 30.0, pool: int = 64, on_request: Any = None
     ) -> None:
         self.info = info
-        self.on_request = on_request  # called with (method, status) after every request
+        self.on_request = on_request  # called with (method, status, seconds) after every request
         self.server = info.server.rstrip("/")
         headers = {"Accept": JSON, "User-Agent": "rlaif-operator"}
         if info.token:
@@ -66,12 +67,13 @@ class KubeClient:
         params: dict[str, str] | None = None,
     ) -> Any:
         self.requests += 1
+        started = time.perf_counter()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else None
         async with self.session.request(method, self.server + path, data=data, headers=headers, params=params) as resp:
             text = await resp.text()
             if self.on_request is not None:
-                self.on_request(method, resp.status)
+                self.on_request(method, resp.status, time.perf_counter() - started)
             try:
                 payload: Any = json.loads(text) if text else None
             except ValueError:

@@ -77,6 +77,19 @@ class Metrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.api_request_duration = Histogram(
+            "rlaif_api_request_duration_seconds",
+            "Latency of the reconciler's API requests, by method.",
+            ["method"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "rlaif_event_loop_lag_seconds",
+            "How late the operator's event loop wakes up from a 0.5 s sleep (CPU starvation or blocking code).",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_JobsByPhase(self._phase_values))
 
     # -- job phases ----------------------------------------------------------------------------
@@ -98,8 +111,9 @@ class Metrics:
         if duration_seconds is not None:
             self.stage_duration.labels(stage=stage, result=result).observe(duration_seconds)
 
-    def api_request(self, method: str, status: int) -> None:
+    def api_request(self, method: str, status: int, seconds: float) -> None:
         self.api_requests.labels(method=method, code=str(status)).inc()
+        self.api_request_duration.labels(method=method).observe(seconds)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""

@@ -597,7 +597,8 @@ def _advance(
     st.job_name = stage_job_name(owner.name, stage, attempt)
     st.attempts = attempt
     st.start_time = st.start_time or now_s
-    st.message = f"attempt {attempt} created (job {st.job_name})"
+    # worded as the next pass will see it, so observing the new Job needs no second status write
+    st.message = f"attempt {attempt} running (job {st.job_name})"
     new.start_time = new.start_time or now_s
     return "StageRunning", f"stage {stage} {st.message}"
 

@@ -285,7 +285,7 @@ def test_metric_families_names_and_no_per_job_labels() -> None:
     m.stage_finished("label", "failed", None)
     m.reconcile_total.labels(result="success").inc()
     m.reconcile_duration.observe(0.01)
-    m.api_request("POST", 201)
+    m.api_request("POST", 201, 0.01)
     text = generate_latest(m.registry).decode()
     assert 'rlaif_jobs{phase="Labeling"} 2.0' in text
     assert 'rlaif_jobs{phase="Succeeded"} 1.0' in text

@@ -44,8 +44,7 @@ def test_first_reconcile_creates_label_job_configmap_and_pvc() -> None:
 def test_reconcile_is_idempotent() -> None:
     sim = Sim()
     sim.step()
-    sim.step()  # observes the Job it created: "created" becomes "running"
-    again = sim.step()
+    again = sim.step()  # observing the Job it just created changes nothing
     assert again.create == [] and again.delete == [] and again.status is None and again.events == []
 
 
