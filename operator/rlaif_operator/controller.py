@@ -99,8 +99,10 @@ class Controller:
         metrics: Metrics,
         workers: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        relogin: Callable[[], KubeClient] | None = None,
     ) -> None:
         self.client = client
+        self.relogin = relogin  # builds a client with fresh credentials (rotated token) after a 401
         self.indexes = indexes
         self.settings = settings
         self.metrics = metrics
@@ -186,6 +188,9 @@ class Controller:
                 raise
             except Exception as err:
                 self.metrics.reconcile_total.labels(result="error").inc()
+                if isinstance(err, ApiError) and err.status == 401 and self.relogin is not None:
+                    stale, self.client = self.client, self.relogin()
+                    await stale.close()
                 n = self.failures.get(key, 0) + 1
                 self.failures[key] = n
                 if n <= MAX_RETRIES:

@@ -84,14 +84,20 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None
     rlaif_jobs, rlaif_stage_jobs = kw["rlaif_jobs"], kw["rlaif_stage_jobs"]
     rlaif_stage_pods, rlaif_claims = kw["rlaif_stage_pods"], kw["rlaif_claims"]
     configure_kopf(settings)
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.PermanentError("no credentials: neither an in-cluster service account nor a kubeconfig")
+
     op_settings: Settings = getattr(memo, "operator_settings", None) or Settings()
     metrics: Metrics = getattr(memo, "metrics", None) or Metrics()
     memo.metrics = metrics
+
+    def client() -> KubeClient:
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+        if info is None:
+            raise kopf.PermanentError("no credentials: neither an in-cluster service account nor a kubeconfig")
+        return KubeClient(info, on_request=metrics.api_request)
     indexes = Indexes(rlaif_jobs, rlaif_stage_jobs, rlaif_stage_pods, rlaif_claims)
-    controller = Controller(KubeClient(info, on_request=metrics.api_request), indexes, op_settings, metrics, workers=getattr(memo, "workers", 64))
+    controller = Controller(
+        client(), indexes, op_settings, metrics, workers=getattr(memo, "workers", 64), relogin=client
+    )
     controller.start()
     memo.controller = controller
     log.info(

@@ -1,0 +1,171 @@
+"""The controller's executor and work queue, against a fake API client (no cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from rlaif_operator.builders import Settings
+from rlaif_operator.controller import Controller, Indexes, retry_delay
+from rlaif_operator.kube import ApiError
+from rlaif_operator.metrics import Metrics
+from tests.unit.operator.sim import make_body
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.objects: dict[str, Any] = {}
+        self.fail_with: Exception | None = None
+        self.rv = 100
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Any:
+        self.calls.append((method, path, body))
+        if self.fail_with is not None:
+            raise self.fail_with
+        if method == "POST" and not path.endswith("/events"):
+            name = body["metadata"]["name"]
+            key = f"{path}/{name}"
+            if key in self.objects:
+                raise ApiError(409, {"reason": "AlreadyExists"}, method, path)
+            self.objects[key] = body
+            return body
+        if method == "PATCH" and path.endswith("/status"):
+            self.rv += 1
+            job = copy.deepcopy(BODY)
+            job["metadata"]["resourceVersion"] = str(self.rv)
+            job["status"] = body["status"]
+            return job
+        return body
+
+    async def create(self, path: str, body: Any) -> Any:
+        return await self.request("POST", path, body)
+
+    async def get(self, path: str) -> Any:
+        return await self.request("GET", path)
+
+    async def merge_patch(self, path: str, body: Any) -> Any:
+        return await self.request("PATCH", path, body)
+
+    async def delete(self, path: str, body: Any = None) -> Any:
+        return await self.request("DELETE", path, body)
+
+    async def close(self) -> None:
+        pass
+
+    def posts(self, suffix: str) -> list[Any]:
+        return [b for m, p, b in self.calls if m == "POST" and p.endswith(suffix)]
+
+
+BODY = make_body()
+BODY["metadata"]["resourceVersion"] = "10"
+
+
+def controller(client: FakeClient, jobs_index: dict[Any, list[Any]] | None = None) -> Controller:
+    index: dict[Any, list[Any]] = defaultdict(list, {("ns", "demo"): [copy.deepcopy(BODY)]})
+    indexes = Indexes(index, jobs_index or {}, {}, {"ns": []})
+    return Controller(client, indexes, Settings(trainer_image="t:1"), Metrics(), workers=2, clock=lambda: NOW)  # type: ignore[arg-type]
+
+
+def test_first_pass_creates_configmap_pvc_job_events_and_status() -> None:
+    client = FakeClient()
+    ctrl = controller(client)
+    plan = asyncio.run(ctrl.reconcile_key(("ns", "demo")))
+    assert plan is not None
+    assert [b["kind"] for b in client.posts("/configmaps") + client.posts("/persistentvolumeclaims") + client.posts("/jobs")] == [
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Job",
+    ]
+    assert {b["reason"] for b in client.posts("/events")} == {"StageStarted", "PhaseChanged"}
+    patches = [(p, b) for m, p, b in client.calls if m == "PATCH"]
+    assert len(patches) == 1 and patches[0][0].endswith("/rlaifjobs/demo/status")
+    assert patches[0][1]["status"]["phase"] == "Labeling"
+    # the status write is the last call: events precede it (at-least-once)
+    assert client.calls[-1][0] == "PATCH"
+
+
+def test_second_pass_before_the_watch_catches_up_does_not_duplicate() -> None:
+    client = FakeClient()
+    ctrl = controller(client)
+    asyncio.run(ctrl.reconcile_key(("ns", "demo")))
+    before = len(client.calls)
+    # the index still has the old RLAIFJob and no Job: the caches must cover the lag
+    plan = asyncio.run(ctrl.reconcile_key(("ns", "demo")))
+    assert plan is not None and plan.create == [] and plan.events == [] and plan.status is None
+    assert len(client.calls) == before  # ConfigMap/PVC known, nothing to write
+
+
+def test_already_existing_job_is_adopted_and_rechecked() -> None:
+    client = FakeClient()
+    client.objects["/apis/batch/v1/namespaces/ns/jobs/demo-label-1"] = {}
+    ctrl = controller(client)
+
+    async def run() -> None:
+        await ctrl.reconcile_key(("ns", "demo"))
+        assert ("ns", "demo") in ctrl.timers  # looks again soon, once the index shows the Job
+        await ctrl.stop()
+
+    asyncio.run(run())
+
+
+def test_api_errors_are_retried_with_bounded_backoff() -> None:
+    client = FakeClient()
+    client.fail_with = ApiError(503, {"message": "unavailable"}, "POST", "/x")
+    ctrl = controller(client)
+
+    async def run() -> None:
+        ctrl.start()
+        ctrl.enqueue(("ns", "demo"))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if ctrl.failures.get(("ns", "demo")):
+                break
+        assert ctrl.failures[("ns", "demo")] == 1
+        assert ("ns", "demo") in ctrl.timers
+        await ctrl.stop()
+
+    asyncio.run(run())
+    assert retry_delay(1) == 0.5 and retry_delay(4) == 4 and retry_delay(50) == 30
+
+
+def test_deleted_rlaifjob_is_forgotten() -> None:
+    client = FakeClient()
+    ctrl = controller(client)
+    ctrl.indexes.jobs.clear()  # type: ignore[attr-defined]
+    assert asyncio.run(ctrl.reconcile_key(("ns", "demo"))) is None
+    assert client.calls == []
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_queue_dedupes_keys(workers: int) -> None:
+    client = FakeClient()
+    ctrl = controller(client)
+    ctrl.workers = workers
+    seen: list[Any] = []
+
+    async def fake(key: Any) -> None:
+        seen.append(key)
+        await asyncio.sleep(0.01)
+
+    ctrl.reconcile_key = fake  # type: ignore[assignment,method-assign]
+
+    async def run() -> None:
+        ctrl.start()
+        for _ in range(10):
+            ctrl.enqueue(("ns", "demo"))
+        await asyncio.sleep(0.005)
+        for _ in range(10):
+            ctrl.enqueue(("ns", "demo"))  # arrives mid-reconcile: exactly one more pass
+        await asyncio.sleep(0.1)
+        await ctrl.stop()
+
+    asyncio.run(run())
+    assert seen == [("ns", "demo"), ("ns", "demo")]
