@@ -79,11 +79,11 @@ def generate_candidates(
                 recs = prompts[start:start + batch_size]
                 if all(r["id"] in out for r in recs):
                     continue
-                ids = encoded[start:start + batch_size]
-                L = max(len(x) for x in ids)
-                input_ids = torch.full((len(ids), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(ids), L), dtype=torch.long)
-                for r, x in enumerate(ids):
+                batch_ids = encoded[start:start + batch_size]
+                L = max(len(x) for x in batch_ids)
+                input_ids = torch.full((len(batch_ids), L), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch_ids), L), dtype=torch.long)
+                for r, x in enumerate(batch_ids):
                     input_ids[r, L - len(x):] = torch.tensor(x)
                     mask[r, L - len(x):] = 1
                 s = batch_seed(seed, b)

@@ -70,7 +70,7 @@ def read_prompts(
 ) -> list[dict[str, Any]]:
     """``[{"id", "prompt", "source"}]`` from a prompts JSONL (``field`` holds the text)."""
     p = Path(path)
-    out = []
+    out: list[dict[str, Any]] = []
     for line, obj in read_jsonl(p, what="prompts file"):
         text = _text_field(obj, field, p, line)
         if not text.strip():

@@ -242,11 +242,11 @@ def _evaluate(model: Any, data: list[tuple[list[int], list[int], float]], pad: i
             n += len(chunk)
     model.train()
     tot = accelerator.reduce(torch.stack([loss_sum, correct, counted, n]), reduction="sum")
-    loss_sum, correct, counted, n = (float(x) for x in tot)
+    t_loss, t_correct, t_counted, t_n = (float(x) for x in tot)
     return {
-        "eval_loss": loss_sum / n if n else float("nan"),
-        "accuracy": correct / counted if counted else float("nan"),
-        "eval_pairs": int(n),
+        "eval_loss": t_loss / t_n if t_n else float("nan"),
+        "accuracy": t_correct / t_counted if t_counted else float("nan"),
+        "eval_pairs": int(t_n),
     }
 
 

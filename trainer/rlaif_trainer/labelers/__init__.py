@@ -261,10 +261,10 @@ def build_labeler(
             timeout_s=spec.request_timeout_seconds,
         )
         if spec.mode == "pointwise":
-            return OpenAIPointwiseLabeler(principles=spec.principles, preamble=spec.preamble, **kwargs)  # type: ignore[arg-type]
+            return OpenAIPointwiseLabeler(principles=spec.principles, preamble=spec.preamble, **kwargs)
         return OpenAIPairwiseLabeler(
             preamble=spec.preamble, few_shot=spec.few_shot, chain_of_thought=spec.chain_of_thought,
-            position_debias=spec.position_debias, **kwargs,  # type: ignore[arg-type]
+            position_debias=spec.position_debias, **kwargs,
         )
     if provider == "python":
         from rlaif_trainer.labelers.python import PythonLabeler
