@@ -63,7 +63,9 @@ def _set_status(cluster: Cluster, namespace: str, name: str, status: dict[str, A
     cluster.request("PATCH", f"{JOBS.format(ns=namespace)}/{name}/status", {"status": status})
 
 
-def test_spec_is_immutable_after_start_except_suspend_and_ttl(cluster: Cluster, crd: None, namespace: str) -> None:
+def test_spec_is_immutable_after_start_except_suspend_and_ttl(
+    cluster: Cluster, crd: None, namespace: str
+) -> None:
     assert _apply(cluster, namespace, base_job("immutable")).returncode == 0
     path = f"{JOBS.format(ns=namespace)}/immutable"
     # Before start, the spec may change.
@@ -118,7 +120,14 @@ MUTATIONS: dict[str, list[Any]] = {
     "spec.labeler.endpoint": ["http://vllm:8000/v1", "vllm:8000"],
     "spec.labeler.callable": ["pkg.mod:fn", "not a callable"],
     "spec.labeler.model": ["served-model"],
-    "spec.stages": [["label"], ["rl"], ["reward", "rl"], ["label", "reward", "rl", "evaluate"], ["rl", "label"], []],
+    "spec.stages": [
+        ["label"],
+        ["rl"],
+        ["reward", "rl"],
+        ["label", "reward", "rl", "evaluate"],
+        ["rl", "label"],
+        [],
+    ],
     "spec.dataset.labels": ["labels.jsonl"],
     "spec.rewardModel.path": ["/models/rm"],
     "spec.evaluation.policy": ["/models/policy"],
@@ -148,7 +157,9 @@ _random_choices = st.dictionaries(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(choices=_random_choices)
-def test_pydantic_and_api_server_agree_on_random_specs(cluster: Cluster, crd: None, namespace: str, choices) -> None:
+def test_pydantic_and_api_server_agree_on_random_specs(
+    cluster: Cluster, crd: None, namespace: str, choices
+) -> None:
     job = _mutated(choices)
     try:
         api.RLAIFJob.model_validate(job)
