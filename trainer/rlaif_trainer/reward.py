@@ -162,7 +162,7 @@ def _rewards(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, device: Any
 
     ids, mask = _pad(seqs, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    out = model(input_ids=ids, attention_mask=mask)
+    out = model(input_ids=ids, attention_mask=mask, use_cache=False)  # no KV cache while training
     logits = out.logits
     if logits.dim() == 3:  # (B, L, 1) from a model that returns per-token scores
         last = mask.sum(-1) - 1

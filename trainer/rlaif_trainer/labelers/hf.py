@@ -8,6 +8,11 @@ bodies and tails, right-padded, at positions ``len(head) ..``. Items are sorted 
 batching so that batches carry little padding. The token sequence is the concatenation of the
 separately tokenized head and suffix in both the cached and the uncached path, so the two agree to
 float precision (checked by the tests within 1e-4).
+
+The cached keys/values assume fixed weights. A labeler that shares a model being trained (e.g. the
+policy's base weights under ``disable_adapter()`` during RL) stays valid as long as it is always
+called the same way; call ``clear_cache()`` (``labeler.scorer.clear_cache()``) after the weights
+it sees change.
 """
 
 from __future__ import annotations
