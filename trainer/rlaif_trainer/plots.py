@@ -38,7 +38,16 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], out_png: str | Path, *,
     for ax, (key, label) in zip(axes, panels, strict=True):
         vals = [float(r.get(key, float("nan"))) for r in rows]
         if vals:
-            ax.plot(steps, vals, color="tab:blue", alpha=0.35, linewidth=1, label="per step")
+            ax.plot(
+                steps,
+                vals,
+                color="tab:blue",
+                alpha=0.35 if window > 1 else 1.0,
+                linewidth=1,
+                marker="o" if len(vals) <= 50 else None,
+                markersize=3,
+                label="per step",
+            )
             if window > 1:
                 ax.plot(
                     steps, _smooth(vals, window), color="tab:blue", linewidth=2, label=f"mean of {window}"
