@@ -72,6 +72,8 @@ class Watcher(threading.Thread):
         self.path = path
         self.first_seen: dict[str, float] = {}
         self.succeeded: dict[str, float] = {}  # pods: by their Job's name
+        self.phase: dict[str, str] = {}  # RLAIFJobs: status.phase
+        self.phase_seen: dict[str, float] = {}  # RLAIFJobs: when the current phase was first seen
         self.stop_flag = threading.Event()
         self.ready = threading.Event()
 
@@ -97,7 +99,11 @@ class Watcher(threading.Thread):
                             continue
                         name = meta.get("name", "")
                         self.first_seen.setdefault(name, now)
-                        if (obj.get("status") or {}).get("phase") == "Succeeded":
+                        phase = (obj.get("status") or {}).get("phase")
+                        if obj.get("kind") == "RLAIFJob" and phase and self.phase.get(name) != phase:
+                            self.phase[name] = phase
+                            self.phase_seen[name] = now
+                        if phase == "Succeeded":
                             job = (meta.get("labels") or {}).get("batch.kubernetes.io/job-name")
                             if job:
                                 self.succeeded.setdefault(job, now)
@@ -219,10 +225,11 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         )
         jobs_w = Watcher(cluster, f"/apis/batch/v1/namespaces/{namespace}/jobs")
         pods_w = Watcher(cluster, f"/api/v1/namespaces/{namespace}/pods")
-        jobs_w.start()
-        pods_w.start()
-        jobs_w.ready.wait(30)
-        pods_w.ready.wait(30)
+        rlaif_w = Watcher(cluster, f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs")
+        for w in (jobs_w, pods_w, rlaif_w):
+            w.start()
+        for w in (jobs_w, pods_w, rlaif_w):
+            w.ready.wait(30)
         api_before = apiserver_requests(cluster)
         op_before = operator_metric(metrics_port, "rlaif_api_requests_total")
 
@@ -230,8 +237,15 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         names = [f"job-{i:04d}" for i in range(n)]
 
         def apply(name: str) -> None:
-            cluster.request("POST", f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs", manifest(name, namespace, args.run_seconds))
-            applied[name] = time.time()
+            for _ in range(5):
+                try:
+                    cluster.request("POST", f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs", manifest(name, namespace, args.run_seconds))
+                except Exception as err:  # a slow API server: the create may or may not have landed
+                    if "AlreadyExists" not in str(err):
+                        time.sleep(0.5)
+                        continue
+                applied[name] = time.time()
+                return
 
         t0 = time.time()
         with ThreadPoolExecutor(16) as pool:
@@ -242,15 +256,14 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         deadline = time.time() + args.timeout
         phases: dict[str, int] = {}
         while time.time() < deadline:
-            items = (cluster.get(f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs") or {}).get("items", [])
             phases = {}
-            for item in items:
-                phase = (item.get("status") or {}).get("phase") or "Pending"
+            for name in names:
+                phase = rlaif_w.phase.get(name, "Pending")
                 phases[phase] = phases.get(phase, 0) + 1
             if phases.get("Succeeded", 0) == n:
-                done_at = time.time()
+                done_at = max(rlaif_w.phase_seen[name] for name in names)
                 break
-            time.sleep(1.0)
+            time.sleep(0.5)
         time.sleep(1.0)
         api_after = apiserver_requests(cluster)
         op_after = operator_metric(metrics_port, "rlaif_api_requests_total")
@@ -260,8 +273,8 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         reconciles = operator_metric(metrics_port, "rlaif_reconcile_duration_seconds_count")
         reconcile_seconds = operator_metric(metrics_port, "rlaif_reconcile_duration_seconds_sum")
         cpu_seconds = sum(int(x) for x in Path(f"/proc/{proc.pid}/stat").read_text().split()[13:15]) / os.sysconf("SC_CLK_TCK")
-        jobs_w.stop_flag.set()
-        pods_w.stop_flag.set()
+        for w in (jobs_w, pods_w, rlaif_w):
+            w.stop_flag.set()
 
         first_job = [jobs_w.first_seen[f"{name}-label-1"] - applied[name] for name in names if f"{name}-label-1" in jobs_w.first_seen]
         handoff: list[float] = []

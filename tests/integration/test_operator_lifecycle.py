@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from rlaif_operator.rbac import RBAC_RULES
 from tests.cluster import Cluster
 from tests.integration.test_operator_support import (
     OperatorProcess,
@@ -19,6 +22,7 @@ from tests.integration.test_operator_support import (
     pods_of,
     reasons,
     rlaif_job,
+    service_account_kubeconfig,
     stage_jobs,
     status,
     wait_phase,
@@ -223,3 +227,25 @@ def test_concurrent_updates_lose_no_status(
         ),
         timeout=30,
     )
+
+
+def test_runs_with_exactly_the_declared_rbac_rules(
+    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path
+) -> None:
+    """Least privilege: a ServiceAccount with only RBAC_RULES (namespaced) runs a job end to end,
+    TTL deletion included."""
+    kubeconfig = service_account_kubeconfig(cluster, namespace, RBAC_RULES, tmp_path / "sa.kubeconfig")
+    op = OperatorProcess(cluster, namespace, tmp_path, kubeconfig=kubeconfig)
+    op.start()
+    try:
+        bind_claim(cluster, namespace, "workspace")
+        create_job(cluster, rlaif_job("rbac", namespace, ttlSecondsAfterFinished=1))
+        st = wait_phase(cluster, namespace, "rbac", "Succeeded", timeout=90)
+        assert st["progress"] == "4/4"
+        assert "PhaseChanged" in reasons(cluster, namespace, "rbac")
+        wait_until("TTL deletion", lambda: get_job(cluster, namespace, "rbac") is None, timeout=30)
+        assert op.metric("rlaif_api_requests_total", method="POST", code="403") == 0
+        assert op.metric("rlaif_api_requests_total", method="PATCH", code="403") == 0
+    finally:
+        op.stop()
+    assert "Traceback" not in op.logs(), op.logs()

@@ -46,7 +46,9 @@ SUMMARY = {
 
 
 class OperatorProcess:
-    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, cluster: Cluster, namespace: str, log_dir: Path, extra_args: list[str] | None = None
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.log_dir = log_dir
@@ -66,6 +68,8 @@ class OperatorProcess:
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 (closed with the process)
         env = self.cluster.env()
         env["PYTHONUNBUFFERED"] = "1"
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -153,17 +157,24 @@ def crd_installed(cluster: Cluster) -> None:
         "RLAIFJob CRD established",
         lambda: any(
             c.get("type") == "Established" and c.get("status") == "True"
-            for c in (cluster.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rlaifjobs.rlaif.dev") or {})
+            for c in (
+                cluster.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rlaifjobs.rlaif.dev")
+                or {}
+            )
             .get("status", {})
             .get("conditions", [])
         ),
         timeout=30,
     )
-    cluster.wait_for("rlaifjobs served", lambda: cluster.get(f"{GROUP_PATH}/rlaifjobs") is not None, timeout=30)
+    cluster.wait_for(
+        "rlaifjobs served", lambda: cluster.get(f"{GROUP_PATH}/rlaifjobs") is not None, timeout=30
+    )
 
 
 @pytest.fixture
-def operator(cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path
+) -> Iterator[OperatorProcess]:
     op = OperatorProcess(cluster, namespace, tmp_path)
     op.start()
     try:
@@ -173,6 +184,42 @@ def operator(cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Pa
         errors = [line for line in op.logs().splitlines() if "Traceback" in line]
         print(op.logs()[-3000:])
         assert not errors, f"the operator logged tracebacks:\n{op.logs()}"
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, rules: list[dict[str, Any]], path: Path) -> Path:
+    """A kubeconfig for a ServiceAccount that may do exactly ``rules`` in ``namespace``."""
+    sa = "rlaif-operator"
+    cluster.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": sa}})
+    cluster.request(
+        "POST",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
+        {"metadata": {"name": sa}, "rules": rules},
+    )
+    cluster.request(
+        "POST",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+        {
+            "metadata": {"name": sa},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+        },
+    )
+    token = cluster.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+    )["status"]["token"]
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa, "namespace": namespace}}],
+        "current-context": sa,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def bind_claim(cluster: Cluster, namespace: str, claim: str, create_claim: bool = True) -> None:
@@ -240,7 +287,12 @@ def rlaif_job(
         spec["storage"] = {"persistentVolumeClaim": {"claimName": claim}}
     if stages is not None:
         spec["stages"] = stages
-    return {"apiVersion": "rlaif.dev/v1alpha1", "kind": "RLAIFJob", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "rlaif.dev/v1alpha1",
+        "kind": "RLAIFJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
 def create_job(cluster: Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +314,9 @@ def condition(st: dict[str, Any], ctype: str) -> dict[str, Any]:
     return next((c for c in st.get("conditions") or [] if c["type"] == ctype), {})
 
 
-def wait_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 60.0) -> dict[str, Any]:
+def wait_phase(
+    cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 60.0
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         st = status(cluster, namespace, name)
         return st if st.get("phase") == phase else None
@@ -276,7 +330,9 @@ def wait_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout:
 
 def stage_jobs(cluster: Cluster, namespace: str, job: str | None = None) -> list[dict[str, Any]]:
     selector = f"?labelSelector=rlaif.dev/job%3D{job}" if job else "?labelSelector=rlaif.dev/stage"
-    items: list[dict[str, Any]] = (cluster.get(f"/apis/batch/v1/namespaces/{namespace}/jobs{selector}") or {}).get("items", [])
+    items: list[dict[str, Any]] = (
+        cluster.get(f"/apis/batch/v1/namespaces/{namespace}/jobs{selector}") or {}
+    ).get("items", [])
     return items
 
 
@@ -310,11 +366,13 @@ def wait_until(desc: str, fn: Callable[[], Any], timeout: float = 60.0, interval
 
 def pods_of(cluster: Cluster, namespace: str, job_name: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = (
-        cluster.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector=batch.kubernetes.io/job-name%3D{job_name}") or {}
+        cluster.get(
+            f"/api/v1/namespaces/{namespace}/pods?labelSelector=batch.kubernetes.io/job-name%3D{job_name}"
+        )
+        or {}
     ).get("items", [])
     return items
 
 
 def patch_job(cluster: Cluster, namespace: str, name: str, patch: dict[str, Any]) -> Any:
     return cluster.request("PATCH", f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs/{name}", patch)
-
