@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ from tests.cluster.cluster import free_port  # noqa: E402
 
 GROUP_PATH = "/apis/rlaif.dev/v1alpha1"
 STAGES = ("label", "reward", "rl", "evaluate")
+
+
+def parse_ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -284,6 +289,22 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
                 seen = jobs_w.first_seen.get(f"{name}-{nxt}-1")
                 if done is not None and seen is not None:
                     handoff.append(seen - done)
+        # The same latency from server-side timestamps (1 s resolution, but free of this client's
+        # own scheduling delays): RLAIFJob creationTimestamp -> label Job creationTimestamp.
+        server_side: list[float] = []
+        try:
+            created = {
+                j["metadata"]["name"]: j["metadata"]["creationTimestamp"]
+                for j in (cluster.get(f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs") or {}).get("items", [])
+            }
+            for j in (cluster.get(f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=rlaif.dev/stage%3Dlabel") or {}).get("items", []):
+                owner = j["metadata"]["ownerReferences"][0]["name"]
+                if owner in created:
+                    server_side.append(
+                        (parse_ts(j["metadata"]["creationTimestamp"]) - parse_ts(created[owner])).total_seconds()
+                    )
+        except Exception as err:  # the server-side view is a cross-check, not the measurement
+            print(f"server-side timestamps unavailable: {err}", file=sys.stderr)
         api_delta = {k: api_after.get(k, 0.0) - api_before.get(k, 0.0) for k in api_after}
         api_delta = {k: v for k, v in sorted(api_delta.items(), key=lambda kv: -kv[1]) if v > 0}
         duplicates = sum(1 for j in jobs_w.first_seen if not j.endswith("-1"))
@@ -293,6 +314,7 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
             "apply_seconds": apply_seconds,
             "apply_to_first_job_s": summary(first_job),
             "stage_done_to_next_job_s": summary(handoff),
+            "apply_to_first_job_server_timestamps_s": summary(server_side),
             "all_succeeded_s": (done_at - t0) if done_at else None,
             "stuck": n - phases.get("Succeeded", 0),
             "phases_at_end": phases,

@@ -173,6 +173,11 @@ class Controller:
         if uid:
             self.metrics.forget(uid)
 
+    def is_own_echo(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """The watch event of our own status write: the pass that wrote it already planned from it."""
+        cached = self.latest.get(key)
+        return cached is not None and _rv(cached) == _rv(body) and _rv(body) > 0
+
     def depth(self) -> int:
         return self.queue.qsize() + len(self.processing)
 

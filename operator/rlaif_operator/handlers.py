@@ -158,7 +158,7 @@ async def rlaif_job_event(event: Any, memo: Any, **kw: Any) -> None:
     key = (kw["namespace"], kw["name"])
     if event.get("type") == "DELETED":
         ctrl.forget(key, kw.get("uid"))
-    else:
+    elif not ctrl.is_own_echo(key, event.get("object") or {}):
         ctrl.enqueue(key)
 
 

@@ -169,3 +169,13 @@ def test_queue_dedupes_keys(workers: int) -> None:
 
     asyncio.run(run())
     assert seen == [("ns", "demo"), ("ns", "demo")]
+
+
+def test_echo_of_our_own_status_write_is_recognised() -> None:
+    client = FakeClient()
+    ctrl = controller(client)
+    asyncio.run(ctrl.reconcile_key(("ns", "demo")))
+    echo = {"metadata": {"resourceVersion": str(client.rv)}}
+    assert ctrl.is_own_echo(("ns", "demo"), echo)
+    assert not ctrl.is_own_echo(("ns", "demo"), {"metadata": {"resourceVersion": str(client.rv + 1)}})
+    assert not ctrl.is_own_echo(("ns", "other"), echo)
