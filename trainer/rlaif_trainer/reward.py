@@ -302,7 +302,10 @@ def train_reward_model(
         total_steps = min(total_steps, max_steps)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    try:  # the fused kernel avoids foreach's parameter-sized temporaries (peak memory)
+        opt = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        opt = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
     device = acc.device
     model.train()
