@@ -47,8 +47,14 @@ SUMMARY = {
 
 class OperatorProcess:
     def __init__(
-        self, cluster: Cluster, namespace: str, log_dir: Path, extra_args: list[str] | None = None
+        self,
+        cluster: Cluster,
+        namespace: str,
+        log_dir: Path,
+        extra_args: list[str] | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
+        self.kubeconfig = kubeconfig  # default: the cluster's admin kubeconfig
         self.cluster = cluster
         self.namespace = namespace
         self.log_dir = log_dir
