@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -62,6 +63,12 @@ def cluster() -> Iterator[Cluster]:
     print(f"\n[tests.cluster] control plane up in {c.startup_seconds:.1f}s, KUBECONFIG={c.kubeconfig}")
     old = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(c.kubeconfig)
+    # The kubernetes client reads KUBECONFIG once, at import; a test module collected earlier may
+    # have imported it already, and kopf's login_via_client would then look in ~/.kube/config.
+    kube_config = sys.modules.get("kubernetes.config.kube_config")
+    old_default = getattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", None)
+    if kube_config is not None:
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(c.kubeconfig)
     try:
         yield c
     finally:
@@ -69,6 +76,8 @@ def cluster() -> Iterator[Cluster]:
             os.environ.pop("KUBECONFIG", None)
         else:
             os.environ["KUBECONFIG"] = old
+        if kube_config is not None:
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old_default
         c.stop()
 
 
