@@ -116,7 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers  # noqa: F401  (registers the kopf handlers)
 
     memo = kopf.Memo(operator_settings=settings, metrics=metrics, workers=args.workers)
+    kopf_settings = kopf.OperatorSettings()
+    # kopf's scanning lists and watches namespaces (to expand globs) and CRDs cluster-wide. Exact
+    # namespace names and cluster-wide mode need neither; without scanning, a least-privilege
+    # ServiceAccount meets no 403s and no start-up stall. Only patterns (*, ?, comma lists, !exclusions)
+    # turn it on, as kopf itself tells exact names from patterns.
+    kopf_settings.scanning.disabled = not any(set("*?,!") & set(ns) for ns in args.namespace or ())
     kopf.run(
+        settings=kopf_settings,
         clusterwide=bool(args.all_namespaces),
         namespaces=args.namespace or (),
         standalone=True,
