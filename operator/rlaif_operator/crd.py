@@ -94,8 +94,6 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], models: dict[str, ty
         out["x-kubernetes-preserve-unknown-fields"] = True
     if "enum" in out and "type" not in out:
         out["type"] = "integer" if all(isinstance(v, int) for v in out["enum"]) else "string"
-    if "maxProperties" not in out and out.get("type") == "object" and "maxItems" in out:
-        out["maxProperties"] = out.pop("maxItems")
     return out
 
 

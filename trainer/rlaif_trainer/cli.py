@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif_trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInputError
+from rlaif_trainer.spec import STAGE_ORDER, StageConfig
 
 log = logging.getLogger("rlaif_trainer")
 
@@ -64,8 +65,6 @@ def _write_termination_log(path: str | None, summary: dict[str, Any]) -> None:
 
 def run_stage(stage: str, config_path: str, termination_log: str | None, progress: bool) -> int:
     """Load the config, run the stage, report; returns the process exit code."""
-    from rlaif_trainer.spec import StageConfig
-
     try:
         try:
             config = StageConfig.from_file(config_path)
@@ -100,24 +99,18 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from rlaif_trainer.pipeline import run_pipeline
 
-    try:
-        run_pipeline(args.job, args.workspace, stages=args.stages, progress=not args.no_progress)
-    except BadInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    run_pipeline(args.job, args.workspace, stages=args.stages, progress=not args.no_progress)
     return EXIT_OK
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from rlaif_trainer.spec import load_job, resolve_stage_configs
 
     status = EXIT_OK
     for path in args.jobs:
         try:
             job = load_job(path)
-        except (ValidationError, ValueError) as err:
+        except ValueError as err:  # pydantic's ValidationError included
             print(f"{path}: invalid\n{err}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
@@ -131,12 +124,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_fetch_model(args: argparse.Namespace) -> int:
     from rlaif_trainer.models import ensure_embedded_default
 
-    try:
-        path = ensure_embedded_default()
-    except BadInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(path)
+    print(ensure_embedded_default())
     return EXIT_OK
 
 
@@ -172,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job", help="RLAIFJob manifest (YAML); relative paths in it resolve against its directory")
     p.add_argument("--workspace", default="workspace", help="artifact root (default ./workspace)")
-    p.add_argument("--stages", nargs="+", choices=["label", "reward", "rl", "evaluate"], help="run only these stages")
+    p.add_argument("--stages", nargs="+", choices=STAGE_ORDER, help="run only these stages")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pipeline)
 
@@ -199,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except BadInputError as err:  # stage commands report their own; this covers pipeline and fetch-model
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -759,11 +759,7 @@ IMMUTABLE_AFTER_START_RULE = CelRule(
 class RLAIFJob(ApiModel):
     """RLAIFJob aligns a language model with Reinforcement Learning from AI Feedback (Lee et al. 2023): AI preference labeling, reward-model training, RL policy optimization, then evaluation, one batch/v1 Job per stage."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
-    )
-
-    api_version: Literal["rlaif.dev/v1alpha1"] = Field("rlaif.dev/v1alpha1", alias="apiVersion", description="rlaif.dev/v1alpha1.")
+    api_version: Literal["rlaif.dev/v1alpha1"] = Field("rlaif.dev/v1alpha1", description="rlaif.dev/v1alpha1.")
     kind: Literal["RLAIFJob"] = Field("RLAIFJob", description="RLAIFJob.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: RLAIFJobSpec = Field(description="Desired state of the run.")
@@ -820,7 +816,10 @@ class StageConfig(BaseModel):
     workspace: str
     artifacts: ArtifactPaths
     spec: RLAIFJobSpec
-    seed: int = 0
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -896,7 +895,6 @@ def resolve_stage_configs(
             workspace=str(workspace),
             artifacts=artifacts,
             spec=spec,
-            seed=spec.seed,
         )
         for stage in spec.stages
     }
