@@ -29,6 +29,7 @@ installed after start-up), and namespaces list/watch when ``--namespace`` is a g
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -45,8 +46,24 @@ log = logging.getLogger("rlaif_operator")
 PREFIX = "rlaif.dev"
 
 
+class EndlessBackoff:
+    """Delays 1, 2, 4, ... seconds capped at ``cap``, never exhausted; every iteration starts afresh.
+
+    Deliberately not ``Sized``: kopf treats a sized sequence as a retry budget.
+    """
+
+    def __init__(self, first: float = 1.0, cap: float = 30.0) -> None:
+        self.first, self.cap = first, cap
+
+    def __iter__(self) -> Iterator[float]:
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(delay * 2, self.cap)
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
-    """kopf hygiene: our own prefix, watch timeouts, bounded retries, no chatty event posting."""
+    """kopf hygiene: our own prefix, watch timeouts, endless capped retries, no chatty event posting."""
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -59,10 +76,13 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.connect_timeout = 10
     settings.watching.inactivity_timeout = 60
     settings.watching.reconnect_backoff = 1.0
-    # kopf's own API calls: bounded retries with backoff, then the error surfaces.
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
-    settings.networking.error_backoffs = [1, 2, 4, 8, 15]
+    # kopf only lists and watches here (the controller has its own client). A watcher whose
+    # retries run out dies while the process stays live, so retry for ever, like client-go's
+    # reflector: a Role applied moments after the operator starts, or an API server outage,
+    # heals by itself, and each failed try is logged at ERROR.
+    settings.networking.error_backoffs = EndlessBackoff()
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     # The operator posts its own, meaningful events; kopf's per-handler log events would double
     # the API traffic.

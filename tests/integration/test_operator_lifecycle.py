@@ -11,6 +11,7 @@ from tests.cluster import Cluster
 from tests.integration.test_operator_support import (
     OperatorProcess,
     bind_claim,
+    bind_role,
     condition,
     crd_installed,
     create_job,
@@ -233,11 +234,15 @@ def test_runs_with_exactly_the_declared_rbac_rules(
     cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path
 ) -> None:
     """Least privilege: a ServiceAccount with only RBAC_RULES (namespaced) runs a job end to end,
-    TTL deletion included."""
-    kubeconfig = service_account_kubeconfig(cluster, namespace, RBAC_RULES, tmp_path / "sa.kubeconfig")
+    TTL deletion included. The Role is bound only after the operator starts, as when a GitOps
+    tool applies the Deployment before the RoleBinding (or the authorizer's cache lags): its
+    watches are refused at first and must heal by themselves."""
+    kubeconfig = service_account_kubeconfig(cluster, namespace, RBAC_RULES, tmp_path / "sa.kubeconfig", bind=False)
     op = OperatorProcess(cluster, namespace, tmp_path, kubeconfig=kubeconfig)
     op.start()
     try:
+        wait_until("the operator's watches are refused", lambda: "forbidden" in op.logs(), timeout=30)
+        bind_role(cluster, namespace)
         bind_claim(cluster, namespace, "workspace")
         create_job(cluster, rlaif_job("rbac", namespace, ttlSecondsAfterFinished=1))
         st = wait_phase(cluster, namespace, "rbac", "Succeeded", timeout=90)
@@ -248,4 +253,5 @@ def test_runs_with_exactly_the_declared_rbac_rules(
         assert op.metric("rlaif_api_requests_total", method="PATCH", code="403") == 0
     finally:
         op.stop()
+        print(op.logs()[-5000:])
     assert "Traceback" not in op.logs(), op.logs()

@@ -192,24 +192,23 @@ def operator(
         assert not errors, f"the operator logged tracebacks:\n{op.logs()}"
 
 
-def service_account_kubeconfig(cluster: Cluster, namespace: str, rules: list[dict[str, Any]], path: Path) -> Path:
-    """A kubeconfig for a ServiceAccount that may do exactly ``rules`` in ``namespace``."""
-    sa = "rlaif-operator"
+SERVICE_ACCOUNT = "rlaif-operator"
+
+
+def service_account_kubeconfig(
+    cluster: Cluster, namespace: str, rules: list[dict[str, Any]], path: Path, bind: bool = True
+) -> Path:
+    """A kubeconfig for a ServiceAccount that may do exactly ``rules`` in ``namespace``; with
+    ``bind=False`` the Role is not bound yet (see :func:`bind_role`)."""
+    sa = SERVICE_ACCOUNT
     cluster.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": sa}})
     cluster.request(
         "POST",
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
         {"metadata": {"name": sa}, "rules": rules},
     )
-    cluster.request(
-        "POST",
-        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-        {
-            "metadata": {"name": sa},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
-        },
-    )
+    if bind:
+        bind_role(cluster, namespace)
     token = cluster.request(
         "POST",
         f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
@@ -226,6 +225,19 @@ def service_account_kubeconfig(cluster: Cluster, namespace: str, rules: list[dic
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def bind_role(cluster: Cluster, namespace: str) -> None:
+    """Bind the test ServiceAccount's Role to it."""
+    cluster.request(
+        "POST",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+        {
+            "metadata": {"name": SERVICE_ACCOUNT},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SERVICE_ACCOUNT},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}],
+        },
+    )
 
 
 def bind_claim(cluster: Cluster, namespace: str, claim: str, create_claim: bool = True) -> None:
