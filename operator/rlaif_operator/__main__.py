@@ -16,7 +16,19 @@ from typing import Any
 from . import __version__
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .builders import DEFAULT_TRAINER_METRICS_PORT
+
     parser = argparse.ArgumentParser(
         prog="rlaif-operator",
         description=(
@@ -60,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-queue-name",
         default=None,
         help="Kueue LocalQueue for jobs without spec.runPolicy.queueName (stage Jobs are then created suspended)",
+    )
+    parser.add_argument(
+        "--trainer-metrics-port",
+        type=_port,
+        default=DEFAULT_TRAINER_METRICS_PORT,
+        metavar="PORT",
+        help=f"container port (named `metrics`) where stage pods serve Prometheus metrics (default {DEFAULT_TRAINER_METRICS_PORT}; 0: none)",
     )
     parser.add_argument(
         "--workers", type=int, default=64, help="concurrent reconciliations, each mostly waiting on the API (default 64)"
@@ -108,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer_service_account=args.trainer_service_account,
         default_queue_name=args.default_queue_name,
         default_tolerations=tolerations,
+        trainer_metrics_port=args.trainer_metrics_port,
     )
     metrics = Metrics()
     if args.metrics_port:

@@ -45,6 +45,8 @@ JUDGE_API_KEY_ENV = "RLAIF_JUDGE_API_KEY"  # rlaif_trainer.labelers.JUDGE_API_KE
 DEFAULT_PVC_SIZE = "20Gi"
 MAX_NAME = 63  # a Job's name becomes its pods' job-name label value, so it must be a DNS label
 NONROOT_UID = 1000
+METRICS_PORT_NAME = "metrics"  # the chart's PodMonitor scrapes this port (trainer.podMonitor.portName)
+DEFAULT_TRAINER_METRICS_PORT = 9400
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Settings:
     max_backoff_seconds: float = 600.0
     wait_requeue_seconds: float = 30.0
     default_tolerations: tuple[dict[str, Any], ...] = ()
+    trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT  # 0: stage pods serve no metrics
 
 
 @dataclass(frozen=True)
@@ -214,9 +217,11 @@ def _resources(job: RLAIFJob, stage: str, settings: Settings) -> tuple[dict[str,
     return {"requests": dict(amounts), "limits": dict(amounts)}, gpus
 
 
-def stage_command(stage: str, gpus: int) -> list[str]:
+def stage_command(stage: str, gpus: int, metrics_port: int = 0) -> list[str]:
     config = f"{CONFIG_DIR}/{stage}.json"
     args = [stage, "--config", config, "--termination-log", TERMINATION_LOG, "--no-progress"]
+    if metrics_port:
+        args += ["--metrics-port", str(metrics_port)]
     if gpus > 1:
         return ["accelerate", "launch", "--num_processes", str(gpus), "-m", "rlaif_trainer.cli", *args]
     return ["rlaif-train", *args]
@@ -304,13 +309,17 @@ def build_stage_job(
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
-        "command": stage_command(stage, gpus),
+        "command": stage_command(stage, gpus, settings.trainer_metrics_port),
         "env": env,
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if settings.trainer_metrics_port:
+        container["ports"] = [
+            {"name": METRICS_PORT_NAME, "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}
+        ]
     if resources:
         container["resources"] = resources
 

@@ -3,7 +3,8 @@
 In a cluster the operator runs ``rlaif-train <stage> --config /etc/rlaif/<stage>.json`` in each stage
 pod. The stage's summary (at most 4 KiB of JSON) goes to ``--termination-log`` so the operator can
 copy it into the RLAIFJob's status; the exit code says whether a failure is worth retrying
-(see :mod:`rlaif_trainer.errors`).
+(see :mod:`rlaif_trainer.errors`). With ``--metrics-port`` the stage serves Prometheus metrics
+(:mod:`rlaif_trainer.metrics`) while it runs.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlaif_trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInputError
 from rlaif_trainer.spec import STAGE_ORDER, StageConfig
+
+if TYPE_CHECKING:
+    from rlaif_trainer.metrics import TrainerMetrics
 
 log = logging.getLogger("rlaif_trainer")
 
@@ -63,8 +67,35 @@ def _write_termination_log(path: str | None, summary: dict[str, Any]) -> None:
         log.debug("could not write termination log %s: %s", path, err)
 
 
-def run_stage(stage: str, config_path: str, termination_log: str | None, progress: bool) -> int:
+def _serve_metrics(port: int) -> TrainerMetrics | None:
+    # Under `accelerate launch` every process runs this; rank 0 has the all-reduced step metrics.
+    if not port or not _is_main_process():
+        return None
+    from rlaif_trainer import metrics
+
+    try:
+        return metrics.serve(port)
+    except OSError as err:  # losing the metrics must not lose the training run
+        log.warning("not serving metrics: cannot listen on port %d: %s", port, err)
+        return None
+
+
+def run_stage(
+    stage: str, config_path: str, termination_log: str | None, progress: bool, metrics_port: int = 0
+) -> int:
     """Load the config, run the stage, report; returns the process exit code."""
+    recorder = _serve_metrics(metrics_port)
+    try:
+        return _run_stage(stage, config_path, termination_log, progress)
+    finally:
+        if recorder is not None:
+            from rlaif_trainer import metrics
+
+            recorder.close()
+            metrics.activate(None)
+
+
+def _run_stage(stage: str, config_path: str, termination_log: str | None, progress: bool) -> int:
     try:
         try:
             config = StageConfig.from_file(config_path)
@@ -93,7 +124,7 @@ def run_stage(stage: str, config_path: str, termination_log: str | None, progres
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    return run_stage(args.command, args.config, args.termination_log, not args.no_progress)
+    return run_stage(args.command, args.config, args.termination_log, not args.no_progress, args.metrics_port)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -128,6 +159,16 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlaif-train",
@@ -151,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"where to write the JSON summary for the operator (default {DEFAULT_TERMINATION_LOG}; '' to skip)",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+        p.add_argument(
+            "--metrics-port",
+            type=_port,
+            default=os.environ.get("RLAIF_METRICS_PORT", "0"),
+            metavar="PORT",
+            help="serve Prometheus metrics on this port at /metrics while the stage runs (default $RLAIF_METRICS_PORT or 0: off)",
+        )
         p.set_defaults(func=_cmd_stage)
 
     p = sub.add_parser(

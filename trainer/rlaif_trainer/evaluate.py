@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlaif_trainer import metrics as prom
 from rlaif_trainer.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,12 @@ def evaluate(
 
         it = tqdm(it, desc="eval: judge", unit="batch")
     for i in it:
-        results.extend(judge_fn(prompts[i : i + bs], trained[i : i + bs], initial[i : i + bs]))
+        t_batch = time.perf_counter()
+        batch = judge_fn(prompts[i : i + bs], trained[i : i + bs], initial[i : i + bs])
+        results.extend(batch)
+        prom.record_step(
+            samples=len(batch), seconds=time.perf_counter() - t_batch, progress=len(results) / len(prompts)
+        )
     t_judge = time.perf_counter() - t1
 
     from rlaif_trainer.judge import win_rate_from_probs

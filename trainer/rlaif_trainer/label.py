@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlaif_trainer import metrics as prom
 from rlaif_trainer.data import (
     JsonlAppender,
     finalize_dir,
@@ -107,8 +108,11 @@ def label_pairs(
         todo = [p for p in pairs if p["id"] not in out]
         bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair", disable=not progress)
         t0 = time.perf_counter()
+        done = len(pairs) - len(todo)
+        prom.record_progress(done / max(len(pairs), 1))
         try:
             for s in range(0, len(todo), chunk_size):
+                t_chunk = time.perf_counter()
                 chunk = todo[s:s + chunk_size]
                 results = _label_chunk(labeler, chunk)
                 recs = []
@@ -122,6 +126,10 @@ def label_pairs(
                     recs.append(rec)
                 out.write_many(recs)
                 bar.update(len(chunk))
+                done += len(chunk)
+                prom.record_step(
+                    samples=len(chunk), seconds=time.perf_counter() - t_chunk, progress=done / len(pairs)
+                )
         finally:
             bar.close()
         seconds = time.perf_counter() - t0

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlaif_trainer import metrics as prom
 from rlaif_trainer.data import finalize_dir, is_done, partial_dir, read_done, read_pairs
 from rlaif_trainer.errors import BadInputError
 
@@ -323,6 +324,8 @@ def train_reward_model(
     t0 = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc="reward", unit="step", disable=not (progress and acc.is_main_process))
     global_step = 0
+    if acc.is_main_process:
+        prom.record_progress(step / max(total_steps, 1))
     for epoch in range(epochs):
         batches = length_grouped_batches(lengths, batch_size, seed=seed, epoch=epoch, min_batch=world)
         for batch in batches:
@@ -331,6 +334,7 @@ def train_reward_model(
             if global_step < step:
                 global_step += 1
                 continue
+            t_step = time.perf_counter()
             mine = batch[rank::world]
             a = [data[i][0] for i in mine]
             b = [data[i][1] for i in mine]
@@ -349,6 +353,14 @@ def train_reward_model(
             step = global_step
             if on_step is not None:
                 on_step(step, lv)
+            if acc.is_main_process:
+                prom.record_step(
+                    samples=len(batch),
+                    seconds=time.perf_counter() - t_step,
+                    tokens=sum(lengths[i] for i in batch),
+                    loss=lv,
+                    progress=step / total_steps,
+                )
             bar.update(1)
             bar.set_postfix(loss=f"{lv:.4f}")
             if ckpt is not None and (step % checkpoint_every == 0) and step < total_steps:

@@ -145,6 +145,38 @@ def test_multi_gpu_runs_under_accelerate_launch_with_shm() -> None:
     assert container(stage_job("label", resources={"default": {"gpus": 1}, "rl": {"gpus": 4}}))["command"][0] == "rlaif-train"
 
 
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_trainer_serves_metrics_on_the_port_the_pod_monitor_scrapes(gpus: int) -> None:
+    from tests.unit.test_chart import check_restricted
+
+    m = stage_job("rl", resources={"default": {"gpus": gpus}})
+    c = container(m)
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+    cmd = c["command"]
+    i = cmd.index("--metrics-port")
+    assert cmd[i + 1] == "9400"
+    assert cmd.index("rl") < i, "--metrics-port is an option of the stage subcommand"
+    assert check_restricted(pod_spec(m)) == []
+    moved = container(stage_job("rl", settings=b.Settings(trainer_metrics_port=9123)))
+    assert moved["ports"][0]["containerPort"] == 9123
+    assert moved["command"][moved["command"].index("--metrics-port") + 1] == "9123"
+
+
+def test_trainer_metrics_port_zero_declares_no_port() -> None:
+    c = container(stage_job(settings=b.Settings(trainer_metrics_port=0)))
+    assert "ports" not in c and "--metrics-port" not in c["command"]
+
+
+def test_stage_command_parses_with_the_trainer_cli() -> None:
+    from rlaif_trainer.cli import build_parser
+
+    for gpus in (1, 4):
+        cmd = b.stage_command("reward", gpus, 9400)
+        argv = cmd[cmd.index("reward") :]
+        args = build_parser().parse_args(argv)
+        assert args.command == "reward" and args.metrics_port == 9400 and args.no_progress
+
+
 def test_termination_message_policy() -> None:
     c = container(stage_job())
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
@@ -316,10 +348,15 @@ def test_cli_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--gpu-resource-name",
         "--trainer-service-account",
         "--default-queue-name",
+        "--trainer-metrics-port",
     ):
         assert flag in out
     args = build_parser().parse_args(["-n", "a", "-n", "b", "--log-format", "json"])
     assert args.namespace == ["a", "b"] and args.log_format == "json"
+    assert args.trainer_metrics_port == b.Settings().trainer_metrics_port == 9400
+    assert build_parser().parse_args(["-A", "--trainer-metrics-port", "0"]).trainer_metrics_port == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-A", "--trainer-metrics-port", "70000"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--namespace", "a", "--all-namespaces"])
 

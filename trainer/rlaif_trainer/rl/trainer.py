@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlaif_trainer import metrics as prom
 from rlaif_trainer.data import partial_dir
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.rl import algorithms as alg
@@ -517,6 +518,7 @@ class RLTrainer:
             log.info("rl: resumed from %s (step %d)", ckpt, self.step)
         self._trim_metrics(self.step)
         if self.is_main:
+            prom.record_progress(self.step / max(total, 1))
             log.info(
                 "rl: algorithm=%s reward=%s kl_estimator=%s beta=%s steps=%d batch=%d x k=%d processes=%d",
                 self.algorithm,
@@ -541,6 +543,15 @@ class RLTrainer:
             if self.is_main:
                 with self.metrics_path.open("a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
+                prom.record_step(
+                    samples=metrics["samples"],
+                    seconds=metrics["step_time_s"],
+                    tokens=metrics["tokens"],
+                    loss=metrics["loss"],
+                    reward=metrics["reward"],
+                    kl=metrics["kl"],
+                    progress=self.step / total,
+                )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
