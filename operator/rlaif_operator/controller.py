@@ -115,9 +115,12 @@ class Controller:
         self.failures: dict[Key, int] = {}
         self.timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self.latest: dict[Key, dict[str, Any]] = {}
-        self.created: dict[tuple[str, str], tuple[float, JobInfo]] = {}  # (ns, job name) -> (when, info)
-        self.deleted: dict[tuple[str, str], float] = {}
-        self.ensured: set[tuple[str, str, str, str]] = set()
+        # Per RLAIFJob, so that a pass looks only at its own entries: a scan of every recent
+        # write per pass made the operator's CPU grow with the square of the burst size.
+        self.created: dict[Key, dict[str, tuple[float, JobInfo]]] = {}  # job name -> (when, info)
+        self.deleted: dict[tuple[str, str], float] = {}  # (namespace, job name) -> when
+        self.ensured: dict[Key, set[tuple[str, str, str, str]]] = {}
+        self.summaries: dict[str, object] = {}  # uid -> last summary of a stage Job or Pod
         self.tasks: list[asyncio.Task[None]] = []
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
 
@@ -167,11 +170,29 @@ class Controller:
     def forget(self, key: Key, uid: str | None) -> None:
         self.latest.pop(key, None)
         self.failures.pop(key, None)
+        self.created.pop(key, None)
+        self.ensured.pop(key, None)
         timer = self.timers.pop(key, None)
         if timer is not None:
             timer[1].cancel()
         if uid:
             self.metrics.forget(uid)
+
+    def child_changed(self, uid: str, summary: object | None, deleted: bool = False) -> bool:
+        """Whether a stage Job's or Pod's watch event changed what the core sees of it.
+
+        Most events of a child (a scheduled pod, the Job controller's bookkeeping) leave its summary
+        as it was; a pass for them would plan nothing, so they are not queued.
+        """
+        if deleted:
+            self.summaries.pop(uid, None)
+            return True
+        if not uid or summary is None:
+            return True
+        if self.summaries.get(uid) == summary:
+            return False
+        self.summaries[uid] = summary
+        return True
 
     def is_own_echo(self, key: Key, body: Mapping[str, Any]) -> bool:
         """The watch event of our own status write: the pass that wrote it already planned from it."""
@@ -221,8 +242,22 @@ class Controller:
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_SECONDS)
+            self.expire_writes()
             for key in self.indexes.keys():  # noqa: SIM118 (not a dict)
                 self.enqueue(key)
+
+    def expire_writes(self) -> None:
+        """Forget writes older than the longest watch lag we allow for."""
+        horizon = time.monotonic() - WRITE_LAG_SECONDS
+        for key, jobs in list(self.created.items()):
+            for job_name, (when, _) in list(jobs.items()):
+                if when < horizon:
+                    del jobs[job_name]
+            if not jobs:
+                del self.created[key]
+        for k, when in list(self.deleted.items()):
+            if when < horizon:
+                del self.deleted[k]
 
     # -- one reconciliation --------------------------------------------------------------------
     def _body(self, key: Key) -> dict[str, Any] | None:
@@ -245,15 +280,9 @@ class Controller:
             if recently_deleted is not None and now - recently_deleted < WRITE_LAG_SECONDS:
                 continue
             jobs[info.name] = info
-        for (ns, job_name), (when, info) in list(self.created.items()):
-            if now - when > WRITE_LAG_SECONDS:
-                self.created.pop((ns, job_name), None)
-                continue
-            if ns == namespace and info.owner_uid == uid and job_name not in jobs:
+        for job_name, (when, info) in self.created.get((namespace, name), {}).items():
+            if now - when <= WRITE_LAG_SECONDS and info.owner_uid == uid and job_name not in jobs:
                 jobs[job_name] = info  # created by us, the watch has not shown it yet
-        for k, when in list(self.deleted.items()):
-            if now - when > WRITE_LAG_SECONDS:
-                self.deleted.pop(k, None)
         pods = {j: list(self.indexes.pods.get((namespace, j), ())) for j in jobs}
         claims = frozenset(self.indexes.claims.get(namespace, ())) if self.indexes.claims_known() else None
         return Observed(jobs=list(jobs.values()), pods=pods, claims=claims)
@@ -292,10 +321,10 @@ class Controller:
         # rather than losing them. The ConfigMap is created alongside the first Job: the kubelet
         # waits for a pod's ConfigMap volume, and the pod cannot start sooner anyway.
         first = await asyncio.gather(
-            *(self._ensure(obj, uid) for obj in plan.ensure),
-            *(self._delete_job(namespace, job_name) for job_name in plan.delete),
+            *(self._ensure(key, obj, uid) for obj in plan.ensure),
+            *(self._delete_job(key, job_name) for job_name in plan.delete),
             *(self._post_event(body, event, now) for event in plan.events),
-            *(self._create_job(manifest, uid, now) for manifest in plan.create),
+            *(self._create_job(key, manifest, uid, now) for manifest in plan.create),
             return_exceptions=True,
         )
         errors = [r for r in first if isinstance(r, BaseException)]
@@ -325,11 +354,12 @@ class Controller:
             self._schedule(key, 1.0)
 
     # -- children ------------------------------------------------------------------------------
-    async def _ensure(self, obj: dict[str, Any], uid: str) -> None:
+    async def _ensure(self, key: Key, obj: dict[str, Any], uid: str) -> None:
         meta = obj["metadata"]
         digest = (meta.get("annotations") or {}).get("rlaif.dev/config-hash", "")
         cache_key = (obj["kind"], meta["namespace"], meta["name"], f"{uid}/{digest}")
-        if cache_key in self.ensured:
+        ensured = self.ensured.setdefault(key, set())
+        if cache_key in ensured:
             return
         try:
             await self.client.create(object_collection(obj), obj)
@@ -344,9 +374,9 @@ class Controller:
                     await self.client.merge_patch(
                         path, {"metadata": {"annotations": {"rlaif.dev/config-hash": digest}}, "data": obj["data"]}
                     )
-        self.ensured.add(cache_key)
+        ensured.add(cache_key)
 
-    async def _create_job(self, manifest: dict[str, Any], uid: str, now: datetime) -> bool:
+    async def _create_job(self, key: Key, manifest: dict[str, Any], uid: str, now: datetime) -> bool:
         meta = manifest["metadata"]
         labels = meta["labels"]
         info = JobInfo(
@@ -367,10 +397,11 @@ class Controller:
             # garbage collector removes it and a later pass creates ours.
             log.info("stage Job %s/%s already exists: adopting it", meta["namespace"], meta["name"])
             return False
-        self.created[(meta["namespace"], meta["name"])] = (time.monotonic(), info)
+        self.created.setdefault(key, {})[meta["name"]] = (time.monotonic(), info)
         return True
 
-    async def _delete_job(self, namespace: str, job_name: str) -> None:
+    async def _delete_job(self, key: Key, job_name: str) -> None:
+        namespace = key[0]
         path = collection_path("batch/v1", "jobs", namespace) + f"/{job_name}"
         try:
             await self.client.delete(path, {"propagationPolicy": "Background"})
@@ -378,7 +409,7 @@ class Controller:
             if err.status != 404:
                 raise
         self.deleted[(namespace, job_name)] = time.monotonic()
-        self.created.pop((namespace, job_name), None)
+        self.created.get(key, {}).pop(job_name, None)
 
     async def _delete_self(self, namespace: str, name: str, uid: str) -> None:
         path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}"

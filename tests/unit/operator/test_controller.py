@@ -179,3 +179,34 @@ def test_echo_of_our_own_status_write_is_recognised() -> None:
     assert ctrl.is_own_echo(("ns", "demo"), echo)
     assert not ctrl.is_own_echo(("ns", "demo"), {"metadata": {"resourceVersion": str(client.rv + 1)}})
     assert not ctrl.is_own_echo(("ns", "other"), echo)
+
+
+def test_child_events_that_change_nothing_the_core_sees_are_not_queued() -> None:
+    from rlaif_operator.reconcile import PodInfo
+
+    ctrl = controller(FakeClient())
+    pending = PodInfo(name="p", job_name="demo-label-1")
+    assert ctrl.child_changed("uid-p", pending)
+    assert not ctrl.child_changed("uid-p", PodInfo(name="p", job_name="demo-label-1"))  # e.g. scheduled
+    assert ctrl.child_changed("uid-p", PodInfo(name="p", job_name="demo-label-1", phase="Running"))
+    assert ctrl.child_changed("uid-p", None, deleted=True)
+    assert ctrl.child_changed("uid-p", pending)  # after a deletion, the next sighting is news again
+    assert ctrl.child_changed("", pending) and ctrl.child_changed("", pending)  # no uid: never skipped
+
+
+def test_recent_writes_are_kept_per_rlaifjob_and_expire() -> None:
+    client = FakeClient()
+    ctrl = controller(client)
+    asyncio.run(ctrl.reconcile_key(("ns", "demo")))
+    assert list(ctrl.created) == [("ns", "demo")]
+    assert [j.name for j in ctrl.observe("ns", "demo", BODY["metadata"]["uid"]).jobs] == ["demo-label-1"]
+    assert ctrl.observe("ns", "other", BODY["metadata"]["uid"]).jobs == []
+    assert ctrl.observe("ns", "demo", "a-newer-rlaifjob-of-that-name").jobs == []
+    ctrl.deleted[("ns", "gone")] = 0.0
+    for jobs in ctrl.created.values():
+        for name, (_, info) in jobs.items():
+            jobs[name] = (0.0, info)  # long ago
+    ctrl.expire_writes()
+    assert ctrl.created == {} and ctrl.deleted == {}
+    ctrl.forget(("ns", "demo"), None)
+    assert ("ns", "demo") not in ctrl.ensured

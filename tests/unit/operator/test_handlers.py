@@ -7,7 +7,7 @@ import itertools
 
 import kopf
 
-from rlaif_operator.handlers import EndlessBackoff, configure_kopf
+from rlaif_operator.handlers import EndlessBackoff, NoDiffBaseStorage, configure_kopf
 
 
 def test_kopf_watchers_never_run_out_of_retries() -> None:
@@ -25,3 +25,20 @@ def test_endless_backoff_doubles_to_its_cap_and_restarts_per_request() -> None:
     backoff = EndlessBackoff(first=1, cap=30)
     assert list(itertools.islice(backoff, 8)) == [1, 2, 4, 8, 16, 30, 30, 30]
     assert list(itertools.islice(backoff, 3)) == [1, 2, 4]
+
+
+def test_no_kopf_handler_needs_a_diff_base() -> None:
+    """NoDiffBaseStorage is only sound while nothing reads the diff: on.create/update/delete/field
+    handlers, daemons and timers."""
+    import rlaif_operator.handlers  # noqa: F401 (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    assert registry._indexing.get_all_handlers()  # the handlers are registered at all
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings)
+    assert isinstance(settings.persistence.diffbase_storage, NoDiffBaseStorage)
+    body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}})
+    assert settings.persistence.diffbase_storage.build(body=body) == {}
+    assert settings.persistence.diffbase_storage.fetch(body=body) is None
