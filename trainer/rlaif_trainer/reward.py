@@ -128,8 +128,12 @@ def split_pairs(pairs: Sequence[dict[str, Any]], eval_fraction: float, seed: int
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int,
                            window: int = 50, min_batch: int = 1) -> list[list[int]]:
-    """Shuffle, sort by length (descending) within windows of ``window`` batches, cut, shuffle batches.
+    """Shuffle, sort by length (descending) within windows of ``window`` batches, cut, shuffle batches,
+    then move the batch holding the longest item to the front.
 
+    ``lengths`` are what a batch is padded to per item: for a pair, its longer response. The longest
+    batch goes first, as in HF's ``LengthGroupedSampler``, so that running out of memory shows at
+    step 1 rather than hours in.
     Batches smaller than ``min_batch`` (the last one) are dropped.
     """
     rng = random.Random(f"batches:{seed}:{epoch}")
@@ -142,6 +146,9 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int
         batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
     batches = [b for b in batches if len(b) >= min_batch]
     rng.shuffle(batches)
+    if batches:
+        longest = max(range(len(batches)), key=lambda k: max(lengths[i] for i in batches[k]))
+        batches.insert(0, batches.pop(longest))
     return batches
 
 
@@ -251,6 +258,25 @@ def _evaluate(model: Any, data: list[tuple[list[int], list[int], float]], pad: i
     }
 
 
+def _optimizer_step(model: Any, opt: Any, acc: Any, loss_fn: Any, mine: Sequence[tuple[list[int], list[int], float]],
+                    per_process: float, pad: int, device: Any) -> Any:
+    """One optimizer step on this process's pairs; returns their summed loss, detached.
+
+    A function of its own so that the step's tensors die when it returns rather than living
+    through the next forward pass, and the gradients are freed right after the update rather than
+    before the next backward: on the embedded model that lowers peak RSS by about 1 GiB.
+    """
+    import torch
+
+    r = _rewards(model, [m[0] for m in mine] + [m[1] for m in mine], pad, device)
+    p = torch.tensor([m[2] for m in mine], device=device, dtype=torch.float32)
+    per = loss_fn(r[: len(mine)], r[len(mine):], p)
+    acc.backward(per.sum() / per_process)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return per.detach().sum()
+
+
 def train_reward_model(
     model: Any,
     tokenizer: Any,
@@ -296,7 +322,8 @@ def train_reward_model(
     eval_data = enc(evaluation)
     if not data:
         raise BadInputError("no training pairs (after dropping exact ties for bradleyTerry)")
-    lengths = [len(a) + len(b) for a, b, _ in data]
+    lengths = [max(len(a), len(b)) for a, b, _ in data]  # both are padded to the longer one
+    tokens = [len(a) + len(b) for a, b, _ in data]
     steps_per_epoch = len(length_grouped_batches(lengths, batch_size, seed=seed, epoch=0, min_batch=world))
     total_steps = steps_per_epoch * epochs
     if max_steps is not None:
@@ -335,17 +362,10 @@ def train_reward_model(
                 global_step += 1
                 continue
             t_step = time.perf_counter()
-            mine = batch[rank::world]
-            a = [data[i][0] for i in mine]
-            b = [data[i][1] for i in mine]
-            p = torch.tensor([data[i][2] for i in mine], device=device, dtype=torch.float32)
-            r = _rewards(model, a + b, pad, device)
-            per = loss_fn(r[: len(mine)], r[len(mine):], p)
-            local = per.sum() / len(batch) * world
-            opt.zero_grad(set_to_none=True)
-            acc.backward(local)
-            opt.step()
-            glob = acc.reduce(per.detach().sum(), reduction="sum") / len(batch)
+            local_sum = _optimizer_step(
+                model, opt, acc, loss_fn, [data[i] for i in batch[rank::world]], len(batch) / world, pad, device
+            )
+            glob = acc.reduce(local_sum, reduction="sum") / len(batch)
             lv = float(glob)
             losses.append(lv)
             pairs_done += len(batch)
@@ -357,7 +377,7 @@ def train_reward_model(
                 prom.record_step(
                     samples=len(batch),
                     seconds=time.perf_counter() - t_step,
-                    tokens=sum(lengths[i] for i in batch),
+                    tokens=sum(tokens[i] for i in batch),
                     loss=lv,
                     progress=step / total_steps,
                 )

@@ -61,6 +61,8 @@ def test_length_grouped_batches_cover_everything_and_group_lengths():
     spread_rnd = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in rnd) / len(rnd)
     assert spread < spread_rnd / 3
     assert all(len(b) >= 3 for b in length_grouped_batches(lengths[:10], 4, seed=0, epoch=0, min_batch=3))
+    for epoch in range(3):  # the longest batch first, so that running out of memory shows at once
+        assert max(lengths) in [lengths[i] for i in length_grouped_batches(lengths, 8, seed=0, epoch=epoch)[0]]
 
 
 def test_split_is_seeded_and_holds_out_at_least_one():
@@ -85,6 +87,8 @@ def test_training_lowers_the_loss_and_learns_the_rule(tiny_model_dir: Path):
     assert m["steps"] == 12 and len(losses) == 12
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     assert m["accuracy"] == 1.0 and m["samples_per_s"] > 0 and m["eval_pairs"] == 8
+    # gradients are freed after each update, not held through the next forward (peak memory)
+    assert all(p.grad is None for p in m["model"].parameters())
 
 
 def test_checkpoint_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path):
