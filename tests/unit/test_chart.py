@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rlaif_operator.builders import DEFAULT_TRAINER_METRICS_PORT, METRICS_PORT_NAME
 from tests.cluster import binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,6 +205,7 @@ def test_deployment_defaults(helm):
     assert "--trainer-image=ghcr.io/rlaif-dev/rlaif-trainer:0.1.0" in args
     assert "--gpu-resource-name=nvidia.com/gpu" in args
     assert "--trainer-service-account=rlaif-trainer" in args
+    assert f"--trainer-metrics-port={DEFAULT_TRAINER_METRICS_PORT}" in args
     assert not any(a.startswith("--default-queue-name") for a in args)
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["RLAIF_LOG_LEVEL"] == "info"
@@ -229,6 +231,7 @@ def test_deployment_non_default_values(helm):
         "--set", "priorityClassName=platform-critical",
         "--set", "metrics.port=9090",
         "--set", "health.port=9091",
+        "--set", "trainer.metricsPort=0",
     )  # fmt: skip
     deployment = one(docs, "Deployment")
     c = container(deployment)
@@ -238,6 +241,7 @@ def test_deployment_non_default_values(helm):
     assert "--default-queue-name=team-gpu" in c["args"]
     assert "--log-format=plain" in c["args"]
     assert "--metrics-port=9090" in c["args"] and "--liveness-port=9091" in c["args"]
+    assert "--trainer-metrics-port=0" in c["args"]
     assert {e["name"]: e.get("value") for e in c["env"]}["RLAIF_LOG_LEVEL"] == "debug"
     assert deployment["spec"]["template"]["spec"]["priorityClassName"] == "platform-critical"
     service = one(docs, "Service")
@@ -258,6 +262,7 @@ def test_deployment_non_default_values(helm):
         "trainer.serviceAccount.name=",
         "unknownKey=1",
         "image.digest=md5:abc",
+        "trainer.metricsPort=70000",
     ],
 )
 def test_values_schema_rejects(helm, bad):
@@ -408,7 +413,7 @@ def test_monitoring_on(helm):
     exprs = {e["key"]: e["operator"] for e in pod_monitor["spec"]["selector"]["matchExpressions"]}
     assert exprs == {"rlaif.dev/job": "Exists", "rlaif.dev/stage": "Exists"}
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == METRICS_PORT_NAME  # what the operator declares
 
     dashboard = one(docs, "ConfigMap")
     assert dashboard["metadata"]["namespace"] == "monitoring"
