@@ -111,6 +111,7 @@ class PodInfo:
     reason: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    waiting: str | None = None  # why the pod is stuck before running, e.g. "ImagePullBackOff: ..."
 
 
 def summarize_job(body: dict[str, Any]) -> JobInfo | None:
@@ -156,6 +157,11 @@ def summarize_job(body: dict[str, Any]) -> JobInfo | None:
     )
 
 
+# A container waits for these on its way to running; anything else (ImagePullBackOff,
+# CreateContainerConfigError for a missing Secret, ...) needs a person, so status says it.
+NORMAL_WAITING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+
+
 def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
     """A stage pod's essentials: phase and the trainer container's termination state."""
     meta = body.get("metadata") or {}
@@ -166,9 +172,15 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
     if not job_name:
         return None
     status = body.get("status") or {}
-    exit_code = message = reason = started = finished = None
+    exit_code = message = reason = started = finished = waiting = None
     statuses = status.get("containerStatuses") or []
     chosen = next((s for s in statuses if s.get("name") == CONTAINER_NAME), statuses[0] if statuses else None)
+    stuck = ((chosen or {}).get("state") or {}).get("waiting") or {}
+    if stuck.get("reason") and stuck["reason"] not in NORMAL_WAITING_REASONS:
+        waiting = f"{stuck['reason']}: {stuck['message']}" if stuck.get("message") else stuck["reason"]
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            waiting = f"Unschedulable: {cond.get('message') or 'no node fits the pod'}"
     if chosen is not None:
         terminated = (chosen.get("state") or {}).get("terminated") or (chosen.get("lastState") or {}).get("terminated")
         if terminated:
@@ -186,6 +198,7 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
         reason=reason or status.get("reason"),
         started_at=started or status.get("startTime"),
         finished_at=finished,
+        waiting=_truncate(waiting, 512) if waiting and (status.get("phase") or "Pending") == "Pending" else None,
     )
 
 
@@ -383,7 +396,7 @@ def _conditions_for(phase: str, reason: str, message: str) -> dict[str, tuple[bo
     }
 
 
-WAIT_REASONS = frozenset({"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage"})
+WAIT_REASONS = frozenset({"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage", "StagePodWaiting"})
 
 
 def _parse_status(raw: dict[str, Any] | None) -> RLAIFJobStatus:
@@ -572,6 +585,9 @@ def _advance(
             st.state, st.message = "Pending", f"attempt {live.number} waiting for admission (job {live.job_name})"
             return "WaitingForAdmission", f"stage {stage}: {st.message}"
         st.state, st.message = "Running", f"attempt {live.number} running (job {live.job_name})"
+        stuck = next((p for p in reversed(observed.pods.get(live.job_name, [])) if p.waiting), None)
+        if stuck is not None:
+            return "StagePodWaiting", f"stage {stage} attempt {live.number}: pod {stuck.name} is not running: {stuck.waiting}"
         return "StageRunning", f"stage {stage} {st.message}"
     if view.failures:
         last = view.failures[-1]

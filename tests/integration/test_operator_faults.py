@@ -4,6 +4,7 @@ deadline, TTL, deletion cascade, and the API server going away."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,25 @@ def test_api_server_restart_during_a_run(cluster: Cluster, namespace: str, opera
     assert operator.pid == pid and operator.alive() and operator.starts == 1
     assert st["progress"] == "4/4"
     assert len(stage_jobs(cluster, namespace, "outage")) == 4
+
+
+def test_a_stage_pod_that_cannot_be_scheduled_is_reported(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """16 GPUs on nodes that have 8: the real scheduler marks the pod Unschedulable, and the job
+    says so in its Running condition and in one Warning event instead of looking busy."""
+    bind_claim(cluster, namespace, "workspace")
+    manifest = rlaif_job("greedy", namespace)
+    manifest["spec"]["resources"] = {"label": {"gpus": 16}}
+    create_job(cluster, manifest)
+
+    def waiting() -> dict[str, Any] | None:
+        running = condition(status(cluster, namespace, "greedy"), "Running")
+        return running if running.get("reason") == "StagePodWaiting" else None
+
+    running = wait_until("Running condition says the pod is stuck", waiting, timeout=60)
+    assert running["status"] == "False"
+    assert "Unschedulable" in running["message"] and "nvidia.com/gpu" in running["message"]
+    assert status(cluster, namespace, "greedy")["phase"] == "Labeling"
+    warnings = [e for e in events(cluster, namespace, "greedy") if e["reason"] == "StagePodWaiting"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from rlaif_operator.builders import Settings
 from rlaif_operator.reconcile import (
     Observed,
+    PodInfo,
     backoff_delay,
     fmt_time,
     reconcile,
@@ -553,3 +555,43 @@ def test_merge_patch_applied_reproduces_new() -> None:
     sim.step()
     after = sim.status()
     assert apply(before, merge_patch(before, after)) == after
+
+
+def test_a_stuck_stage_pod_is_reported_once_and_clears() -> None:
+    sim = Sim()
+    sim.step()
+    (job,) = sim.active()
+    sim.pods[job] = PodInfo(
+        name=f"{job}-x", job_name=job, waiting='CreateContainerConfigError: secret "judge-key" not found'
+    )
+    sim.step()
+    running = sim.condition("Running")
+    assert (running["status"], running["reason"]) == ("False", "StagePodWaiting")
+    assert 'secret "judge-key" not found' in running["message"] and f"{job}-x" in running["message"]
+    assert sim.status()["phase"] == "Labeling"  # still this stage's phase: nothing failed
+    sim.step()
+    assert len(sim.events("StagePodWaiting")) == 1  # a Warning when it starts, not on every pass
+    sim.pods[job] = PodInfo(name=f"{job}-x", job_name=job, phase="Running")
+    sim.step()
+    assert (sim.condition("Running")["status"], sim.condition("Running")["reason"]) == ("True", "StageRunning")
+
+
+@pytest.mark.parametrize(
+    ("status", "waiting"),
+    [
+        ({"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}]}, None),
+        (
+            {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]},
+            "ImagePullBackOff: Back-off pulling image",
+        ),
+        (
+            {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]},
+            "Unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+        ),
+        ({"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}, None),
+    ],
+)
+def test_summarize_pod_says_why_a_pod_is_stuck(status: dict[str, Any], waiting: str | None) -> None:
+    pod = {"metadata": {"name": "demo-label-1-abc", "labels": {"batch.kubernetes.io/job-name": "demo-label-1"}}, "status": status}
+    info = summarize_pod(pod)
+    assert info is not None and info.waiting == waiting
