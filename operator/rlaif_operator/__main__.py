@@ -13,17 +13,9 @@ import os
 import sys
 from typing import Any
 
+from rlaif_trainer import argtypes
+
 from . import __version__
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
-    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch this namespace (repeatable; kopf glob patterns such as 'team-*' allowed)",
     )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch RLAIFJobs in every namespace")
-    parser.add_argument("--metrics-port", type=int, default=8080, help="port of the Prometheus /metrics endpoint (default 8080; 0 disables)")
-    parser.add_argument("--liveness-port", type=int, default=8081, help="port of the /healthz liveness endpoint (default 8081; 0 disables)")
+    parser.add_argument("--metrics-port", type=argtypes.port, default=8080, help="port of the Prometheus /metrics endpoint (default 8080; 0 disables)")
+    parser.add_argument("--liveness-port", type=argtypes.port, default=8081, help="port of the /healthz liveness endpoint (default 8081; 0 disables)")
     parser.add_argument("--log-format", choices=["plain", "json"], default="plain", help="log line format (default plain)")
     parser.add_argument(
         "--log-level",
@@ -75,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--trainer-metrics-port",
-        type=_port,
+        type=argtypes.port,
         default=DEFAULT_TRAINER_METRICS_PORT,
         metavar="PORT",
         help=f"container port (named `metrics`) where stage pods serve Prometheus metrics (default {DEFAULT_TRAINER_METRICS_PORT}; 0: none)",

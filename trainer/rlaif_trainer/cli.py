@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlaif_trainer import argtypes
 from rlaif_trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInputError
 from rlaif_trainer.spec import STAGE_ORDER, StageConfig
 
@@ -185,26 +186,6 @@ def _cmd_compare_labels(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
-    return n
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
-    return port
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlaif-train",
@@ -230,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
         p.add_argument(
             "--metrics-port",
-            type=_port,
+            type=argtypes.port,
             default=os.environ.get("RLAIF_METRICS_PORT", "0"),
             metavar="PORT",
             help="serve Prometheus metrics on this port at /metrics while the stage runs (default $RLAIF_METRICS_PORT or 0: off)",
@@ -274,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--plot", metavar="PNG", help="also write a scatter of p_a (first against second) to this PNG")
-    p.add_argument("--top", type=_count, default=5, metavar="N", help="list the N pairs with the largest p_a difference (default 5)")
+    p.add_argument("--top", type=argtypes.count, default=5, metavar="N", help="list the N pairs with the largest p_a difference (default 5)")
     p.set_defaults(func=_cmd_compare_labels)
 
     p = sub.add_parser(
