@@ -167,11 +167,12 @@ def test_a_stage_pod_that_cannot_be_scheduled_is_reported(
 
     def waiting() -> dict[str, Any] | None:
         running = condition(status(cluster, namespace, "greedy"), "Running")
-        return running if running.get("reason") == "StagePodWaiting" else None
+        # the scheduler's first verdict may still be about the claim its cache has not seen yet
+        stuck = running.get("reason") == "StagePodWaiting" and "nvidia.com/gpu" in running.get("message", "")
+        return running if stuck else None
 
-    running = wait_until("Running condition says the pod is stuck", waiting, timeout=60)
-    assert running["status"] == "False"
-    assert "Unschedulable" in running["message"] and "nvidia.com/gpu" in running["message"]
+    running = wait_until("Running condition says the pod is stuck for GPUs", waiting, timeout=90)
+    assert running["status"] == "False" and "Unschedulable" in running["message"]
     assert status(cluster, namespace, "greedy")["phase"] == "Labeling"
     warnings = [e for e in events(cluster, namespace, "greedy") if e["reason"] == "StagePodWaiting"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
