@@ -98,6 +98,8 @@ RUN rlaif-train fetch-model \
  && rm -rf /opt/rlaif/cache/wheels \
  && chmod -R a+rX /opt/rlaif
 USER 65532:65532
+# rlaif-train <stage> --metrics-port 9400 (the operator's default) serves Prometheus metrics here.
+EXPOSE 9400
 WORKDIR /tmp
 ENTRYPOINT ["rlaif-train"]
 CMD ["--help"]
