@@ -115,6 +115,7 @@ INVALID_CASES = [
     ),
     InvalidCase("rl-without-reward-model", _set("spec.stages", ["rl", "evaluate"]), "reward"),
     InvalidCase("endpoint-not-http", _set("spec.labeler.endpoint", "vllm:8000"), "endpoint"),
+    InvalidCase("unknown-labeler-api", _set("spec.labeler.api", "responses"), "labeler.api"),
     InvalidCase("bad-claim-name", _set("spec.storage", {"persistentVolumeClaim": {"claimName": "Data_PVC"}}), "claimName"),
     InvalidCase("negative-backoff-limit", _set("spec.runPolicy.backoffLimit", -1), "backoffLimit"),
     InvalidCase("wrong-type", _set("spec.rl.steps", "many"), "steps"),

@@ -246,9 +246,9 @@ class LabelerSpec(ApiModel):
     provider: Literal["hf", "openai", "python"] = Field(
         "hf",
         description=(
-            "hf: a local Hugging Face model run in the stage pod. openai: an OpenAI-compatible completions "
-            "endpoint that returns logprobs (vLLM, TGI, OpenAI). python: a Python callable, for rule-based or "
-            "verifiable feedback. Default hf."
+            "hf: a local Hugging Face model run in the stage pod. openai: an OpenAI-compatible completions or "
+            "chat-completions endpoint (see api) that returns logprobs (vLLM, TGI, OpenAI). python: a Python "
+            "callable, for rule-based or verifiable feedback. Default hf."
         ),
     )
     model: PathStr | None = Field(
@@ -256,6 +256,16 @@ class LabelerSpec(ApiModel):
     )
     endpoint: Annotated[str, Field(max_length=MAX_PATH, pattern=r"^https?://")] | None = Field(
         None, description="Base URL of the OpenAI-compatible API, e.g. http://vllm.llm.svc:8000/v1. Required for openai."
+    )
+    api: Literal["completions", "chat"] = Field(
+        "completions",
+        description=(
+            "For provider openai, which API of the endpoint to call. completions: POST {endpoint}/completions "
+            "with the plain-text prompt and logprobs (vLLM, TGI). chat: POST {endpoint}/chat/completions with the "
+            "same prompt as one user message and top_logprobs 20, for models served only as chat "
+            "(OpenAI's current models, vLLM chat models); the answer is read from the first generated token's "
+            "top log-probabilities. Ignored by the other providers. Default completions."
+        ),
     )
     api_key_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret holding the endpoint's API key; it reaches the pod as an environment variable."

@@ -67,6 +67,24 @@ def test_wire_form_round_trips():
     assert "klCoef" in job.to_wire()["spec"]["rl"]
 
 
+def test_labeler_api_chat_round_trips_and_defaults_to_completions():
+    job = api.RLAIFJob.model_validate(
+        example_jobs()["openai-labeler.yaml"] | {"metadata": {"name": "t"}}
+    )
+    assert job.spec.labeler is not None and job.spec.labeler.api == "completions"
+    wire = job.to_wire()
+    wire["spec"]["labeler"]["api"] = "chat"
+    again = api.RLAIFJob.model_validate(wire)
+    assert again.spec.labeler is not None and again.spec.labeler.api == "chat"
+    assert again.to_wire()["spec"]["labeler"]["api"] == "chat"
+    assert api.LabelerSpec().api == "completions"
+
+
+def test_labeler_api_rejects_an_unknown_value():
+    with pytest.raises(ValidationError, match="'completions' or 'chat'"):
+        api.LabelerSpec(provider="openai", endpoint="http://h/v1", model="m", api="responses")
+
+
 def test_resolve_stage_configs(tmp_path: Path):
     job_file = tmp_path / "job.yaml"
     job = base_job("demo")

@@ -1,8 +1,10 @@
 """The ``openai`` provider against a fake OpenAI-compatible server on loopback.
 
-The fake server stands in for vLLM's ``/v1/completions`` endpoint (``logprobs`` → ``top_logprobs``):
-it prefers the response that contains "good", and can be told to answer 429, 500, malformed JSON
-or a body without logprobs first, so retries, backoff and error handling are exercised for real over
+The fake server stands in for vLLM's ``/v1/completions`` endpoint (``logprobs`` → ``top_logprobs``)
+and its ``/v1/chat/completions`` endpoint (``logprobs: true, top_logprobs: K`` →
+``choices[0].logprobs.content[0].top_logprobs``, the shape OpenAI's chat API returns too): it
+prefers the response that contains "good", and can be told to answer 429, 500, malformed JSON or a
+body without logprobs first, so retries, backoff and error handling are exercised for real over
 HTTP (aiohttp on 127.0.0.1).
 """
 
@@ -20,9 +22,10 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
+from rlaif_trainer import prompts as P
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.labelers import LabelerError, build_labeler
-from rlaif_trainer.labelers.openai import OpenAIPairwiseLabeler, OpenAIPointwiseLabeler
+from rlaif_trainer.labelers.openai import CompletionsClient, OpenAIPairwiseLabeler, OpenAIPointwiseLabeler
 from rlaif_trainer.spec import LabelerSpec
 
 SECRET = "sk-test-secret-value-123"
@@ -37,6 +40,8 @@ class FakeVLLM:
     in_flight: int = 0
     max_in_flight: int = 0
     auth: list[str | None] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list)
     delay_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,14 +58,27 @@ class FakeVLLM:
         return {"id": "cmpl-1", "object": "text_completion",
                 "choices": [{"index": 0, "text": "1", "logprobs": {"tokens": ["1"], "top_logprobs": [top]}}]}
 
+    def chat_answer(self, content: str, top_logprobs: int) -> dict:
+        """The same judgement in the chat shape: the top list of the first generated token."""
+        top = self.answer(content)["choices"][0]["logprobs"]["top_logprobs"][0]
+        ranked = sorted(top.items(), key=lambda kv: -kv[1])[:top_logprobs]
+        entries = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked]
+        first = entries[0]
+        return {"id": "chatcmpl-1", "object": "chat.completion",
+                "choices": [{"index": 0, "finish_reason": "length",
+                             "message": {"role": "assistant", "content": first["token"]},
+                             "logprobs": {"content": [{**first, "top_logprobs": entries}]}}]}
+
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, FakeVLLM]]:
     state = FakeVLLM()
 
     async def completions(request: web.Request) -> web.Response:
+        chat = request.path.endswith("/chat/completions")
         with state.lock:
             state.requests += 1
+            state.paths.append(request.path)
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
             state.auth.append(request.headers.get("Authorization"))
@@ -69,6 +87,7 @@ def server() -> Iterator[tuple[str, FakeVLLM]]:
             if state.delay_s:
                 await asyncio.sleep(state.delay_s)
             body = await request.json()
+            state.bodies.append(body)
             if failure == "429":
                 return web.Response(status=429, text="slow down", headers={"Retry-After": "0"})
             if failure == "500":
@@ -78,7 +97,17 @@ def server() -> Iterator[tuple[str, FakeVLLM]]:
             if failure == "garbage":
                 return web.Response(status=200, text="{not json", content_type="application/json")
             if failure == "nologprobs":
+                if chat:  # what a chat server sends when logprobs were not asked for
+                    return web.json_response({"choices": [{"message": {"role": "assistant", "content": "1"},
+                                                           "logprobs": None}]})
                 return web.json_response({"choices": [{"text": "1"}]})
+            if chat:
+                (message,) = body["messages"]
+                assert message["role"] == "user"
+                if not body.get("logprobs"):  # chain-of-thought's rationale: text only
+                    return web.json_response({"choices": [{"message": {"role": "assistant",
+                                                                       "content": " It is better. "}}]})
+                return web.json_response(state.chat_answer(message["content"], body["top_logprobs"]))
             return web.json_response(state.answer(body["prompt"]))
         finally:
             with state.lock:
@@ -87,6 +116,7 @@ def server() -> Iterator[tuple[str, FakeVLLM]]:
     loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", completions)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -188,3 +218,159 @@ def test_direct_score_over_http(server):
     state.answer = answer  # type: ignore[method-assign]
     s = _pairwise(url).score(["q"], ["r"])
     assert s == pytest.approx([2 * (8 - 1) / 8 - 1])
+
+
+# --- api: chat (POST /chat/completions, answer in choices[0].logprobs.content[0].top_logprobs) ---
+
+
+def _softmax_first(l1: float, l2: float) -> float:
+    return math.exp(l1) / (math.exp(l1) + math.exp(l2))
+
+
+def test_chat_request_shape_and_url(server):
+    url, state = server
+    lab = _pairwise(url, api="chat", position_debias=False)
+    lab.preference(["q"], ["good"], ["bad"])
+    assert state.paths == ["/v1/chat/completions"]
+    (body,) = state.bodies
+    expected_text = lab.head + P.pairwise_body("q", "good", "bad") + P.PAIRWISE_ENDING
+    assert body == {"model": "served-model", "messages": [{"role": "user", "content": expected_text}],
+                    "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20}
+
+
+@pytest.mark.parametrize(("endpoint", "api", "url"), [
+    ("http://h/v1", "chat", "http://h/v1/chat/completions"),
+    ("http://h/v1/", "completions", "http://h/v1/completions"),
+    ("http://h/v1/completions", "completions", "http://h/v1/completions"),
+    ("http://h/v1/completions", "chat", "http://h/v1/chat/completions"),
+    ("http://h/v1/chat/completions", "chat", "http://h/v1/chat/completions"),
+    ("http://h/v1/chat/completions", "completions", "http://h/v1/completions"),
+])
+def test_api_url_under_the_endpoint(endpoint, api, url):
+    assert CompletionsClient(endpoint, "m", api=api).url == url
+
+
+def test_unknown_api_is_refused():
+    with pytest.raises(ValueError, match="responses"):
+        CompletionsClient("http://h/v1", "m", api="responses")
+
+
+def test_chat_pairwise_soft_label_is_the_softmax_of_both_orders_averaged(server):
+    url, state = server
+
+    # Position-biased on purpose ("1" gets a bonus), so that the two orders differ.
+    def answer(prompt: str) -> dict:
+        first = re.findall(r"Response 1 - (.*)", prompt)[-1]
+        l1, l2 = (-0.3, -1.4) if "good" in first else (-0.6, -0.9)
+        return {"choices": [{"logprobs": {"top_logprobs": [{" 1": l1, "2": l2, "Response": -4.0}]}}]}
+
+    state.answer = answer  # type: ignore[method-assign]
+    r = _pairwise(url, api="chat").preference(["q"], ["good"], ["bad"])[0]
+    p_ab = _softmax_first(-0.3, -1.4)  # A ("good") shown first
+    p_ba = 1 - _softmax_first(-0.6, -0.9)  # A shown second: P(A) = P("2")
+    assert r.p_a_ab == pytest.approx(p_ab) and r.p_a_ba == pytest.approx(p_ba)
+    assert r.p_a == pytest.approx((p_ab + p_ba) / 2)
+    assert r.consistent is False  # the bias made B win when shown first
+    assert state.paths == ["/v1/chat/completions"] * 2
+
+
+def test_chat_pointwise(server):
+    url, state = server
+    lab = OpenAIPointwiseLabeler(endpoint=url, model="m", api="chat", principles=["Helpful?", "Correct?"],
+                                 backoff_base_s=0.01)
+    r = lab.preference(["q"], ["good"], ["bad"])[0]
+    assert r.p_a == pytest.approx(1 / (1 + math.exp(-2.4)))  # sigmoid((-0.3 + 1.5) - (-1.5 + 0.3))
+    assert set(state.paths) == {"/v1/chat/completions"} and state.requests == 4
+    assert state.bodies[0]["messages"][0]["content"].endswith("Answer Yes or No.\nAnswer=")
+
+
+def test_chat_direct_score(server):
+    url, state = server
+
+    def answer(prompt: str) -> dict:
+        assert prompt.endswith("Score (1-9)=")
+        top = {"3": math.log(0.2), "7": math.log(0.5), " 9": math.log(0.2), "The": math.log(0.1)}
+        return {"choices": [{"logprobs": {"top_logprobs": [top]}}]}
+
+    state.answer = answer  # type: ignore[method-assign]
+    s = _pairwise(url, api="chat").score(["q"], ["r"])
+    expected = (3 * 0.2 + 7 * 0.5 + 9 * 0.2) / 0.9  # renormalised over the score tokens
+    assert s == pytest.approx([2 * (expected - 1) / 8 - 1])
+
+
+def test_chat_token_missing_from_top_logprobs_gets_the_smallest_shown(server):
+    url, state = server
+
+    def answer(prompt: str) -> dict:
+        return {"choices": [{"logprobs": {"top_logprobs": [{"1": -0.1, "The": -2.5}]}}]}
+
+    state.answer = answer  # type: ignore[method-assign]
+    r = _pairwise(url, api="chat", position_debias=False).preference(["q"], ["a"], ["b"])[0]
+    assert r.p_a == pytest.approx(_softmax_first(-0.1, -2.5))
+
+
+def test_chat_both_tokens_missing_is_malformed(server):
+    url, state = server
+
+    def answer(prompt: str) -> dict:
+        return {"choices": [{"logprobs": {"top_logprobs": [{"The": -0.1, "**": -2.5}]}}]}
+
+    state.answer = answer  # type: ignore[method-assign]
+    lab = _pairwise(url, api="chat", position_debias=False, max_retries=1)
+    with pytest.raises(LabelerError, match="after 2 attempts: malformed response: neither '1' nor '2'"):
+        lab.preference(["q"], ["a"], ["b"])
+
+
+def test_chat_retries_429_then_succeeds(server, caplog):
+    url, state = server
+    state.failures = ["429", "429"]
+    caplog.set_level(logging.WARNING)
+    res = _pairwise(url, api="chat", max_retries=3, max_concurrency=1, position_debias=False).preference(
+        ["q"], ["good"], ["bad"])
+    assert res[0].p_a == pytest.approx(_softmax_first(-0.2, -1.8))
+    assert state.paths == ["/v1/chat/completions"] * 3
+    assert "HTTP 429" in caplog.text and SECRET not in caplog.text
+
+
+def test_chat_malformed_response_is_a_clear_error(server):
+    url, state = server
+    state.failures = ["nologprobs"] * 3
+    lab = _pairwise(url, api="chat", max_retries=2, max_concurrency=1, position_debias=False)
+    with pytest.raises(LabelerError, match=r"after 3 attempts: malformed response: "
+                                           r"no choices\[0\]\.logprobs\.content\[0\]\.top_logprobs"):
+        lab.preference(["q"], ["a"], ["b"])
+    assert state.requests == 3
+
+
+def test_chat_entries_without_logprob_are_malformed(server):
+    url, state = server
+
+    def chat_answer(content: str, top_logprobs: int) -> dict:
+        return {"choices": [{"logprobs": {"content": [{"token": "1", "top_logprobs": [{"token": "1"}]}]}}]}
+
+    state.chat_answer = chat_answer  # type: ignore[method-assign]
+    lab = _pairwise(url, api="chat", max_retries=0, position_debias=False)
+    with pytest.raises(LabelerError, match="top_logprobs entries lack token/logprob"):
+        lab.preference(["q"], ["a"], ["b"])
+
+
+def test_chat_two_step_chain_of_thought(server):
+    url, state = server
+    res = _pairwise(url, api="chat", chain_of_thought=True, position_debias=False).preference(
+        ["q"], ["good"], ["bad"])[0]
+    assert res.rationale_ab == "It is better." and res.p_a > 0.5
+    rationale_req, label_req = state.bodies
+    assert rationale_req["max_tokens"] == 96 and "logprobs" not in rationale_req
+    assert rationale_req["messages"][0]["content"].endswith(P.COT_INSTRUCTION + "\n" + P.COT_ENDING)
+    assert label_req["logprobs"] is True
+    assert label_req["messages"][0]["content"].endswith("Rationale - It is better.\n" + P.PAIRWISE_ENDING)
+
+
+def test_build_labeler_passes_the_api_through(server):
+    url, state = server
+    judge = build_labeler(LabelerSpec(provider="openai", endpoint=url, model="served", api="chat", max_retries=1))
+    assert judge.preference(["q"], ["good"], ["bad"])[0].p_a > 0.5
+    assert set(state.paths) == {"/v1/chat/completions"}
+    state.paths.clear()
+    build_labeler(LabelerSpec(provider="openai", endpoint=url, model="served")).preference(["q"], ["good"], ["bad"])
+    assert set(state.paths) == {"/v1/completions"}

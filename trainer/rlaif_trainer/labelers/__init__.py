@@ -26,7 +26,7 @@ position bias by construction, so both per-order values equal ``p_a`` and ``cons
 Providers (``build_labeler``)
 -----------------------------
 * ``hf``: a local causal LM (:mod:`.hf`), batched, with the shared preamble's KV cache reused;
-* ``openai``: an OpenAI-compatible completions endpoint with logprobs (:mod:`.openai`);
+* ``openai``: an OpenAI-compatible completions or chat-completions endpoint with logprobs (:mod:`.openai`);
 * ``python``: a Python callable (:mod:`.python`), e.g. :func:`rlaif_trainer.labelers.rules.prefer_shorter`.
 """
 
@@ -256,7 +256,7 @@ def build_labeler(
         from rlaif_trainer.labelers.openai import OpenAIPairwiseLabeler, OpenAIPointwiseLabeler, read_api_key
 
         kwargs = dict(
-            endpoint=spec.endpoint, model=spec.model, api_key=read_api_key(api_key_env),
+            endpoint=spec.endpoint, model=spec.model, api=spec.api, api_key=read_api_key(api_key_env),
             max_concurrency=spec.max_concurrency, max_retries=spec.max_retries,
             timeout_s=spec.request_timeout_seconds,
         )

@@ -1,16 +1,33 @@
-"""The ``openai`` provider: any OpenAI-compatible ``/completions`` endpoint that returns logprobs.
+"""The ``openai`` provider: any OpenAI-compatible endpoint that returns logprobs.
 
 Works with vLLM, TGI's OpenAI API and OpenAI itself. Each prompt is the plain-text labeler prompt
-(:mod:`rlaif_trainer.prompts`; no chat template, the server's tokenizer is not known here) sent as::
+(:mod:`rlaif_trainer.prompts`; no chat template here, the server's tokenizer is not known). Two APIs,
+chosen by ``labeler.api``; the prompt text, the answer extraction and the retry policy are the same:
+
+``completions`` (default)::
 
     POST {endpoint}/completions
     {"model": ..., "prompt": ..., "max_tokens": 1, "temperature": 0, "logprobs": 20}
 
-and the answer is read from ``choices[0].logprobs.top_logprobs[0]`` (a ``{token: logprob}`` map;
-leading spaces in tokens are ignored). Pairwise: the softmax over the log-probabilities of "1" and
-"2"; pointwise: log P("Yes") − log P("No"). A token missing from the top list is taken to have the
-smallest log-probability the list shows (a bound; both missing is a malformed answer). Two-step
-chain-of-thought first asks for a rationale (``max_tokens`` 96, temperature 0).
+and the answer is read from ``choices[0].logprobs.top_logprobs[0]`` (a ``{token: logprob}`` map).
+
+``chat``, for models served only as chat (OpenAI's current models, vLLM chat models)::
+
+    POST {endpoint}/chat/completions
+    {"model": ..., "messages": [{"role": "user", "content": <the same prompt text>}],
+     "max_tokens": 1, "temperature": 0, "logprobs": true, "top_logprobs": 20}
+
+and the answer is read from ``choices[0].logprobs.content[0].top_logprobs`` (a list of
+``{"token", "logprob", "bytes"}``). The whole prompt, ending included (``Preferred Response=``), is
+the user message: a chat API cannot prefill the assistant turn, so the ending is left as the cue.
+
+In both, leading and trailing spaces in tokens are ignored (" 2" counts as "2"; the best of the
+variants is kept) and case is kept ("yes" is not "Yes"). Pairwise: the softmax over the
+log-probabilities of "1" and "2"; pointwise: log P("Yes") − log P("No"). A token missing from the
+top list is taken to have the smallest log-probability the list shows (a bound; both missing is a
+malformed answer). Direct scores: a score token missing from the list counts as probability 0 (none
+shown is a malformed answer). Two-step chain-of-thought first asks for a rationale (``max_tokens``
+96, temperature 0; read from ``choices[0].text`` or ``choices[0].message.content``).
 
 Reliability: at most ``max_concurrency`` requests in flight; 429, 5xx, timeouts, connection errors
 and malformed bodies are retried up to ``max_retries`` times with exponential backoff and jitter
@@ -29,14 +46,17 @@ import math
 import os
 import random
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from rlaif_trainer import prompts as P
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.labelers import LabelerError, PairwiseLabelerBase, PointwiseLabelerBase
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = ["CompletionsClient", "OpenAIPairwiseLabeler", "OpenAIPointwiseLabeler", "read_api_key"]
 
@@ -52,20 +72,18 @@ class _Malformed(Exception):
     pass
 
 
-def _completions_url(endpoint: str) -> str:
+def _api_url(endpoint: str, api: str) -> str:
+    """The API's URL under ``endpoint``, which may already end with either API's path."""
     base = endpoint.rstrip("/")
-    if base.endswith("/completions"):
-        return base
-    return base + "/completions"
+    for path in _APIS.values():
+        if base.endswith(path.path):
+            base = base[: -len(path.path)]
+            break
+    return base + _APIS[api].path
 
 
-def _top_logprobs(body: Any) -> dict[str, float]:
-    try:
-        choice = body["choices"][0]
-        top = choice["logprobs"]["top_logprobs"][0]
-    except (KeyError, IndexError, TypeError) as err:
-        raise _Malformed(f"no choices[0].logprobs.top_logprobs[0] ({type(err).__name__})") from None
-    if isinstance(top, list):  # some servers: [{"token": ..., "logprob": ...}]
+def _normalise_top(top: Any) -> dict[str, float]:
+    if isinstance(top, list):  # the chat shape, and some completions servers: [{"token": ..., "logprob": ...}]
         try:
             top = {t["token"]: t["logprob"] for t in top}
         except (KeyError, TypeError):
@@ -81,7 +99,23 @@ def _top_logprobs(body: Any) -> dict[str, float]:
     return out
 
 
-def _text(body: Any) -> str:
+def _completions_top(body: Any) -> dict[str, float]:
+    try:
+        top = body["choices"][0]["logprobs"]["top_logprobs"][0]
+    except (KeyError, IndexError, TypeError) as err:
+        raise _Malformed(f"no choices[0].logprobs.top_logprobs[0] ({type(err).__name__})") from None
+    return _normalise_top(top)
+
+
+def _chat_top(body: Any) -> dict[str, float]:
+    try:
+        top = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    except (KeyError, IndexError, TypeError) as err:
+        raise _Malformed(f"no choices[0].logprobs.content[0].top_logprobs ({type(err).__name__})") from None
+    return _normalise_top(top)
+
+
+def _completions_text(body: Any) -> str:
     try:
         text = body["choices"][0]["text"]
     except (KeyError, IndexError, TypeError):
@@ -89,6 +123,51 @@ def _text(body: Any) -> str:
     if not isinstance(text, str):
         raise _Malformed("choices[0].text is not a string")
     return text
+
+
+def _chat_text(body: Any) -> str:
+    try:
+        text = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise _Malformed("no choices[0].message.content") from None
+    if not isinstance(text, str):  # null on a refusal or a tool call
+        raise _Malformed("choices[0].message.content is not a string")
+    return text
+
+
+def _completions_payload(model: str, prompt: str, max_tokens: int, logprobs: int | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
+    if logprobs is not None:
+        payload["logprobs"] = logprobs
+    return payload
+
+
+def _chat_payload(model: str, prompt: str, max_tokens: int, logprobs: int | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                               "max_tokens": max_tokens, "temperature": 0.0}
+    if logprobs is not None:
+        payload["logprobs"] = True
+        payload["top_logprobs"] = logprobs
+    return payload
+
+
+@dataclass(frozen=True)
+class _Api:
+    """What differs between the two APIs: the path, the request body, and where the answer is."""
+
+    path: str
+    payload: Callable[[str, str, int, int | None], dict[str, Any]]
+    top_logprobs: Callable[[Any], dict[str, float]]
+    text: Callable[[Any], str]
+
+
+# Longest path first, so that _api_url strips ".../chat/completions" whole.
+_APIS: dict[str, _Api] = {
+    "chat": _Api("/chat/completions", _chat_payload, _chat_top, _chat_text),
+    "completions": _Api("/completions", _completions_payload, _completions_top, _completions_text),
+}
+#: Most top logprobs OpenAI's chat API returns (vLLM's limit is its --max-logprobs, 20 by default).
+TOP_LOGPROBS = 20
 
 
 def two_way(top: dict[str, float], yes: str, no: str) -> tuple[float, float]:
@@ -100,12 +179,20 @@ def two_way(top: dict[str, float], yes: str, no: str) -> tuple[float, float]:
 
 
 class CompletionsClient:
-    """Async client with a concurrency limit and retry with backoff; :meth:`run` is synchronous."""
+    """Async client with a concurrency limit and retry with backoff; :meth:`run` is synchronous.
 
-    def __init__(self, endpoint: str, model: str, *, api_key: str | None = None, max_concurrency: int = 8,
-                 max_retries: int = 5, timeout_s: float = 60.0, backoff_base_s: float = 0.5,
-                 backoff_max_s: float = 30.0) -> None:
-        self.url = _completions_url(endpoint)
+    ``api`` (``completions`` or ``chat``) picks the URL, the request body and where the answer is
+    read; everything else is shared.
+    """
+
+    def __init__(self, endpoint: str, model: str, *, api: str = "completions", api_key: str | None = None,
+                 max_concurrency: int = 8, max_retries: int = 5, timeout_s: float = 60.0,
+                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+        if api not in _APIS:
+            raise ValueError(f"unknown labeler api {api!r}; expected one of {sorted(_APIS)}")
+        self.api = api
+        self._api = _APIS[api]
+        self.url = _api_url(endpoint, api)
         self.model = model
         self._api_key = api_key
         self.max_concurrency = max_concurrency
@@ -116,7 +203,7 @@ class CompletionsClient:
         self.stats = {"requests": 0, "retries": 0}
 
     def __repr__(self) -> str:  # never show the key
-        return f"CompletionsClient(url={self.url!r}, model={self.model!r})"
+        return f"CompletionsClient(url={self.url!r}, model={self.model!r}, api={self.api!r})"
 
     def _headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json"}
@@ -179,9 +266,18 @@ class CompletionsClient:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             return list(await asyncio.gather(*(self._one(session, sem, p, parse) for p in payloads)))
 
-    def run(self, prompts: Sequence[str], parse: Any, *, max_tokens: int = 1, logprobs: int = 20) -> list[Any]:
-        payloads = [{"model": self.model, "prompt": p, "max_tokens": max_tokens, "temperature": 0.0,
-                     "logprobs": logprobs} for p in prompts]
+    def top_logprobs(self, prompts: Sequence[str], parse: Callable[[dict[str, float]], T]) -> list[T]:
+        """One token per prompt; ``parse`` gets its top log-probabilities (``{token: logprob}``)."""
+        return self.run(prompts, lambda body: parse(self._api.top_logprobs(body)))
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int) -> list[str]:
+        """Greedy text, up to ``max_tokens`` per prompt."""
+        return self.run(prompts, self._api.text, max_tokens=max_tokens, logprobs=None)
+
+    def run(self, prompts: Sequence[str], parse: Callable[[Any], T], *, max_tokens: int = 1,
+            logprobs: int | None = TOP_LOGPROBS) -> list[T]:
+        """``parse`` gets each JSON response body and raises :class:`_Malformed` to have it retried."""
+        payloads = [self._api.payload(self.model, p, max_tokens, logprobs) for p in prompts]
         if not payloads:
             return []
         try:
@@ -206,12 +302,12 @@ class CompletionsClient:
 
 
 class OpenAIPairwiseLabeler(PairwiseLabelerBase):
-    def __init__(self, *, endpoint: str, model: str, api_key: str | None = None, preamble: str = "base",
-                 few_shot: Sequence[Any] = (), chain_of_thought: bool = False, position_debias: bool = True,
-                 max_concurrency: int = 8, max_retries: int = 5, timeout_s: float = 60.0,
-                 backoff_base_s: float = 0.5) -> None:
+    def __init__(self, *, endpoint: str, model: str, api: str = "completions", api_key: str | None = None,
+                 preamble: str = "base", few_shot: Sequence[Any] = (), chain_of_thought: bool = False,
+                 position_debias: bool = True, max_concurrency: int = 8, max_retries: int = 5,
+                 timeout_s: float = 60.0, backoff_base_s: float = 0.5) -> None:
         super().__init__(position_debias=position_debias)
-        self.client = CompletionsClient(endpoint, model, api_key=api_key, max_concurrency=max_concurrency,
+        self.client = CompletionsClient(endpoint, model, api=api, api_key=api_key, max_concurrency=max_concurrency,
                                         max_retries=max_retries, timeout_s=timeout_s, backoff_base_s=backoff_base_s)
         self.head = P.pairwise_head(preamble, few_shot, chain_of_thought=chain_of_thought)
         self.preamble = preamble
@@ -223,16 +319,16 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
         rats: list[str | None] = [None] * len(prompts)
         if self.chain_of_thought:
             texts = [self.head + P.cot_body(p, a, b) + P.COT_ENDING for p, a, b in zip(prompts, first, second, strict=True)]
-            rats = [t.strip() for t in self.client.run(texts, _text, max_tokens=96, logprobs=1)]
+            rats = [t.strip() for t in self.client.generate(texts, max_tokens=96)]
 
-        def parse(body: Any) -> float:
-            l1, l2 = two_way(_top_logprobs(body), "1", "2")
+        def parse(top: dict[str, float]) -> float:
+            l1, l2 = two_way(top, "1", "2")
             m = max(l1, l2)
             return math.exp(l1 - m) / (math.exp(l1 - m) + math.exp(l2 - m))
 
         texts = [self.head + P.pairwise_body(p, a, b, r) + P.PAIRWISE_ENDING
                  for p, a, b, r in zip(prompts, first, second, rats, strict=True)]
-        return self.client.run(texts, parse), rats
+        return self.client.top_logprobs(texts, parse), rats
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """d-RLAIF over an endpoint: scores 1-9 (single tokens in common tokenizers), normalised to [-1, 1]."""
@@ -241,33 +337,32 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
         scale = 9
         head = P.score_head(self.preamble, scale=scale)
 
-        def parse(body: Any) -> float:
-            top = _top_logprobs(body)
+        def parse(top: dict[str, float]) -> float:
             probs = [math.exp(top[str(i)]) if str(i) in top else 0.0 for i in range(1, scale + 1)]
             if sum(probs) <= 0:
                 raise _Malformed("no score token among the top logprobs")
             return normalize_score(expected_score(probs), scale)
 
         texts = [head + P.score_body(p, r) + P.score_ending(scale) for p, r in zip(prompts, responses, strict=True)]
-        return self.client.run(texts, parse)
+        return self.client.top_logprobs(texts, parse)
 
 
 class OpenAIPointwiseLabeler(PointwiseLabelerBase):
-    def __init__(self, *, endpoint: str, model: str, principles: Sequence[str], api_key: str | None = None,
-                 preamble: str | None = None, max_concurrency: int = 8, max_retries: int = 5,
-                 timeout_s: float = 60.0, backoff_base_s: float = 0.5) -> None:
+    def __init__(self, *, endpoint: str, model: str, principles: Sequence[str], api: str = "completions",
+                 api_key: str | None = None, preamble: str | None = None, max_concurrency: int = 8,
+                 max_retries: int = 5, timeout_s: float = 60.0, backoff_base_s: float = 0.5) -> None:
         super().__init__(principles)
-        self.client = CompletionsClient(endpoint, model, api_key=api_key, max_concurrency=max_concurrency,
+        self.client = CompletionsClient(endpoint, model, api=api, api_key=api_key, max_concurrency=max_concurrency,
                                         max_retries=max_retries, timeout_s=timeout_s, backoff_base_s=backoff_base_s)
         self.head = P.pointwise_head(preamble)
 
     def logodds(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
-        def parse(body: Any) -> float:
-            ly, ln = two_way(_top_logprobs(body), "Yes", "No")
+        def parse(top: dict[str, float]) -> float:
+            ly, ln = two_way(top, "Yes", "No")
             return ly - ln
 
         texts = [self.head + P.pointwise_body(p, r, q) + "Answer="
                  for p, r in zip(prompts, responses, strict=True) for q in self.principles]
-        flat = self.client.run(texts, parse)
+        flat = self.client.top_logprobs(texts, parse)
         k = len(self.principles)
         return [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
