@@ -178,20 +178,22 @@ class Controller:
         if uid:
             self.metrics.forget(uid)
 
-    def child_changed(self, uid: str, summary: object | None, deleted: bool = False) -> bool:
-        """Whether a stage Job's or Pod's watch event changed what the core sees of it.
+    def child_event(self, owner: Key | None, uid: str, summary: object | None, deleted: bool = False) -> bool:
+        """A stage Job's or Pod's watch event: queue its owner if the event changed what the core
+        sees of the child; returns whether it did.
 
         Most events of a child (a scheduled pod, the Job controller's bookkeeping) leave its summary
         as it was; a pass for them would plan nothing, so they are not queued.
         """
+        if owner is None:
+            return False
         if deleted:
             self.summaries.pop(uid, None)
-            return True
-        if not uid or summary is None:
-            return True
-        if self.summaries.get(uid) == summary:
-            return False
-        self.summaries[uid] = summary
+        elif uid and summary is not None:
+            if self.summaries.get(uid) == summary:
+                return False
+            self.summaries[uid] = summary
+        self.enqueue(owner)
         return True
 
     def is_own_echo(self, key: Key, body: Mapping[str, Any]) -> bool:

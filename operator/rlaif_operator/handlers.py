@@ -198,20 +198,14 @@ async def rlaif_job_event(event: Any, memo: Any, **kw: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_STAGE: kopf.PRESENT})
 async def stage_job_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
-    key = job_owner_key(body)
-    ctrl = _controller(memo)
     deleted = event.get("type") == "DELETED"
-    if key is not None and ctrl.child_changed(kw.get("uid") or "", summarize_job(dict(body)), deleted):
-        ctrl.enqueue(key)
+    _controller(memo).child_event(job_owner_key(body), kw.get("uid") or "", summarize_job(dict(body)), deleted)
 
 
 @kopf.on.event("v1", "pods", labels={LABEL_STAGE: kopf.PRESENT})
 async def stage_pod_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
-    key = pod_owner_key(body)
-    ctrl = _controller(memo)
     deleted = event.get("type") == "DELETED"
-    if key is not None and ctrl.child_changed(kw.get("uid") or "", summarize_pod(dict(body)), deleted):
-        ctrl.enqueue(key)
+    _controller(memo).child_event(pod_owner_key(body), kw.get("uid") or "", summarize_pod(dict(body)), deleted)
 
 
 @kopf.on.event("v1", "persistentvolumeclaims")

@@ -186,12 +186,15 @@ def test_child_events_that_change_nothing_the_core_sees_are_not_queued() -> None
 
     ctrl = controller(FakeClient())
     pending = PodInfo(name="p", job_name="demo-label-1")
-    assert ctrl.child_changed("uid-p", pending)
-    assert not ctrl.child_changed("uid-p", PodInfo(name="p", job_name="demo-label-1"))  # e.g. scheduled
-    assert ctrl.child_changed("uid-p", PodInfo(name="p", job_name="demo-label-1", phase="Running"))
-    assert ctrl.child_changed("uid-p", None, deleted=True)
-    assert ctrl.child_changed("uid-p", pending)  # after a deletion, the next sighting is news again
-    assert ctrl.child_changed("", pending) and ctrl.child_changed("", pending)  # no uid: never skipped
+    owner = ("ns", "demo")
+    assert ctrl.child_event(owner, "uid-p", pending)
+    assert not ctrl.child_event(owner, "uid-p", PodInfo(name="p", job_name="demo-label-1"))  # e.g. scheduled
+    assert ctrl.child_event(owner, "uid-p", PodInfo(name="p", job_name="demo-label-1", phase="Running"))
+    assert ctrl.child_event(owner, "uid-p", None, deleted=True)
+    assert ctrl.child_event(owner, "uid-p", pending)  # after a deletion, the next sighting is news again
+    assert ctrl.child_event(owner, "", pending) and ctrl.child_event(owner, "", pending)  # no uid: never skipped
+    assert not ctrl.child_event(None, "uid-q", pending)  # not one of ours: nothing to queue
+    assert ctrl.queued == {owner} and ctrl.queue.qsize() == 1  # queued, deduplicated
 
 
 def test_recent_writes_are_kept_per_rlaifjob_and_expire() -> None:
