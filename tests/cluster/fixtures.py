@@ -81,24 +81,33 @@ def cluster() -> Iterator[Cluster]:
         c.stop()
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "test"
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
+def create_namespace(
+    cluster: Cluster, name: str, labels: dict[str, str] | None = None, *, wait_for_default_service_account: bool = False
+) -> None:
+    """A namespace labelled as the tests'; pods can be created in it once its default
+    ServiceAccount exists, which the controller manager adds moments later."""
     cluster.request(
         "POST",
         "/api/v1/namespaces",
         {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"rlaif.dev/test": "true"}},
+            "metadata": {"name": name, "labels": {"rlaif.dev/test": "true", **(labels or {})}},
         },
     )
-    cluster.wait_for(
-        f"ServiceAccount {name}/default",
-        lambda: cluster.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
-        timeout=30,
-    )
+    if wait_for_default_service_account:
+        cluster.wait_for(
+            f"ServiceAccount {name}/default",
+            lambda: cluster.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+            timeout=30,
+        )
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "test"
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    create_namespace(cluster, name, wait_for_default_service_account=True)
     try:
         yield name
     finally:

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from tests.cluster import Cluster
+from tests.cluster.fixtures import create_namespace
 from tests.integration.test_chart_support import (
     CHART,
     MONITORING_CRDS,
     PSS_RESTRICTED,
-    create_namespace,
     delete_namespace,
     docs_of,
     ensure_crds,
@@ -112,12 +112,7 @@ def test_rendered_manifests_apply_server_side(cluster: Cluster, variant):
 @pytest.fixture
 def restricted_namespace(cluster: Cluster):
     name = unique("restricted")
-    create_namespace(cluster, name, PSS_RESTRICTED)
-    cluster.wait_for(
-        f"ServiceAccount {name}/default",
-        lambda: cluster.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
-        timeout=30,
-    )
+    create_namespace(cluster, name, PSS_RESTRICTED, wait_for_default_service_account=True)
     try:
         yield name
     finally:

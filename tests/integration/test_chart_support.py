@@ -101,18 +101,6 @@ def docs_of(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def create_namespace(cluster: Cluster, name: str, labels: dict[str, str] | None = None) -> None:
-    cluster.request(
-        "POST",
-        "/api/v1/namespaces",
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"rlaif.dev/test": "true", **(labels or {})}},
-        },
-    )
-
-
 def delete_namespace(cluster: Cluster, name: str) -> None:
     cluster.request("DELETE", f"/api/v1/namespaces/{name}")
 

@@ -25,13 +25,13 @@ import pytest
 import yaml
 
 from tests.cluster import Cluster
+from tests.cluster.fixtures import create_namespace
 from tests.integration.test_chart_support import (
     CHART,
     PSS_RESTRICTED,
     ROOT,
     adopt_crd_for_release,
     can_i,
-    create_namespace,
     delete_namespace,
     diagnostics,
     docs_of,
