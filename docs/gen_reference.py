@@ -126,6 +126,12 @@ def render(crd: dict[str, Any]) -> str:
         f" {', '.join('`' + s + '`' for s in names.get('shortNames', []))}, scope {crd['spec']['scope']}.",
         f"- `kubectl explain {names['plural']}.spec` prints the same descriptions from the cluster.",
         "- Defaults are filled in by the API server, so `kubectl get -o yaml` shows the effective values.",
+        "- Unknown (for example misspelled) fields: `kubectl apply` and `kubectl create` reject the object,"
+        " since their default is `--validate=strict`. Clients that do not ask for strict field validation"
+        " (`--validate=warn` or `false`, most API client libraries) get the field dropped by the API server,"
+        " with at most a warning, and the job runs with the default. `rlaif-train validate` and"
+        " `rlaif-train pipeline` always reject it. Fields of type `object` that hold a core Kubernetes"
+        " object are passed through and checked when the stage Job is created.",
         "- Relative paths are relative to the workspace volume (mounted at `/workspace` in stage pods).",
         "",
         "Printer columns (`kubectl get rlaif`): "

@@ -369,8 +369,15 @@ class RLSpec(ApiModel):
     reward: Literal["rewardModel", "direct"] = Field(
         "rewardModel",
         description=(
-            "rewardModel: score with the trained reward model. direct (d-RLAIF): the labeler LLM's "
-            "probability-weighted 1-10 score is the reward. Default rewardModel."
+            "rewardModel: score with the trained reward model. direct (d-RLAIF): the labeler scores each "
+            "response alone and that score, in [-1, 1], is the reward; no reward model is needed. hf and "
+            "openai labelers in pointwise mode: the mean over principles of 2*P(Yes) - 1, with P(Yes) "
+            "normalized over Yes and No. hf in pairwise mode: the expected 1-10 score E = sum of i*P(i), "
+            "mapped to 2*(E - 1)/9 - 1; when the tokenizer splits '10' into '1' and '0', score 10 gets "
+            "P('1')*P('0' after '1'), score 1 gets P('1')*(1 - P('0' after '1')), and the ten are "
+            "renormalized. openai in pairwise mode: the same over 1-9 (single tokens), read from the top "
+            "log-probabilities. python: the callable's score function, clipped to [-1, 1]. "
+            "Default rewardModel."
         ),
     )
     kl_coef: float = Field(0.05, ge=0, le=10, description="KL penalty coefficient beta. Default 0.05 (the paper).")
@@ -723,6 +730,8 @@ RESULT_KEYS: dict[str, dict[str, str]] = {
 }
 
 
+# Every spec field is in exactly one of these lists (a unit test checks), so a new field is made
+# mutable or immutable on purpose rather than silently changeable after start.
 IMMUTABLE_SPEC_FIELDS = (
     "policy",
     "dataset",
@@ -737,7 +746,10 @@ IMMUTABLE_SPEC_FIELDS = (
     "storage",
     "podTemplate",
 )
+# runPolicy mixes both kinds: its own fields are split by the two lists after it.
+SPEC_FIELDS_CHECKED_PER_FIELD = ("runPolicy",)
 IMMUTABLE_RUN_POLICY_FIELDS = ("backoffLimit", "backoffSeconds", "activeDeadlineSeconds", "queueName", "priorityClassName")
+MUTABLE_RUN_POLICY_FIELDS = ("suspend", "ttlSecondsAfterFinished")
 
 
 def _same(field: str, parent_new: str, parent_old: str) -> str:

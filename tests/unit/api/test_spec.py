@@ -134,6 +134,22 @@ def test_update_after_start_is_refused_except_suspend_and_ttl():
     api.check_update(not_started, api.RLAIFJob.model_validate(base_job() | {"spec": changed.spec.to_wire()}))
 
 
+def _wire_names(model: type[api.ApiModel]) -> set[str]:
+    return {info.alias or name for name, info in model.model_fields.items()}
+
+
+def test_every_spec_field_is_classified_as_mutable_or_immutable_after_start():
+    # An unlisted field would be silently changeable after start: classify it in spec.py.
+    spec_lists = [api.IMMUTABLE_SPEC_FIELDS, api.SPEC_FIELDS_CHECKED_PER_FIELD]
+    run_policy_lists = [api.IMMUTABLE_RUN_POLICY_FIELDS, api.MUTABLE_RUN_POLICY_FIELDS]
+    for model, lists in ((api.RLAIFJobSpec, spec_lists), (api.RunPolicy, run_policy_lists)):
+        listed = [field for fields in lists for field in fields]
+        assert len(listed) == len(set(listed)), f"{model.__name__}: a field is listed twice"
+        assert set(listed) == _wire_names(model), f"{model.__name__}: classify every field"
+    for field in api.MUTABLE_RUN_POLICY_FIELDS:
+        assert f"spec.runPolicy.{field}" in api.IMMUTABLE_AFTER_START_RULE.message
+
+
 def test_load_job_rejects_a_non_mapping(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("- a\n- b\n")
