@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -52,6 +53,21 @@ RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 30.0
 WRITE_LAG_SECONDS = 60.0
 RESYNC_SECONDS = 60.0
+# A stage Job the API server refuses (a quota, an admission webhook, an invalid pass-through
+# podTemplate field) is created again after 5, 10, 20 ... seconds, capped at the operator's wait
+# requeue; at once when the spec changes. The same status codes as client-go's "not retryable".
+REFUSED_STATUSES = frozenset({400, 403, 422})
+REFUSAL_RETRY_BASE_SECONDS = 5.0
+
+
+@dataclass
+class Refusal:
+    """The API server's last answer to creating one stage Job."""
+
+    message: str
+    generation: int | None  # of the RLAIFJob then: a new spec is retried at once
+    count: int  # refusals in a row, for the backoff
+    until: float  # monotonic time before which the core sees the Job as refused
 
 
 def _rv(body: Mapping[str, Any] | None) -> int:
@@ -120,7 +136,10 @@ class Controller:
         self.created: dict[Key, dict[str, tuple[float, JobInfo]]] = {}  # job name -> (when, info)
         self.deleted: dict[tuple[str, str], float] = {}  # (namespace, job name) -> when
         self.ensured: dict[Key, set[tuple[str, str, str, str]]] = {}
-        self.summaries: dict[str, object] = {}  # uid -> last summary of a stage Job or Pod
+        # Per RLAIFJob, uid -> last summary of a stage Job or Pod. Kept per owner so that an entry
+        # whose DELETED event was lost across a watch relist goes when its RLAIFJob is forgotten.
+        self.summaries: dict[Key, dict[str, object]] = {}
+        self.refusals: dict[Key, dict[str, Refusal]] = {}  # stage Job name -> last refusal
         self.tasks: list[asyncio.Task[None]] = []
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
 
@@ -172,6 +191,8 @@ class Controller:
         self.failures.pop(key, None)
         self.created.pop(key, None)
         self.ensured.pop(key, None)
+        self.summaries.pop(key, None)
+        self.refusals.pop(key, None)
         timer = self.timers.pop(key, None)
         if timer is not None:
             timer[1].cancel()
@@ -188,11 +209,15 @@ class Controller:
         if owner is None:
             return False
         if deleted:
-            self.summaries.pop(uid, None)
+            seen = self.summaries.get(owner, {})
+            seen.pop(uid, None)
+            if not seen:  # children are deleted after their RLAIFJob: leave no empty entry behind
+                self.summaries.pop(owner, None)
         elif uid and summary is not None:
-            if self.summaries.get(uid) == summary:
+            seen = self.summaries.setdefault(owner, {})
+            if seen.get(uid) == summary:
                 return False
-            self.summaries[uid] = summary
+            seen[uid] = summary
         self.enqueue(owner)
         return True
 
@@ -274,7 +299,7 @@ class Controller:
             self.latest.pop(key, None)
         return body
 
-    def observe(self, namespace: str, name: str, uid: str) -> Observed:
+    def observe(self, namespace: str, name: str, uid: str, generation: int | None = None) -> Observed:
         now = time.monotonic()
         jobs: dict[str, JobInfo] = {}
         for info in self.indexes.children.get((namespace, name), ()):
@@ -287,7 +312,12 @@ class Controller:
                 jobs[job_name] = info  # created by us, the watch has not shown it yet
         pods = {j: list(self.indexes.pods.get((namespace, j), ())) for j in jobs}
         claims = frozenset(self.indexes.claims.get(namespace, ())) if self.indexes.claims_known() else None
-        return Observed(jobs=list(jobs.values()), pods=pods, claims=claims)
+        refused = {
+            job_name: (r.message, r.until - now)
+            for job_name, r in self.refusals.get((namespace, name), {}).items()
+            if r.generation == generation and now < r.until
+        }
+        return Observed(jobs=list(jobs.values()), pods=pods, claims=claims, refused=refused)
 
     async def reconcile_key(self, key: Key) -> Plan | None:
         started = time.perf_counter()
@@ -296,12 +326,15 @@ class Controller:
             return None
         meta = body.get("metadata") or {}
         namespace, name, uid = key[0], key[1], meta.get("uid", "")
-        observed = self.observe(namespace, name, uid)
-        now = self.clock()
-        plan = reconcile(body, observed, now, self.settings)
         result = "success"
         try:
-            await self.execute(key, body, plan, now)
+            # Planned again when the API server refused a stage Job, so that the status and
+            # events say so rather than describe a Job that does not exist.
+            for _ in range(3):
+                now = self.clock()
+                plan = reconcile(body, self.observe(namespace, name, uid, meta.get("generation")), now, self.settings)
+                if await self.execute(key, body, plan, now):
+                    break
         except ApiError as err:
             if err.status == 409:
                 result = "conflict"
@@ -313,26 +346,37 @@ class Controller:
         self.metrics.reconcile_total.labels(result="success").inc()
         return plan
 
-    async def execute(self, key: Key, body: dict[str, Any], plan: Plan, now: datetime) -> None:
+    async def execute(self, key: Key, body: dict[str, Any], plan: Plan, now: datetime) -> bool:
+        """Carry out ``plan``; False when the API server refused a stage Job and nothing was
+        recorded, so the caller plans the pass again with the refusal observed."""
         namespace, name = key
         meta = body.get("metadata") or {}
         uid = meta.get("uid", "")
         # Independent writes go out concurrently, so a pass costs two round trips: first the
         # children and the events, then the status write that records the transition. Events
         # precede that write, so a crash in between re-derives and re-posts them (at least once)
-        # rather than losing them. The ConfigMap is created alongside the first Job: the kubelet
-        # waits for a pod's ConfigMap volume, and the pod cannot start sooner anyway.
+        # rather than losing them. A pass that creates a stage Job posts its events only once the
+        # Job exists: "StageStarted" for a Job the API server refused would be false. The
+        # ConfigMap is created alongside the first Job: the kubelet waits for a pod's ConfigMap
+        # volume, and the pod cannot start sooner anyway.
+        events_after_creates = bool(plan.create)
+        generation = meta.get("generation")
         first = await asyncio.gather(
             *(self._ensure(key, obj, uid) for obj in plan.ensure),
             *(self._delete_job(key, job_name) for job_name in plan.delete),
-            *(self._post_event(body, event, now) for event in plan.events),
-            *(self._create_job(key, manifest, uid, now) for manifest in plan.create),
+            *(() if events_after_creates else (self._post_event(body, event, now) for event in plan.events)),
+            *(self._create_job(key, manifest, uid, now, generation) for manifest in plan.create),
             return_exceptions=True,
         )
         errors = [r for r in first if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        requeue_soon = not all(first[len(first) - len(plan.create) :])
+        created = first[len(first) - len(plan.create) :]
+        if "refused" in created:
+            return False
+        if events_after_creates:
+            await asyncio.gather(*(self._post_event(body, event, now) for event in plan.events))
+        requeue_soon = "exists" in created
         if plan.status is not None:
             patch = {"status": merge_patch(body.get("status") or {}, plan.status)}
             path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}/status"
@@ -340,7 +384,7 @@ class Controller:
                 updated = await self.client.merge_patch(path, patch)
             except ApiError as err:
                 if err.status == 404:
-                    return  # deleted meanwhile
+                    return True  # deleted meanwhile
                 raise
             if isinstance(updated, dict):
                 self.latest[key] = updated
@@ -349,11 +393,12 @@ class Controller:
             self.metrics.stage_finished(outcome.stage, outcome.result, outcome.duration_seconds)
         if plan.delete_self:
             await self._delete_self(namespace, name, uid)
-            return
+            return True
         if plan.requeue_after is not None:
             self._schedule(key, plan.requeue_after + 0.05)
         if requeue_soon:
             self._schedule(key, 1.0)
+        return True
 
     # -- children ------------------------------------------------------------------------------
     async def _ensure(self, key: Key, obj: dict[str, Any], uid: str) -> None:
@@ -378,7 +423,10 @@ class Controller:
                     )
         ensured.add(cache_key)
 
-    async def _create_job(self, key: Key, manifest: dict[str, Any], uid: str, now: datetime) -> bool:
+    async def _create_job(
+        self, key: Key, manifest: dict[str, Any], uid: str, now: datetime, generation: int | None
+    ) -> str:
+        """Create one stage Job: "created", "exists" (someone did already) or "refused"."""
         meta = manifest["metadata"]
         labels = meta["labels"]
         info = JobInfo(
@@ -392,15 +440,29 @@ class Controller:
         try:
             await self.client.create(object_collection(manifest), manifest)
         except ApiError as err:
+            if err.status in REFUSED_STATUSES:
+                self._refused(key, meta["name"], err, generation)
+                return "refused"
             if err.status != 409:
                 raise
             # Already there: a previous operator instance (or our own lagging cache) created it.
             # The index will show it; if it belongs to an older RLAIFJob of the same name, the
             # garbage collector removes it and a later pass creates ours.
             log.info("stage Job %s/%s already exists: adopting it", meta["namespace"], meta["name"])
-            return False
+            return "exists"
+        self.refusals.get(key, {}).pop(meta["name"], None)
         self.created.setdefault(key, {})[meta["name"]] = (time.monotonic(), info)
-        return True
+        return "created"
+
+    def _refused(self, key: Key, job_name: str, err: ApiError, generation: int | None) -> None:
+        refusals = self.refusals.setdefault(key, {})
+        last = refusals.get(job_name)
+        count = last.count + 1 if last is not None and last.generation == generation else 1
+        delay = min(REFUSAL_RETRY_BASE_SECONDS * 2 ** (count - 1), self.settings.wait_requeue_seconds)
+        body = err.body if isinstance(err.body, dict) else {}
+        message = str(body.get("message") or err)
+        refusals[job_name] = Refusal(message, generation, count, time.monotonic() + delay)
+        log.warning("the API server refused stage Job %s/%s (HTTP %d, again in %.0fs): %s", key[0], job_name, err.status, delay, message)
 
     async def _delete_job(self, key: Key, job_name: str) -> None:
         namespace = key[0]

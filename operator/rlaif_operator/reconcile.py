@@ -51,6 +51,9 @@ from .builders import (
 CONDITION_TYPES = ("Running", "Succeeded", "Failed", "Suspended", "Ready")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 MAX_MESSAGE = 1024
+# A running stage Job with no pod this long after it started: the Job controller is being refused
+# the pod (a pods or GPU ResourceQuota, a missing ServiceAccount, an admission webhook).
+POD_MISSING_SECONDS = 30.0
 
 # --------------------------------------------------------------------------------------------------
 # time
@@ -91,6 +94,7 @@ class JobInfo:
     attempt: int
     owner_uid: str | None = None
     created: str | None = None
+    started: str | None = None  # status.startTime: set by the Job controller, again on unsuspend
     suspended: bool = False
     complete: bool = False
     failed: bool = False
@@ -148,6 +152,7 @@ def summarize_job(body: dict[str, Any]) -> JobInfo | None:
         attempt=attempt,
         owner_uid=owner_uid,
         created=meta.get("creationTimestamp"),
+        started=status.get("startTime"),
         suspended=bool((body.get("spec") or {}).get("suspend")),
         complete=complete,
         failed=failed,
@@ -209,6 +214,8 @@ class Observed:
     jobs: list[JobInfo] = field(default_factory=list)
     pods: dict[str, list[PodInfo]] = field(default_factory=dict)  # by stage Job name
     claims: frozenset[str] | None = None  # PVC names in the namespace; None when unknown
+    # stage Job name -> (the API server's refusal, seconds until it is tried again)
+    refused: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,6 +271,7 @@ class Attempt:
     summary: dict[str, Any] | None = None
     started: str | None = None
     finished: str | None = None
+    job_started: str | None = None  # when the Job controller last started the Job (creation if unknown)
 
     @property
     def terminal(self) -> bool:
@@ -306,7 +314,13 @@ def _attempt(job: JobInfo, pods: list[PodInfo]) -> Attempt:
             return f"exit code {pod.exit_code}" + (f" ({pod.reason})" if pod.reason else "")
         return _truncate(job.failed_message or "the stage pod failed")
 
-    base: dict[str, Any] = {"number": job.attempt, "job_name": job.name, "started": started, "finished": finished}
+    base: dict[str, Any] = {
+        "number": job.attempt,
+        "job_name": job.name,
+        "started": started,
+        "finished": finished,
+        "job_started": job.started or job.created,
+    }
     if (pod is not None and pod.phase == "Succeeded") or (job.complete and not (pod and pod.phase == "Failed")):
         return Attempt(outcome="succeeded", summary=summary, exit_code=0, **base)
     if job.deleting:
@@ -396,7 +410,7 @@ def _conditions_for(phase: str, reason: str, message: str) -> dict[str, tuple[bo
     }
 
 
-WAIT_REASONS = frozenset({"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage", "StagePodWaiting"})
+WAIT_REASONS = frozenset({"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage", "StagePodWaiting", "StageJobRefused"})
 
 
 def _parse_status(raw: dict[str, Any] | None) -> RLAIFJobStatus:
@@ -585,9 +599,22 @@ def _advance(
             st.state, st.message = "Pending", f"attempt {live.number} waiting for admission (job {live.job_name})"
             return "WaitingForAdmission", f"stage {stage}: {st.message}"
         st.state, st.message = "Running", f"attempt {live.number} running (job {live.job_name})"
-        stuck = next((p for p in reversed(observed.pods.get(live.job_name, [])) if p.waiting), None)
+        pods = observed.pods.get(live.job_name, [])
+        stuck = next((p for p in reversed(pods) if p.waiting), None)
         if stuck is not None:
             return "StagePodWaiting", f"stage {stage} attempt {live.number}: pod {stuck.name} is not running: {stuck.waiting}"
+        job_started = parse_time(live.job_started)
+        if not pods and job_started is not None:
+            waited = (now - job_started).total_seconds()
+            if waited < POD_MISSING_SECONDS:
+                plan.requeue(POD_MISSING_SECONDS - waited)
+            else:
+                return "StagePodWaiting", (
+                    f"stage {stage} attempt {live.number}: job {live.job_name} has created no pod within "
+                    f"{POD_MISSING_SECONDS:.0f}s; the Job controller is likely refused it (a ResourceQuota, a missing "
+                    f"ServiceAccount, an admission webhook): see the FailedCreate events of `kubectl describe job "
+                    f"{live.job_name}`"
+                )
         return "StageRunning", f"stage {stage} {st.message}"
     if view.failures:
         last = view.failures[-1]
@@ -607,10 +634,18 @@ def _advance(
         st.message = blocker[1]
         return blocker
     attempt = view.highest + 1
+    job_name = stage_job_name(owner.name, stage, attempt)
+    refusal = observed.refused.get(job_name)
+    if refusal is not None:
+        plan.requeue(refusal[1])
+        st.state = "Pending"
+        # Worded without the retry time, so that each retry leaves the status as it was.
+        st.message = f"the API server refused stage Job {job_name}: {_truncate(refusal[0], 1024)}"
+        return "StageJobRefused", f"stage {stage}: {st.message}; retrying with backoff, and at once when the spec changes"
     image = job.spec.image or settings.trainer_image or ""
     plan.create.append(build_stage_job(job, owner, stage, attempt, settings, image))
     st.state = "Running"
-    st.job_name = stage_job_name(owner.name, stage, attempt)
+    st.job_name = job_name
     st.attempts = attempt
     st.start_time = st.start_time or now_s
     # worded as the next pass will see it, so observing the new Job needs no second status write

@@ -176,3 +176,62 @@ def test_a_stage_pod_that_cannot_be_scheduled_is_reported(
     assert status(cluster, namespace, "greedy")["phase"] == "Labeling"
     warnings = [e for e in events(cluster, namespace, "greedy") if e["reason"] == "StagePodWaiting"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+
+
+def test_a_stage_job_the_api_server_refuses_is_reported_then_created_once_allowed(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """A ResourceQuota that allows no Jobs: quota admission refuses the stage Job (HTTP 403). The
+    job says why in its Running condition and one Warning event, announces no stage that never
+    started, and creates the Job on a later retry once the quota allows it."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-jobs", "namespace": namespace},
+        "spec": {"hard": {"count/jobs.batch": "0"}},
+    }
+    cluster.apply(quota)
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("refused", namespace))
+
+    def refused() -> dict[str, Any] | None:
+        running = condition(status(cluster, namespace, "refused"), "Running")
+        return running if running.get("reason") == "StageJobRefused" else None
+
+    running = wait_until("Running condition says the stage Job was refused", refused, timeout=60)
+    assert running["status"] == "False" and "refused-label-1" in running["message"]
+    assert "quota" in running["message"]
+    assert status(cluster, namespace, "refused")["phase"] == "Pending"
+    assert job_names(cluster, namespace) == []
+    time.sleep(7)  # at least one retry (5 s backoff) is refused too
+    found = reasons(cluster, namespace, "refused")
+    assert found.count("StageJobRefused") == 1 and "StageStarted" not in found
+    assert operator.alive() and operator.metric("rlaif_reconcile_total", result="error") == 0
+
+    cluster.kubectl("delete", "resourcequota", "no-jobs", "-n", namespace)
+    wait_phase(cluster, namespace, "refused", "Succeeded", timeout=120)
+    assert job_names(cluster, namespace, "refused") == sorted(f"refused-{stage}-1" for stage in STAGES)
+
+
+def test_a_stage_job_that_gets_no_pod_is_reported(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
+    """A ResourceQuota that allows no pods: the stage Job exists but the Job controller is refused
+    its pod. After the grace period the job says so instead of claiming to run."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods", "namespace": namespace},
+        "spec": {"hard": {"pods": "0"}},
+    }
+    cluster.apply(quota)
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("podless", namespace))
+
+    def no_pod() -> dict[str, Any] | None:
+        running = condition(status(cluster, namespace, "podless"), "Running")
+        return running if "has created no pod" in running.get("message", "") else None
+
+    running = wait_until("Running condition says the Job has no pod", no_pod, timeout=90)
+    assert (running["status"], running["reason"]) == ("False", "StagePodWaiting")
+    assert job_names(cluster, namespace, "podless") == ["podless-label-1"]
+    assert status(cluster, namespace, "podless")["phase"] == "Labeling"
+    assert reasons(cluster, namespace, "podless").count("StagePodWaiting") == 1

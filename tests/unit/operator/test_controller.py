@@ -195,6 +195,11 @@ def test_child_events_that_change_nothing_the_core_sees_are_not_queued() -> None
     assert ctrl.child_event(owner, "", pending) and ctrl.child_event(owner, "", pending)  # no uid: never skipped
     assert not ctrl.child_event(None, "uid-q", pending)  # not one of ours: nothing to queue
     assert ctrl.queued == {owner} and ctrl.queue.qsize() == 1  # queued, deduplicated
+    ctrl.child_event(owner, "uid-lost", pending)  # its DELETED event will never come (lost in a relist)
+    ctrl.forget(owner, None)
+    assert owner not in ctrl.summaries  # forgetting the RLAIFJob forgets its children's summaries
+    ctrl.child_event(owner, "uid-p", None, deleted=True)  # garbage collection after the RLAIFJob went
+    assert owner not in ctrl.summaries
 
 
 def test_recent_writes_are_kept_per_rlaifjob_and_expire() -> None:
@@ -213,3 +218,77 @@ def test_recent_writes_are_kept_per_rlaifjob_and_expire() -> None:
     assert ctrl.created == {} and ctrl.deleted == {}
     ctrl.forget(("ns", "demo"), None)
     assert ("ns", "demo") not in ctrl.ensured
+
+
+class RefusingClient(FakeClient):
+    """Refuses stage Jobs the way a ResourceQuota's admission does, until ``refuse`` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = True
+
+    async def request(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        if self.refuse and method == "POST" and path.endswith("/jobs"):
+            self.calls.append((method, path, body))
+            message = 'jobs.batch "demo-label-1" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1'
+            raise ApiError(403, {"reason": "Forbidden", "message": message}, method, path)
+        return await super().request(method, path, body, **kw)
+
+
+def test_a_refused_stage_job_is_reported_retried_with_backoff_and_never_announced() -> None:
+    from rlaif_operator.controller import REFUSAL_RETRY_BASE_SECONDS
+
+    client = RefusingClient()
+    ctrl = controller(client)
+    key = ("ns", "demo")
+
+    async def run() -> None:
+        await ctrl.reconcile_key(key)
+        # planned again with the refusal seen: the status and the events tell the truth
+        events = {b["reason"]: b for b in client.posts("/events")}
+        assert "StageStarted" not in events and "PhaseChanged" not in events
+        assert events["StageJobRefused"]["type"] == "Warning"
+        assert "exceeded quota: no-jobs" in events["StageJobRefused"]["message"]
+        status = [b for m, p, b in client.calls if m == "PATCH"][-1]["status"]
+        running = next(c for c in status["conditions"] if c["type"] == "Running")
+        assert status["phase"] == "Pending" and (running["status"], running["reason"]) == ("False", "StageJobRefused")
+        assert "demo-label-1" in running["message"] and "exceeded quota" in running["message"]
+        assert key in ctrl.timers  # tried again after the backoff
+        assert 0 < ctrl.timers[key][0] - asyncio.get_running_loop().time() <= REFUSAL_RETRY_BASE_SECONDS + 0.1
+
+        # before the backoff ends, a pass (another event, say) neither creates nor writes
+        calls = len(client.calls)
+        await ctrl.reconcile_key(key)
+        assert len(client.calls) == calls
+
+        # refused again once the backoff ends: twice as long, still one event in all
+        ctrl.refusals[key]["demo-label-1"].until = 0.0
+        await ctrl.reconcile_key(key)
+        assert len(client.posts("/jobs")) == 2 and ctrl.refusals[key]["demo-label-1"].count == 2
+        assert len([b for b in client.posts("/events") if b["reason"] == "StageJobRefused"]) == 1
+
+        # the quota is lifted: the next retry creates the Job, and only then is it announced
+        client.refuse = False
+        ctrl.refusals[key]["demo-label-1"].until = 0.0
+        await ctrl.reconcile_key(key)
+        assert client.objects.get("/apis/batch/v1/namespaces/ns/jobs/demo-label-1") is not None
+        assert {"StageStarted", "PhaseChanged"} <= {b["reason"] for b in client.posts("/events")}
+        assert "demo-label-1" not in ctrl.refusals[key]
+        await ctrl.stop()
+
+    asyncio.run(run())
+
+
+def test_a_new_spec_retries_a_refused_stage_job_at_once() -> None:
+    client = RefusingClient()
+    ctrl = controller(client)
+    key = ("ns", "demo")
+    asyncio.run(ctrl.reconcile_key(key))
+    assert len(client.posts("/jobs")) == 1
+    fixed = copy.deepcopy(BODY)
+    fixed["metadata"]["generation"] = 2
+    fixed["metadata"]["resourceVersion"] = str(client.rv + 1)
+    ctrl.indexes.jobs[key].append(fixed)  # type: ignore[attr-defined]
+    client.refuse = False
+    asyncio.run(ctrl.reconcile_key(key))
+    assert len(client.posts("/jobs")) == 2 and "/apis/batch/v1/namespaces/ns/jobs/demo-label-1" in client.objects

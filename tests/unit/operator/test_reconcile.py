@@ -576,6 +576,40 @@ def test_a_stuck_stage_pod_is_reported_once_and_clears() -> None:
     assert (sim.condition("Running")["status"], sim.condition("Running")["reason"]) == ("True", "StageRunning")
 
 
+def test_a_stage_job_without_a_pod_is_reported_after_a_grace_period() -> None:
+    """A pods or GPU quota refuses the Job controller the pod: the Job exists and nothing runs."""
+    from rlaif_operator.reconcile import POD_MISSING_SECONDS
+
+    sim = Sim()
+    sim.step()
+    (job,) = sim.active()
+    sim.advance(POD_MISSING_SECONDS / 2)
+    plan = sim.step()
+    assert sim.condition("Running")["reason"] == "StageRunning"  # pods take a moment
+    assert plan.requeue_after == pytest.approx(POD_MISSING_SECONDS / 2)  # looks again when the grace ends
+    sim.advance(POD_MISSING_SECONDS / 2)
+    sim.step()
+    running = sim.condition("Running")
+    assert (running["status"], running["reason"]) == ("False", "StagePodWaiting")
+    assert f"job {job} has created no pod" in running["message"] and "describe job" in running["message"]
+    sim.step()
+    assert len(sim.events("StagePodWaiting")) == 1
+    sim.pods[job] = PodInfo(name=f"{job}-x", job_name=job, phase="Running")
+    sim.step()
+    assert sim.condition("Running")["reason"] == "StageRunning"
+
+
+def test_the_pod_grace_period_counts_from_the_jobs_start_not_its_creation() -> None:
+    """A Job that Kueue held for an hour gets its grace period from admission (status.startTime)."""
+    sim = Sim()
+    sim.step()
+    (job,) = sim.active()
+    sim.advance(3600)
+    sim.jobs[job]["status"] = {"startTime": fmt_time(sim.now)}
+    sim.step()
+    assert sim.condition("Running")["reason"] == "StageRunning"
+
+
 @pytest.mark.parametrize(
     ("status", "waiting"),
     [
