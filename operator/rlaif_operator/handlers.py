@@ -13,7 +13,7 @@ chart's Role/ClusterRole should copy):
 ==========================  ====================================  ================================
 resource                    verbs                                 why
 ==========================  ====================================  ================================
-rlaif.dev rlaifjobs         get, list, watch, delete              watch/index; TTL deletion
+rlaif.dev rlaifjobs         list, watch, delete                   watch/index; TTL deletion
 rlaif.dev rlaifjobs/status  patch                                 merge-patch of the status
 batch jobs                  list, watch, create, delete           stage attempts; suspend/deadline
 pods                        list, watch                           exit codes, termination messages

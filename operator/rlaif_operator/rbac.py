@@ -2,7 +2,7 @@
 
 Every rule below is used by :mod:`rlaif_operator.handlers` / :mod:`rlaif_operator.controller`:
 
-* ``rlaifjobs``: get/list/watch (kopf's watch and index), delete (``ttlSecondsAfterFinished``).
+* ``rlaifjobs``: list/watch (kopf's watch and index), delete (``ttlSecondsAfterFinished``).
   The operator never patches the RLAIFJob's metadata or spec: it uses no kopf change handlers,
   finalizers or diff-base annotations, so no ``patch`` and no ``rlaifjobs/finalizers``.
 * ``rlaifjobs/status``: patch (JSON merge patch on the status subresource).
@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 RBAC_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["rlaif.dev"], "resources": ["rlaifjobs"], "verbs": ["get", "list", "watch", "delete"]},
+    {"apiGroups": ["rlaif.dev"], "resources": ["rlaifjobs"], "verbs": ["list", "watch", "delete"]},
     {"apiGroups": ["rlaif.dev"], "resources": ["rlaifjobs/status"], "verbs": ["patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},

@@ -27,7 +27,7 @@ NAMESPACE = "rlaif-system"
 # What the operator needs (see operator-guide.md for the reason of each), as (apiGroup, resource) ->
 # verbs. Kept here as a literal so a change to the chart's rules is a deliberate, reviewed change.
 EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
-    ("rlaif.dev", "rlaifjobs"): {"get", "list", "watch", "delete"},
+    ("rlaif.dev", "rlaifjobs"): {"list", "watch", "delete"},
     ("rlaif.dev", "rlaifjobs/status"): {"patch"},
     ("batch", "jobs"): {"list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch"},

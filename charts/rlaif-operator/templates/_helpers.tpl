@@ -66,7 +66,7 @@ fails when the two differ. docs/operator-guide.md gives the reason for every rul
 {{- define "rlaif-operator.rules" -}}
 - apiGroups: ["rlaif.dev"]
   resources: ["rlaifjobs"]
-  verbs: ["get", "list", "watch", "delete"]
+  verbs: ["list", "watch", "delete"]
 - apiGroups: ["rlaif.dev"]
   resources: ["rlaifjobs/status"]
   verbs: ["patch"]
