@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help quickstart test test-unit lint crds check-crds cluster cluster-binaries bench clean
+.PHONY: help quickstart test test-unit lint format crds check-crds cluster cluster-binaries bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,15 +25,20 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 quickstart: $(VENV)/.installed-trainer ## install, then run the main job (examples/quickstart.yaml) on CPU with the embedded model
 	$(BIN)/rlaif-train pipeline examples/quickstart.yaml --workspace runs/quickstart
 
-test: $(VENV)/.installed-dev ## install, then run every test (builds the Kubernetes test binaries on first use)
+test: lint ## install, lint, then run every test (builds the Kubernetes test binaries on first use)
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-unit: $(VENV)/.installed-dev ## unit tests only (no control plane, no embedded model)
 	$(BIN)/pytest tests/unit -m "not slow" $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-dev ## ruff and mypy
+lint: $(VENV)/.installed-dev ## ruff (lint and format) and mypy; `make format` fixes what ruff can
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+format: $(VENV)/.installed-dev ## apply ruff's formatting and its safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 crds: $(VENV)/.installed-dev ## regenerate the CRD (crds/ and the chart's copy) and the spec reference from the pydantic spec
 	$(BIN)/python -m rlaif_operator.crd -o crds/rlaif.dev_rlaifjobs.yaml

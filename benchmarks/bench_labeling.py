@@ -26,23 +26,46 @@ import time
 
 
 def make_pairs(n: int) -> tuple[list[str], list[str], list[str]]:
-    topics = ["the water cycle", "photosynthesis", "the French revolution", "how vaccines work", "black holes",
-              "the stock market", "machine learning", "the Roman empire", "climate change", "the human heart",
-              "volcanoes", "the internet"]
+    topics = [
+        "the water cycle",
+        "photosynthesis",
+        "the French revolution",
+        "how vaccines work",
+        "black holes",
+        "the stock market",
+        "machine learning",
+        "the Roman empire",
+        "climate change",
+        "the human heart",
+        "volcanoes",
+        "the internet",
+    ]
     prompts, a, b = [], [], []
     for i in range(n):
         t = topics[i % len(topics)]
         prompts.append(f"Explain {t} to a twelve-year-old in two or three sentences. (request {i})")
-        a.append(f"{t.capitalize()} is a big topic. In short, it is about how things change and interact over time, "
-                 "and scientists study it to understand the world better.")
-        b.append(f"Here is a simple explanation of {t}: imagine a set of connected parts that keep moving; "
-                 "each step causes the next one, and together they make the whole process work." + " More." * (i % 4))
+        a.append(
+            f"{t.capitalize()} is a big topic. In short, it is about how things change and interact over time, "
+            "and scientists study it to understand the world better."
+        )
+        b.append(
+            f"Here is a simple explanation of {t}: imagine a set of connected parts that keep moving; "
+            "each step causes the next one, and together they make the whole process work."
+            + " More."
+            * (i % 4)
+        )
     return prompts, a, b
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="embedded:smollm2-135m-instruct", help="model name or path (default: the embedded default)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model",
+        default="embedded:smollm2-135m-instruct",
+        help="model name or path (default: the embedded default)",
+    )
     ap.add_argument("--pairs", type=int, default=24, help="pairs to label (each in both orders)")
     ap.add_argument("--batch-size", type=int, default=16, help="hf labeler batch size")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -61,9 +84,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tok = load_causal_lm(args.model, device=args.device)
     model.eval()
-    few = [] if args.no_few_shot else [FewShotExample(
-        prompt="What is the capital of Italy?", response_a="Rome is the capital of Italy.",
-        response_b="Italy is a country in Europe with many cities.", preferred=1)]
+    few = (
+        []
+        if args.no_few_shot
+        else [
+            FewShotExample(
+                prompt="What is the capital of Italy?",
+                response_a="Rome is the capital of Italy.",
+                response_b="Italy is a country in Europe with many cities.",
+                preferred=1,
+            )
+        ]
+    )
     prompts, a, b = make_pairs(args.pairs)
     lab = HFPairwiseLabeler(model, tok, preamble=args.preamble, few_shot=few, batch_size=args.batch_size)
     ids = [single_token_id(tok, "1"), single_token_id(tok, "2")]
@@ -73,15 +105,23 @@ def main() -> None:
         text = lab.parts(p, first, second).text
         enc = tok(text, return_tensors="pt", add_special_tokens=False).to(model.device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=1, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                **enc,
+                max_new_tokens=1,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=tok.pad_token_id,
+            )
         lp = torch.log_softmax(out.scores[0][0].float(), -1)
         l1, l2 = float(lp[ids[0]]), float(lp[ids[1]])
         return 1 / (1 + math.exp(l2 - l1))
 
     head_tokens = len(lab.scorer.head_ids(lab.fmt.parts(lab.head, "", "").head))
-    suffix_tokens = [len(tok.encode(lab.parts(p, x, y).body + lab.parts(p, x, y).tail, add_special_tokens=False))
-                     for p, x, y in zip(prompts, a, b, strict=True)]
+    suffix_tokens = [
+        len(tok.encode(lab.parts(p, x, y).body + lab.parts(p, x, y).tail, add_special_tokens=False))
+        for p, x, y in zip(prompts, a, b, strict=True)
+    ]
 
     # warm-up both paths (first-call allocations, thread pools)
     naive_first_preferred(prompts[0], a[0], b[0])
@@ -110,11 +150,19 @@ def main() -> None:
 
     diff = max(abs(r.p_a - n) for r, n in zip(res, naive, strict=True))
     out = {
-        "model": args.model, "device": args.device, "threads": args.threads, "pairs": args.pairs,
-        "batch_size": args.batch_size, "preamble": args.preamble, "few_shot": len(few),
-        "head_tokens": head_tokens, "mean_suffix_tokens": round(sum(suffix_tokens) / len(suffix_tokens), 1),
-        "naive_pairs_per_s": round(args.pairs / t_naive, 3), "hf_pairs_per_s": round(args.pairs / t_hf, 3),
-        "speedup": round(t_naive / t_hf, 2), "max_abs_diff_p_a": float(f"{diff:.2e}"),
+        "model": args.model,
+        "device": args.device,
+        "threads": args.threads,
+        "pairs": args.pairs,
+        "batch_size": args.batch_size,
+        "preamble": args.preamble,
+        "few_shot": len(few),
+        "head_tokens": head_tokens,
+        "mean_suffix_tokens": round(sum(suffix_tokens) / len(suffix_tokens), 1),
+        "naive_pairs_per_s": round(args.pairs / t_naive, 3),
+        "hf_pairs_per_s": round(args.pairs / t_hf, 3),
+        "speedup": round(t_naive / t_hf, 2),
+        "max_abs_diff_p_a": float(f"{diff:.2e}"),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}",
     }

@@ -127,7 +127,9 @@ def apiserver_requests(cluster: Cluster) -> dict[str, float]:
             continue
         labels, _, value = line.rpartition(" ")
         fields = dict(
-            part.split("=", 1) for part in labels[len("apiserver_request_total{") : -1].split(",") if "=" in part
+            part.split("=", 1)
+            for part in labels[len("apiserver_request_total{") : -1].split(",")
+            if "=" in part
         )
         resource = fields.get("resource", '""').strip('"') or "(none)"
         totals[resource] = totals.get(resource, 0.0) + float(value)
@@ -208,7 +210,11 @@ def shared_claim(cluster: Cluster, namespace: str) -> None:
 
 def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     namespace = f"bench-n{n}-{int(time.time()) % 100000}"
-    cluster.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    cluster.request(
+        "POST",
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )
     shared_claim(cluster, namespace)
     metrics_port, liveness_port = free_port(), free_port()
     log_path = log_dir / f"operator-{namespace}.log"
@@ -225,7 +231,9 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
     try:
         cluster.wait_for(
             "operator liveness",
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=1).status == 200,
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=1).status == 200
+            ),
             timeout=60,
         )
         jobs_w = Watcher(cluster, f"/apis/batch/v1/namespaces/{namespace}/jobs")
@@ -244,7 +252,11 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         def apply(name: str) -> None:
             for _ in range(5):
                 try:
-                    cluster.request("POST", f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs", manifest(name, namespace, args.run_seconds))
+                    cluster.request(
+                        "POST",
+                        f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs",
+                        manifest(name, namespace, args.run_seconds),
+                    )
                 except Exception as err:  # a slow API server: the create may or may not have landed
                     if "AlreadyExists" not in str(err):
                         time.sleep(0.5)
@@ -277,11 +289,17 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
             (log_dir / f"metrics-{namespace}.txt").write_bytes(resp.read())
         reconciles = operator_metric(metrics_port, "rlaif_reconcile_duration_seconds_count")
         reconcile_seconds = operator_metric(metrics_port, "rlaif_reconcile_duration_seconds_sum")
-        cpu_seconds = sum(int(x) for x in Path(f"/proc/{proc.pid}/stat").read_text().split()[13:15]) / os.sysconf("SC_CLK_TCK")
+        cpu_seconds = sum(
+            int(x) for x in Path(f"/proc/{proc.pid}/stat").read_text().split()[13:15]
+        ) / os.sysconf("SC_CLK_TCK")
         for w in (jobs_w, pods_w, rlaif_w):
             w.stop_flag.set()
 
-        first_job = [jobs_w.first_seen[f"{name}-label-1"] - applied[name] for name in names if f"{name}-label-1" in jobs_w.first_seen]
+        first_job = [
+            jobs_w.first_seen[f"{name}-label-1"] - applied[name]
+            for name in names
+            if f"{name}-label-1" in jobs_w.first_seen
+        ]
         handoff: list[float] = []
         for name in names:
             for prev, nxt in itertools.pairwise(STAGES):
@@ -295,13 +313,22 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         try:
             created = {
                 j["metadata"]["name"]: j["metadata"]["creationTimestamp"]
-                for j in (cluster.get(f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs") or {}).get("items", [])
+                for j in (cluster.get(f"{GROUP_PATH}/namespaces/{namespace}/rlaifjobs") or {}).get(
+                    "items", []
+                )
             }
-            for j in (cluster.get(f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=rlaif.dev/stage%3Dlabel") or {}).get("items", []):
+            for j in (
+                cluster.get(
+                    f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=rlaif.dev/stage%3Dlabel"
+                )
+                or {}
+            ).get("items", []):
                 owner = j["metadata"]["ownerReferences"][0]["name"]
                 if owner in created:
                     server_side.append(
-                        (parse_ts(j["metadata"]["creationTimestamp"]) - parse_ts(created[owner])).total_seconds()
+                        (
+                            parse_ts(j["metadata"]["creationTimestamp"]) - parse_ts(created[owner])
+                        ).total_seconds()
                     )
         except Exception as err:  # the server-side view is a cross-check, not the measurement
             print(f"server-side timestamps unavailable: {err}", file=sys.stderr)
@@ -326,7 +353,9 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
             "reconcile_seconds_mean": reconcile_seconds / reconciles if reconciles else None,
             "operator_api_requests_per_job": (op_after - op_before) / n,
             "apiserver_requests_per_job": sum(api_delta.values()) / n,
-            "apiserver_requests_per_job_by_resource": {k: round(v / n, 2) for k, v in list(api_delta.items())[:12]},
+            "apiserver_requests_per_job_by_resource": {
+                k: round(v / n, 2) for k, v in list(api_delta.items())[:12]
+            },
         }
     finally:
         proc.terminate()
@@ -345,9 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench_operator.py",
         description="Apply N RLAIFJobs at once against the local control plane and measure the operator.",
     )
-    parser.add_argument("--jobs", type=int, nargs="+", default=[50, 200, 500], help="values of N (default 50 200 500)")
-    parser.add_argument("--run-seconds", type=float, default=1.0, help="how long kwok runs each stage pod (default 1)")
-    parser.add_argument("--timeout", type=float, default=900, help="give up waiting for Succeeded after this many seconds per N")
+    parser.add_argument(
+        "--jobs", type=int, nargs="+", default=[50, 200, 500], help="values of N (default 50 200 500)"
+    )
+    parser.add_argument(
+        "--run-seconds", type=float, default=1.0, help="how long kwok runs each stage pod (default 1)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900,
+        help="give up waiting for Succeeded after this many seconds per N",
+    )
     parser.add_argument("--workers", type=int, default=64, help="operator --workers (default 64)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -369,14 +407,27 @@ def main(argv: list[str] | None = None) -> int:
         cluster.stop()
     machine = {
         "cpus": os.cpu_count(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()),
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        ),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-    report = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]), "machine": machine, "results": results}
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine,
+        "results": results,
+    }
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
-    print("\n| N | apply→Job p50 / p99 (s) | stage done→next Job p50 / p99 (s) | all Succeeded (s) | stuck | operator peak RSS (MiB) | operator API req/job | apiserver req/job |")
+    print(
+        "\n| N | apply→Job p50 / p99 (s) | stage done→next Job p50 / p99 (s) | all Succeeded (s) | stuck | operator peak RSS (MiB) | operator API req/job | apiserver req/job |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         a, h = r["apply_to_first_job_s"], r["stage_done_to_next_job_s"]

@@ -31,7 +31,37 @@ import tempfile
 import time
 
 WORDS = tuple(
-    ["the", "model", "answers", "the", "question", "with", "care", "and", "gives", "a", "short", "clear", "reason", "for", "each", "step", "it", "takes", "while", "staying", "polite", "honest", "and", "helpful", "to", "the", "user", "who", "asked"]
+    [
+        "the",
+        "model",
+        "answers",
+        "the",
+        "question",
+        "with",
+        "care",
+        "and",
+        "gives",
+        "a",
+        "short",
+        "clear",
+        "reason",
+        "for",
+        "each",
+        "step",
+        "it",
+        "takes",
+        "while",
+        "staying",
+        "polite",
+        "honest",
+        "and",
+        "helpful",
+        "to",
+        "the",
+        "user",
+        "who",
+        "asked",
+    ]
 )
 
 
@@ -40,12 +70,14 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n):
         la, lb = rng.randint(8, 120), rng.randint(8, 120)
-        out.append({
-            "prompt": f"Question {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))),
-            "response_a": " ".join(rng.choice(WORDS) for _ in range(la)),
-            "response_b": " ".join(rng.choice(WORDS) for _ in range(lb)),
-            "p_a": 1.0 if la < lb else 0.0,  # hard labels
-        })
+        out.append(
+            {
+                "prompt": f"Question {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))),
+                "response_a": " ".join(rng.choice(WORDS) for _ in range(la)),
+                "response_b": " ".join(rng.choice(WORDS) for _ in range(lb)),
+                "p_a": 1.0 if la < lb else 0.0,  # hard labels
+            }
+        )
     return out
 
 
@@ -80,9 +112,20 @@ def worker(args: argparse.Namespace) -> dict:
         from rlaif_trainer.reward import train_reward_model
 
         acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
-        train_reward_model(model, tok, pairs, loss="bradleyTerry", epochs=100, learning_rate=1e-5,
-                           batch_size=args.batch_size, max_length=args.max_length, max_steps=n_steps,
-                           accelerator=acc, progress=False, on_step=lambda s, v: stamps.append(time.perf_counter()))
+        train_reward_model(
+            model,
+            tok,
+            pairs,
+            loss="bradleyTerry",
+            epochs=100,
+            learning_rate=1e-5,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            max_steps=n_steps,
+            accelerator=acc,
+            progress=False,
+            on_step=lambda s, v: stamps.append(time.perf_counter()),
+        )
     else:
         from datasets import Dataset
         from transformers import TrainerCallback
@@ -92,7 +135,11 @@ def worker(args: argparse.Namespace) -> dict:
         for p in pairs:
             a = encode_response(tok, p["prompt"], p["response_a"], args.max_length)
             b = encode_response(tok, p["prompt"], p["response_b"], args.max_length)
-            rows.append({"chosen_ids": a, "rejected_ids": b} if p["p_a"] > 0.5 else {"chosen_ids": b, "rejected_ids": a})
+            rows.append(
+                {"chosen_ids": a, "rejected_ids": b}
+                if p["p_a"] > 0.5
+                else {"chosen_ids": b, "rejected_ids": a}
+            )
         ds = Dataset.from_list(rows)
 
         class Stamp(TrainerCallback):
@@ -101,23 +148,40 @@ def worker(args: argparse.Namespace) -> dict:
 
         with tempfile.TemporaryDirectory() as out:
             cfg = RewardConfig(
-                output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=n_steps, learning_rate=1e-5,
-                logging_steps=10_000, save_strategy="no", report_to=[], max_length=args.max_length + 8,
+                output_dir=out,
+                per_device_train_batch_size=args.batch_size,
+                max_steps=n_steps,
+                learning_rate=1e-5,
+                logging_steps=10_000,
+                save_strategy="no",
+                report_to=[],
+                max_length=args.max_length + 8,
                 gradient_checkpointing=(args.method == "trl-default"),
-                bf16=cuda if args.method == "trl-matched" else None, use_cpu=not cuda, dataloader_num_workers=0,
-                seed=0, disable_tqdm=True,
+                bf16=cuda if args.method == "trl-matched" else None,
+                use_cpu=not cuda,
+                dataloader_num_workers=0,
+                seed=0,
+                disable_tqdm=True,
             )
-            trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Stamp()])
+            trainer = RewardTrainer(
+                model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Stamp()]
+            )
             trainer.train()
     if len(stamps) < 2:
         raise RuntimeError("need at least 2 steps")
     steady = (len(stamps) - 1) * args.batch_size / (stamps[-1] - stamps[0])
-    return {"method": args.method, "pairs_per_s": steady, "peak_mem_mb": _peak_mem_mb(args.device),
-            "steps": len(stamps)}
+    return {
+        "method": args.method,
+        "pairs_per_s": steady,
+        "peak_mem_mb": _peak_mem_mb(args.device),
+        "steps": len(stamps),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct", help="model name or path")
     ap.add_argument("--pairs", type=int, default=64, help="hard-labelled pairs in the dataset")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per configuration")
@@ -126,7 +190,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of all configurations")
-    ap.add_argument("--methods", default="ours,trl-matched,trl-default", help="comma-separated configurations")
+    ap.add_argument(
+        "--methods", default="ours,trl-matched,trl-default", help="comma-separated configurations"
+    )
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -137,27 +203,62 @@ def main() -> None:
     results: dict[str, list[dict]] = {m: [] for m in args.methods.split(",")}
     for _ in range(args.rounds):
         for m in results:
-            cmd = [sys.executable, __file__, "--method", m, "--model", args.model, "--pairs", str(args.pairs),
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                   "--threads", str(args.threads), "--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            cmd = [
+                sys.executable,
+                __file__,
+                "--method",
+                m,
+                "--model",
+                args.model,
+                "--pairs",
+                str(args.pairs),
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--max-length",
+                str(args.max_length),
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+            ]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+            )
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 sys.stderr.write(proc.stderr[-4000:])
                 raise SystemExit(f"{m} failed with code {proc.returncode}")
             results[m].append(json.loads(line[7:]))
             print(m, results[m][-1], flush=True)
-    summary = {m: {"pairs_per_s": round(sum(r["pairs_per_s"] for r in rs) / len(rs), 3),
-                   "peak_mem_mb": round(max(r["peak_mem_mb"] for r in rs), 1)} for m, rs in results.items()}
-    out = {"model": args.model, "device": args.device, "threads": args.threads, "pairs": args.pairs, "steps": args.steps,
-           "batch_size": args.batch_size, "max_length": args.max_length, "rounds": args.rounds, "results": summary,
-           "load_average": [round(x, 2) for x in os.getloadavg()],
-           "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"}
+    summary = {
+        m: {
+            "pairs_per_s": round(sum(r["pairs_per_s"] for r in rs) / len(rs), 3),
+            "peak_mem_mb": round(max(r["peak_mem_mb"] for r in rs), 1),
+        }
+        for m, rs in results.items()
+    }
+    out = {
+        "model": args.model,
+        "device": args.device,
+        "threads": args.threads,
+        "pairs": args.pairs,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "rounds": args.rounds,
+        "results": summary,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
+    }
     if "ours" in summary:
         for m in summary:
             if m != "ours":
                 out[f"speedup_vs_{m}"] = round(summary["ours"]["pairs_per_s"] / summary[m]["pairs_per_s"], 2)
-                out[f"memory_ratio_vs_{m}"] = round(summary["ours"]["peak_mem_mb"] / summary[m]["peak_mem_mb"], 2)
+                out[f"memory_ratio_vs_{m}"] = round(
+                    summary["ours"]["peak_mem_mb"] / summary[m]["peak_mem_mb"], 2
+                )
     print(json.dumps(out, indent=2))
     if args.json:
         with open(args.json, "w") as fh:

@@ -101,7 +101,11 @@ INVALID_CASES = [
     InvalidCase("zero-temperature", _set("spec.rl.temperature", 0), "temperature"),
     InvalidCase("pointwise-without-principles", _set("spec.labeler.principles", []), "principles"),
     InvalidCase("python-without-callable", _set("spec.labeler.provider", "python"), "callable"),
-    InvalidCase("rloo-with-one-sample", _all(_set("spec.rl.algorithm", "rloo"), _set("spec.rl.samplesPerPrompt", 1)), "samplesPerPrompt"),
+    InvalidCase(
+        "rloo-with-one-sample",
+        _all(_set("spec.rl.algorithm", "rloo"), _set("spec.rl.samplesPerPrompt", 1)),
+        "samplesPerPrompt",
+    ),
     InvalidCase(
         "claim-and-size",
         _set("spec.storage", {"persistentVolumeClaim": {"claimName": "data"}, "size": "10Gi"}),
@@ -110,13 +114,21 @@ INVALID_CASES = [
     InvalidCase("reward-stage-without-labels", _set("spec.stages", ["reward", "rl", "evaluate"]), "labels"),
     InvalidCase(
         "evaluate-without-judge",
-        _all(_delete("spec.labeler"), _set("spec.stages", ["evaluate"]), _set("spec.evaluation", {"policy": "/p"})),
+        _all(
+            _delete("spec.labeler"),
+            _set("spec.stages", ["evaluate"]),
+            _set("spec.evaluation", {"policy": "/p"}),
+        ),
         "judge",
     ),
     InvalidCase("rl-without-reward-model", _set("spec.stages", ["rl", "evaluate"]), "reward"),
     InvalidCase("endpoint-not-http", _set("spec.labeler.endpoint", "vllm:8000"), "endpoint"),
     InvalidCase("unknown-labeler-api", _set("spec.labeler.api", "responses"), "labeler.api"),
-    InvalidCase("bad-claim-name", _set("spec.storage", {"persistentVolumeClaim": {"claimName": "Data_PVC"}}), "claimName"),
+    InvalidCase(
+        "bad-claim-name",
+        _set("spec.storage", {"persistentVolumeClaim": {"claimName": "Data_PVC"}}),
+        "claimName",
+    ),
     InvalidCase("negative-backoff-limit", _set("spec.runPolicy.backoffLimit", -1), "backoffLimit"),
     InvalidCase("wrong-type", _set("spec.rl.steps", "many"), "steps"),
 ]

@@ -36,10 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NS",
         help="watch this namespace (repeatable; kopf glob patterns such as 'team-*' allowed)",
     )
-    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch RLAIFJobs in every namespace")
-    parser.add_argument("--metrics-port", type=argtypes.port, default=8080, help="port of the Prometheus /metrics endpoint (default 8080; 0 disables)")
-    parser.add_argument("--liveness-port", type=argtypes.port, default=8081, help="port of the /healthz liveness endpoint (default 8081; 0 disables)")
-    parser.add_argument("--log-format", choices=["plain", "json"], default="plain", help="log line format (default plain)")
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch RLAIFJobs in every namespace"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=argtypes.port,
+        default=8080,
+        help="port of the Prometheus /metrics endpoint (default 8080; 0 disables)",
+    )
+    parser.add_argument(
+        "--liveness-port",
+        type=argtypes.port,
+        default=8081,
+        help="port of the /healthz liveness endpoint (default 8081; 0 disables)",
+    )
+    parser.add_argument(
+        "--log-format", choices=["plain", "json"], default="plain", help="log line format (default plain)"
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("RLAIF_LOG_LEVEL", "INFO"),
@@ -73,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"container port (named `metrics`) where stage pods serve Prometheus metrics (default {DEFAULT_TRAINER_METRICS_PORT}; 0: none)",
     )
     parser.add_argument(
-        "--workers", type=int, default=64, help="concurrent reconciliations, each mostly waiting on the API (default 64)"
+        "--workers",
+        type=int,
+        default=64,
+        help="concurrent reconciliations, each mostly waiting on the API (default 64)",
     )
     parser.add_argument("--version", action="version", version=f"rlaif-operator {__version__}")
     return parser

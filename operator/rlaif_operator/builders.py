@@ -337,7 +337,9 @@ def build_stage_job(
         pod_spec["priorityClassName"] = spec.run_policy.priority_class_name
     if tpl.node_selector:
         pod_spec["nodeSelector"] = dict(tpl.node_selector)
-    tolerations = [dict(t) for t in settings.default_tolerations] + [t.to_wire() for t in tpl.tolerations or []]
+    tolerations = [dict(t) for t in settings.default_tolerations] + [
+        t.to_wire() for t in tpl.tolerations or []
+    ]
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if tpl.affinity:

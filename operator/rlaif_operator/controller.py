@@ -248,10 +248,22 @@ class Controller:
                 self.failures[key] = n
                 if n <= MAX_RETRIES:
                     delay = retry_delay(n)
-                    log.warning("reconcile %s/%s failed (try %d/%d, again in %.1fs): %s", *key, n, MAX_RETRIES, delay, err)
+                    log.warning(
+                        "reconcile %s/%s failed (try %d/%d, again in %.1fs): %s",
+                        *key,
+                        n,
+                        MAX_RETRIES,
+                        delay,
+                        err,
+                    )
                     self._schedule(key, delay)
                 else:
-                    log.error("reconcile %s/%s failed %d times, waiting for the next event or resync: %s", *key, n, err)
+                    log.error(
+                        "reconcile %s/%s failed %d times, waiting for the next event or resync: %s",
+                        *key,
+                        n,
+                        err,
+                    )
                     self.failures.pop(key, None)
             finally:
                 self.processing.discard(key)
@@ -332,7 +344,9 @@ class Controller:
             # events say so rather than describe a Job that does not exist.
             for _ in range(3):
                 now = self.clock()
-                plan = reconcile(body, self.observe(namespace, name, uid, meta.get("generation")), now, self.settings)
+                plan = reconcile(
+                    body, self.observe(namespace, name, uid, meta.get("generation")), now, self.settings
+                )
                 if await self.execute(key, body, plan, now):
                     break
         except ApiError as err:
@@ -416,10 +430,13 @@ class Controller:
             if obj["kind"] == "ConfigMap":
                 path = object_collection(obj) + f"/{meta['name']}"
                 current = await self.client.get(path)
-                current_hash = ((current.get("metadata") or {}).get("annotations") or {}).get("rlaif.dev/config-hash")
+                current_hash = ((current.get("metadata") or {}).get("annotations") or {}).get(
+                    "rlaif.dev/config-hash"
+                )
                 if current_hash != digest:
                     await self.client.merge_patch(
-                        path, {"metadata": {"annotations": {"rlaif.dev/config-hash": digest}}, "data": obj["data"]}
+                        path,
+                        {"metadata": {"annotations": {"rlaif.dev/config-hash": digest}}, "data": obj["data"]},
                     )
         ensured.add(cache_key)
 
@@ -462,7 +479,14 @@ class Controller:
         body = err.body if isinstance(err.body, dict) else {}
         message = str(body.get("message") or err)
         refusals[job_name] = Refusal(message, generation, count, time.monotonic() + delay)
-        log.warning("the API server refused stage Job %s/%s (HTTP %d, again in %.0fs): %s", key[0], job_name, err.status, delay, message)
+        log.warning(
+            "the API server refused stage Job %s/%s (HTTP %d, again in %.0fs): %s",
+            key[0],
+            job_name,
+            err.status,
+            delay,
+            message,
+        )
 
     async def _delete_job(self, key: Key, job_name: str) -> None:
         namespace = key[0]
@@ -490,7 +514,10 @@ class Controller:
         manifest = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'rlaifjob')[:200]}.", "namespace": meta.get("namespace")},
+            "metadata": {
+                "generateName": f"{meta.get('name', 'rlaifjob')[:200]}.",
+                "namespace": meta.get("namespace"),
+            },
             "involvedObject": {
                 "apiVersion": api.API_VERSION,
                 "kind": api.KIND,
@@ -511,7 +538,13 @@ class Controller:
         try:
             await self.client.create(object_collection(manifest), manifest)
         except (ApiError, *RETRYABLE) as err:  # events are best effort: never fail a reconcile
-            log.warning("could not post event %s on %s/%s: %s", event.reason, meta.get("namespace"), meta.get("name"), err)
+            log.warning(
+                "could not post event %s on %s/%s: %s",
+                event.reason,
+                meta.get("namespace"),
+                meta.get("name"),
+                err,
+            )
 
 
 def job_owner_key(body: Mapping[str, Any]) -> Key | None:

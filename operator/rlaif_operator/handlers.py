@@ -124,10 +124,15 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None
     memo.metrics = metrics
 
     def client() -> KubeClient:
-        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
         if info is None:
-            raise kopf.PermanentError("no credentials: neither an in-cluster service account nor a kubeconfig")
+            raise kopf.PermanentError(
+                "no credentials: neither an in-cluster service account nor a kubeconfig"
+            )
         return KubeClient(info, on_request=metrics.api_request)
+
     indexes = Indexes(rlaif_jobs, rlaif_stage_jobs, rlaif_stage_pods, rlaif_claims)
     controller = Controller(
         client(), indexes, op_settings, metrics, workers=getattr(memo, "workers", 64), relogin=client
@@ -199,13 +204,17 @@ async def rlaif_job_event(event: Any, memo: Any, **kw: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_STAGE: kopf.PRESENT})
 async def stage_job_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
     deleted = event.get("type") == "DELETED"
-    _controller(memo).child_event(job_owner_key(body), kw.get("uid") or "", summarize_job(dict(body)), deleted)
+    _controller(memo).child_event(
+        job_owner_key(body), kw.get("uid") or "", summarize_job(dict(body)), deleted
+    )
 
 
 @kopf.on.event("v1", "pods", labels={LABEL_STAGE: kopf.PRESENT})
 async def stage_pod_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
     deleted = event.get("type") == "DELETED"
-    _controller(memo).child_event(pod_owner_key(body), kw.get("uid") or "", summarize_pod(dict(body)), deleted)
+    _controller(memo).child_event(
+        pod_owner_key(body), kw.get("uid") or "", summarize_pod(dict(body)), deleted
+    )
 
 
 @kopf.on.event("v1", "persistentvolumeclaims")

@@ -43,7 +43,11 @@ class KubeClient:
         headers = {"Accept": JSON, "User-Agent": "rlaif-operator"}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username and not info.token else None
+        auth = (
+            aiohttp.BasicAuth(info.username, info.password or "")
+            if info.username and not info.token
+            else None
+        )
         connector = aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=pool)
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -70,7 +74,9 @@ class KubeClient:
         started = time.perf_counter()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else None
-        async with self.session.request(method, self.server + path, data=data, headers=headers, params=params) as resp:
+        async with self.session.request(
+            method, self.server + path, data=data, headers=headers, params=params
+        ) as resp:
             text = await resp.text()
             if self.on_request is not None:
                 self.on_request(method, resp.status, time.perf_counter() - started)
@@ -101,7 +107,12 @@ def collection_path(api_version: str, plural: str, namespace: str) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}"
 
 
-PLURALS = {"ConfigMap": "configmaps", "PersistentVolumeClaim": "persistentvolumeclaims", "Job": "jobs", "Event": "events"}
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Job": "jobs",
+    "Event": "events",
+}
 
 
 def object_collection(obj: dict[str, Any]) -> str:

@@ -30,7 +30,9 @@ class _JobsByPhase(Collector):
         counts = dict.fromkeys(PHASES, 0)
         for phase in self._source():
             counts[phase] = counts.get(phase, 0) + 1
-        family = GaugeMetricFamily("rlaif_jobs", "RLAIFJobs known to the operator, by phase.", labels=["phase"])
+        family = GaugeMetricFamily(
+            "rlaif_jobs", "RLAIFJobs known to the operator, by phase.", labels=["phase"]
+        )
         for phase, count in counts.items():
             family.add_metric([phase], count)
         yield family

@@ -39,7 +39,11 @@ NAMESPACE_PATTERN_RULES: list[dict[str, Any]] = [
 ]
 
 CLUSTER_DISCOVERY_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
 ]
 
 

@@ -130,7 +130,11 @@ def summarize_job(body: dict[str, Any]) -> JobInfo | None:
     except ValueError:
         return None
     owner_uid = next(
-        (ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("kind") == api.KIND and ref.get("controller")),
+        (
+            ref.get("uid")
+            for ref in meta.get("ownerReferences") or []
+            if ref.get("kind") == api.KIND and ref.get("controller")
+        ),
         None,
     )
     status = body.get("status") or {}
@@ -173,7 +177,9 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
     labels = meta.get("labels") or {}
     job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
     if not job_name:
-        job_name = next((r.get("name") for r in meta.get("ownerReferences") or [] if r.get("kind") == "Job"), None)
+        job_name = next(
+            (r.get("name") for r in meta.get("ownerReferences") or [] if r.get("kind") == "Job"), None
+        )
     if not job_name:
         return None
     status = body.get("status") or {}
@@ -184,10 +190,16 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
     if stuck.get("reason") and stuck["reason"] not in NORMAL_WAITING_REASONS:
         waiting = f"{stuck['reason']}: {stuck['message']}" if stuck.get("message") else stuck["reason"]
     for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
             waiting = f"Unschedulable: {cond.get('message') or 'no node fits the pod'}"
     if chosen is not None:
-        terminated = (chosen.get("state") or {}).get("terminated") or (chosen.get("lastState") or {}).get("terminated")
+        terminated = (chosen.get("state") or {}).get("terminated") or (chosen.get("lastState") or {}).get(
+            "terminated"
+        )
         if terminated:
             exit_code = terminated.get("exitCode")
             message = terminated.get("message")
@@ -203,7 +215,9 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
         reason=reason or status.get("reason"),
         started_at=started or status.get("startTime"),
         finished_at=finished,
-        waiting=_truncate(waiting, 512) if waiting and (status.get("phase") or "Pending") == "Pending" else None,
+        waiting=_truncate(waiting, 512)
+        if waiting and (status.get("phase") or "Pending") == "Pending"
+        else None,
     )
 
 
@@ -321,7 +335,9 @@ def _attempt(job: JobInfo, pods: list[PodInfo]) -> Attempt:
         "finished": finished,
         "job_started": job.started or job.created,
     }
-    if (pod is not None and pod.phase == "Succeeded") or (job.complete and not (pod and pod.phase == "Failed")):
+    if (pod is not None and pod.phase == "Succeeded") or (
+        job.complete and not (pod and pod.phase == "Failed")
+    ):
         return Attempt(outcome="succeeded", summary=summary, exit_code=0, **base)
     if job.deleting:
         return Attempt(outcome="deleting", **base)
@@ -403,14 +419,28 @@ def _conditions_for(phase: str, reason: str, message: str) -> dict[str, tuple[bo
     active = phase in PHASE_OF_STAGE.values() and reason not in WAIT_REASONS
     return {
         "Running": (active, phase if settled else reason, "" if settled else message),
-        "Succeeded": (phase == "Succeeded", reason if phase == "Succeeded" else phase, message if phase == "Succeeded" else ""),
-        "Failed": (phase == "Failed", reason if phase == "Failed" else phase, message if phase == "Failed" else ""),
-        "Suspended": (phase == "Suspended", reason if phase == "Suspended" else phase, message if phase == "Suspended" else ""),
+        "Succeeded": (
+            phase == "Succeeded",
+            reason if phase == "Succeeded" else phase,
+            message if phase == "Succeeded" else "",
+        ),
+        "Failed": (
+            phase == "Failed",
+            reason if phase == "Failed" else phase,
+            message if phase == "Failed" else "",
+        ),
+        "Suspended": (
+            phase == "Suspended",
+            reason if phase == "Suspended" else phase,
+            message if phase == "Suspended" else "",
+        ),
         "Ready": (phase == "Succeeded", reason, message),
     }
 
 
-WAIT_REASONS = frozenset({"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage", "StagePodWaiting", "StageJobRefused"})
+WAIT_REASONS = frozenset(
+    {"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage", "StagePodWaiting", "StageJobRefused"}
+)
 
 
 def _parse_status(raw: dict[str, Any] | None) -> RLAIFJobStatus:
@@ -441,7 +471,9 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     plan = Plan()
     if meta.get("deletionTimestamp"):
         return plan  # garbage collection removes the children
-    owner = Owner(name=meta.get("name", ""), namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""))
+    owner = Owner(
+        name=meta.get("name", ""), namespace=meta.get("namespace", "default"), uid=meta.get("uid", "")
+    )
     generation = meta.get("generation")
     now_s = fmt_time(now)
     old = _parse_status(body.get("status"))
@@ -454,7 +486,9 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         invalid = old.model_copy(deep=True)
         invalid.phase = "Pending"
         reason, message = "InvalidSpec", _truncate(f"spec is invalid, fix it to start the job: {err}", 4096)
-        invalid.conditions = _set_conditions(old.conditions, _conditions_for("Pending", reason, message), now_s, generation)
+        invalid.conditions = _set_conditions(
+            old.conditions, _conditions_for("Pending", reason, message), now_s, generation
+        )
         plan.phase = "Pending"
         _diff_events(plan, old, invalid, {}, 0)
         return _finish(plan, body, old, invalid, now_s, generation)
@@ -464,7 +498,11 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
 
     # Terminal phases are sticky: children may be cleaned up, the verdict stays.
     if old_phase in TERMINAL_PHASES and _is_true(old, old_phase):
-        plan.delete.extend(j.name for j in jobs if not j.deleting and _attempt(j, observed.pods.get(j.name, [])).outcome in ("active", "queued"))
+        plan.delete.extend(
+            j.name
+            for j in jobs
+            if not j.deleting and _attempt(j, observed.pods.get(j.name, [])).outcome in ("active", "queued")
+        )
         _ttl(plan, job, old, now)
         plan.phase = old_phase
         return _finish(plan, body, old, new, now_s, generation)
@@ -472,7 +510,9 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     listed = list(job.spec.stages)
     views: dict[str, StageView] = {}
     for stage in listed:
-        views[stage] = _stage_view(stage, [j for j in jobs if j.stage == stage], observed, _stage_status(old, stage))
+        views[stage] = _stage_view(
+            stage, [j for j in jobs if j.stage == stage], observed, _stage_status(old, stage)
+        )
 
     rp = job.spec.run_policy
     stages_status: dict[str, StageStatus] = {}
@@ -539,9 +579,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         elif len(view.failures) > rp.backoff_limit:
             last = view.failures[-1]
             failed_reason = "BackoffLimitExceeded"
-            failed_message = (
-                f"stage {current} failed {len(view.failures)} times, more than backoffLimit {rp.backoff_limit}: {last.error}"
-            )
+            failed_message = f"stage {current} failed {len(view.failures)} times, more than backoffLimit {rp.backoff_limit}: {last.error}"
             st.completion_time = last.finished or now_s
         elif not rp.suspend and deadline is not None and now >= deadline:
             failed_reason = "DeadlineExceeded"
@@ -559,7 +597,9 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             st.state, st.message = "Pending", "suspended"
         else:
             phase = PHASE_OF_STAGE[current]
-            reason, message = _advance(plan, job, owner, settings, observed, view, st, new, now, now_s, current)
+            reason, message = _advance(
+                plan, job, owner, settings, observed, view, st, new, now, now_s, current
+            )
             deadline = _deadline(job, new, now)  # the first attempt may just have set startTime
             if deadline is not None:
                 plan.requeue((deadline - now).total_seconds())
@@ -571,7 +611,9 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         new.current_stage = None if phase == "Succeeded" else new.current_stage
         _ttl(plan, job, new, now)
     new.stages = api.StagesStatus(**stages_status)
-    new.conditions = _set_conditions(old.conditions, _conditions_for(phase, reason, message), now_s, generation)
+    new.conditions = _set_conditions(
+        old.conditions, _conditions_for(phase, reason, message), now_s, generation
+    )
     plan.phase = phase
     _diff_events(plan, old, new, views, rp.backoff_limit)
     return _finish(plan, body, old, new, now_s, generation)
@@ -596,13 +638,19 @@ def _advance(
         live = view.live[-1]
         st.job_name = live.job_name
         if live.outcome == "queued":
-            st.state, st.message = "Pending", f"attempt {live.number} waiting for admission (job {live.job_name})"
+            st.state, st.message = (
+                "Pending",
+                f"attempt {live.number} waiting for admission (job {live.job_name})",
+            )
             return "WaitingForAdmission", f"stage {stage}: {st.message}"
         st.state, st.message = "Running", f"attempt {live.number} running (job {live.job_name})"
         pods = observed.pods.get(live.job_name, [])
         stuck = next((p for p in reversed(pods) if p.waiting), None)
         if stuck is not None:
-            return "StagePodWaiting", f"stage {stage} attempt {live.number}: pod {stuck.name} is not running: {stuck.waiting}"
+            return (
+                "StagePodWaiting",
+                f"stage {stage} attempt {live.number}: pod {stuck.name} is not running: {stuck.waiting}",
+            )
         job_started = parse_time(live.job_started)
         if not pods and job_started is not None:
             waited = (now - job_started).total_seconds()
@@ -641,7 +689,10 @@ def _advance(
         st.state = "Pending"
         # Worded without the retry time, so that each retry leaves the status as it was.
         st.message = f"the API server refused stage Job {job_name}: {_truncate(refusal[0], 1024)}"
-        return "StageJobRefused", f"stage {stage}: {st.message}; retrying with backoff, and at once when the spec changes"
+        return (
+            "StageJobRefused",
+            f"stage {stage}: {st.message}; retrying with backoff, and at once when the spec changes",
+        )
     image = job.spec.image or settings.trainer_image or ""
     plan.create.append(build_stage_job(job, owner, stage, attempt, settings, image))
     st.state = "Running"
@@ -671,7 +722,9 @@ def _blocker(job: RLAIFJob, owner: Owner, settings: Settings, observed: Observed
 @lru_cache(maxsize=4096)
 def _parse_job(name: str, namespace: str, spec_json: str) -> RLAIFJob:
     """Validation is the costliest step of a pass and the spec rarely changes: memoized (read-only)."""
-    return RLAIFJob.model_validate({"spec": json.loads(spec_json), "metadata": {"name": name, "namespace": namespace}})
+    return RLAIFJob.model_validate(
+        {"spec": json.loads(spec_json), "metadata": {"name": name, "namespace": namespace}}
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -725,7 +778,12 @@ def _is_true(status: RLAIFJobStatus, ctype: str) -> bool:
 
 
 def _finish(
-    plan: Plan, body: dict[str, Any], old: RLAIFJobStatus, new: RLAIFJobStatus, now_s: str, generation: int | None
+    plan: Plan,
+    body: dict[str, Any],
+    old: RLAIFJobStatus,
+    new: RLAIFJobStatus,
+    now_s: str,
+    generation: int | None,
 ) -> Plan:
     new.observed_generation = generation
     for cond in new.conditions:
@@ -736,7 +794,9 @@ def _finish(
     return plan
 
 
-def _diff_events(plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, views: dict[str, StageView], backoff_limit: int) -> None:
+def _diff_events(
+    plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, views: dict[str, StageView], backoff_limit: int
+) -> None:
     """Events and metric observations for what changed between the old and new status."""
     old_phase, new_phase = old.phase or "Pending", new.phase or "Pending"
     running = _condition(new, "Running")
@@ -754,7 +814,9 @@ def _diff_events(plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, views: di
             took = f" in {duration:.0f}s" if duration is not None else ""
             if a.outcome == "succeeded":
                 plan.outcomes.append(StageOutcome(stage, "succeeded", duration))
-                plan.events.append(EventSpec("Normal", "StageSucceeded", f"stage {stage} attempt {a.number} succeeded{took}"))
+                plan.events.append(
+                    EventSpec("Normal", "StageSucceeded", f"stage {stage} attempt {a.number} succeeded{took}")
+                )
             else:
                 plan.outcomes.append(StageOutcome(stage, "failed", duration))
                 failures = len([f for f in view.failures if f.number <= a.number])
@@ -763,32 +825,54 @@ def _diff_events(plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, views: di
                 elif failures > backoff_limit:
                     tail = f"no retries left (backoffLimit {backoff_limit})"
                 else:
-                    tail = f"retry {failures}/{backoff_limit}" + (f" at {after.next_retry_time}" if after.next_retry_time else "")
+                    tail = f"retry {failures}/{backoff_limit}" + (
+                        f" at {after.next_retry_time}" if after.next_retry_time else ""
+                    )
                 code = f" (exit code {a.exit_code})" if a.exit_code is not None else ""
                 plan.events.append(
-                    EventSpec("Warning", "StageFailed", _truncate(f"stage {stage} attempt {a.number} failed{code}: {a.error}; {tail}"))
+                    EventSpec(
+                        "Warning",
+                        "StageFailed",
+                        _truncate(f"stage {stage} attempt {a.number} failed{code}: {a.error}; {tail}"),
+                    )
                 )
         if after.attempts > before.attempts and after.state == "Running":
             retry = " (retry)" if after.attempts > 1 else ""
             plan.events.append(
-                EventSpec("Normal", "StageStarted", f"started stage {stage} attempt {after.attempts}{retry} (job {after.job_name})")
+                EventSpec(
+                    "Normal",
+                    "StageStarted",
+                    f"started stage {stage} attempt {after.attempts}{retry} (job {after.job_name})",
+                )
             )
     if old_phase != new_phase:
-        detail = f": {ready.message}" if new_phase == "Succeeded" and (ready := _condition(new, "Ready")) else ""
+        detail = (
+            f": {ready.message}" if new_phase == "Succeeded" and (ready := _condition(new, "Ready")) else ""
+        )
         plan.events.append(
             EventSpec(
-                "Warning" if new_phase == "Failed" else "Normal", "PhaseChanged", f"phase {old_phase} -> {new_phase}{detail}"
+                "Warning" if new_phase == "Failed" else "Normal",
+                "PhaseChanged",
+                f"phase {old_phase} -> {new_phase}{detail}",
             )
         )
         if new_phase == "Failed":
             failed = _condition(new, "Failed")
-            plan.events.append(EventSpec("Warning", failed.reason if failed else "Failed", failed.message if failed else ""))
+            plan.events.append(
+                EventSpec("Warning", failed.reason if failed else "Failed", failed.message if failed else "")
+            )
         elif new_phase == "Suspended":
-            plan.events.append(EventSpec("Normal", "Suspended", "suspended: running stage Jobs deleted, artifacts kept"))
+            plan.events.append(
+                EventSpec("Normal", "Suspended", "suspended: running stage Jobs deleted, artifacts kept")
+            )
         elif old_phase == "Suspended":
             plan.events.append(EventSpec("Normal", "Resumed", f"resumed at stage {new.current_stage}"))
     old_running = _condition(old, "Running")
-    if running is not None and running.reason in WAIT_REASONS and (old_running is None or old_running.reason != running.reason):
+    if (
+        running is not None
+        and running.reason in WAIT_REASONS
+        and (old_running is None or old_running.reason != running.reason)
+    ):
         plan.events.append(EventSpec("Warning", running.reason, running.message))
 
 
@@ -805,5 +889,9 @@ def merge_patch(old: Any, new: Any) -> Any:
         if key not in old:
             patch[key] = value
         elif old[key] != value:
-            patch[key] = merge_patch(old[key], value) if isinstance(value, dict) and isinstance(old[key], dict) else value
+            patch[key] = (
+                merge_patch(old[key], value)
+                if isinstance(value, dict) and isinstance(old[key], dict)
+                else value
+            )
     return patch

@@ -82,7 +82,11 @@ def cluster() -> Iterator[Cluster]:
 
 
 def create_namespace(
-    cluster: Cluster, name: str, labels: dict[str, str] | None = None, *, wait_for_default_service_account: bool = False
+    cluster: Cluster,
+    name: str,
+    labels: dict[str, str] | None = None,
+    *,
+    wait_for_default_service_account: bool = False,
 ) -> None:
     """A namespace labelled as the tests'; pods can be created in it once its default
     ServiceAccount exists, which the controller manager adds moments later."""

@@ -19,18 +19,26 @@ pytestmark = pytest.mark.slow
 RELEVANT = [
     ("What is the capital of France?", "The capital of France is Paris."),
     ("How many legs does a spider have?", "A spider has eight legs."),
-    ("Give me a tip for sleeping better.", "Go to bed at the same time every night and avoid screens before sleep."),
+    (
+        "Give me a tip for sleeping better.",
+        "Go to bed at the same time every night and avoid screens before sleep.",
+    ),
     ("What is 2 + 2?", "2 + 2 equals 4."),
     ("Name a primary color.", "Red is a primary color."),
-    ("Summarize: The city council approved a new park by the river. Work starts in May.",
-     "The council approved a riverside park; work begins in May."),
+    (
+        "Summarize: The city council approved a new park by the river. Work starts in May.",
+        "The council approved a riverside park; work begins in May.",
+    ),
     ("What do bees make?", "Bees make honey and beeswax."),
     ("Translate 'hello' into Spanish.", "'Hello' in Spanish is 'hola'."),
     ("Why do we need to drink water?", "Water keeps the body hydrated and helps regulate temperature."),
     ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
     ("Suggest a name for a pet cat.", "You could call your cat Whiskers."),
     ("What color is the sky on a clear day?", "On a clear day the sky is blue."),
-    ("How do I make a cup of tea?", "Boil water, pour it over a tea bag, steep for three minutes, then remove the bag."),
+    (
+        "How do I make a cup of tea?",
+        "Boil water, pour it over a tea bag, steep for three minutes, then remove the bag.",
+    ),
     ("What is the largest planet in our solar system?", "Jupiter is the largest planet in our solar system."),
     ("Give me a synonym for 'happy'.", "A synonym for 'happy' is 'joyful'."),
     ("What animal says 'moo'?", "A cow says 'moo'."),
@@ -59,7 +67,15 @@ def _pairs() -> list[dict]:
     rows = []
     for i, ((prompt, good), bad) in enumerate(zip(RELEVANT, IRRELEVANT, strict=True)):
         a, b = (good, bad) if i % 2 == 0 else (bad, good)
-        rows.append({"id": f"e{i:02d}", "prompt": prompt, "response_a": a, "response_b": b, "relevant_is_a": i % 2 == 0})
+        rows.append(
+            {
+                "id": f"e{i:02d}",
+                "prompt": prompt,
+                "response_a": a,
+                "response_b": b,
+                "relevant_is_a": i % 2 == 0,
+            }
+        )
     return rows
 
 
@@ -70,16 +86,24 @@ def _run(tmp_path: Path, mode: str) -> tuple[dict, list[dict]]:
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "relevant_is_a"}) + "\n" for r in _pairs()))
+    pairs.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "relevant_is_a"}) + "\n" for r in _pairs())
+    )
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "unused"}\n')
     labeler = {"mode": mode, "batchSize": 8}
     if mode == "pointwise":
         labeler["principles"] = ["Is the response on topic?", "Is the response relevant to the prompt?"]
-    job = RLAIFJob.model_validate({
-        "metadata": {"name": f"emb-{mode}"},
-        "spec": {"policy": {"model": EMBEDDED_DEFAULT}, "stages": ["label"], "labeler": labeler,
-                 "dataset": {"prompts": "prompts.jsonl", "pairs": "pairs.jsonl"}},
-    })
+    job = RLAIFJob.model_validate(
+        {
+            "metadata": {"name": f"emb-{mode}"},
+            "spec": {
+                "policy": {"model": EMBEDDED_DEFAULT},
+                "stages": ["label"],
+                "labeler": labeler,
+                "dataset": {"prompts": "prompts.jsonl", "pairs": "pairs.jsonl"},
+            },
+        }
+    )
     cfg = resolve_stage_configs(job, tmp_path / "ws", base_dir=tmp_path)["label"]
     summary = label.run(cfg, progress=False)
     rows = [json.loads(x) for x in (Path(cfg.artifacts.labels) / "labels.jsonl").read_text().splitlines()]

@@ -213,7 +213,9 @@ def test_a_stage_job_the_api_server_refuses_is_reported_then_created_once_allowe
     assert job_names(cluster, namespace, "refused") == sorted(f"refused-{stage}-1" for stage in STAGES)
 
 
-def test_a_stage_job_that_gets_no_pod_is_reported(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
+def test_a_stage_job_that_gets_no_pod_is_reported(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
     """A ResourceQuota that allows no pods: the stage Job exists but the Job controller is refused
     its pod. After the grace period the job says so instead of claiming to run."""
     quota = {

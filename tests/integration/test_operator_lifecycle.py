@@ -237,7 +237,9 @@ def test_runs_with_exactly_the_declared_rbac_rules(
     TTL deletion included. The Role is bound only after the operator starts, as when a GitOps
     tool applies the Deployment before the RoleBinding (or the authorizer's cache lags): its
     watches are refused at first and must heal by themselves."""
-    kubeconfig = service_account_kubeconfig(cluster, namespace, RBAC_RULES, tmp_path / "sa.kubeconfig", bind=False)
+    kubeconfig = service_account_kubeconfig(
+        cluster, namespace, RBAC_RULES, tmp_path / "sa.kubeconfig", bind=False
+    )
     op = OperatorProcess(cluster, namespace, tmp_path, kubeconfig=kubeconfig)
     op.start()
     try:

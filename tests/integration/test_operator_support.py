@@ -212,7 +212,11 @@ def service_account_kubeconfig(
     token = cluster.request(
         "POST",
         f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
     )["status"]["token"]
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
     config = {
@@ -220,7 +224,12 @@ def service_account_kubeconfig(
         "kind": "Config",
         "clusters": admin["clusters"],
         "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa, "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": sa,
+                "context": {"cluster": admin["clusters"][0]["name"], "user": sa, "namespace": namespace},
+            }
+        ],
         "current-context": sa,
     }
     path.write_text(yaml.safe_dump(config))

@@ -413,7 +413,9 @@ def test_monitoring_on(helm):
     exprs = {e["key"]: e["operator"] for e in pod_monitor["spec"]["selector"]["matchExpressions"]}
     assert exprs == {"rlaif.dev/job": "Exists", "rlaif.dev/stage": "Exists"}
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == METRICS_PORT_NAME  # what the operator declares
+    assert (
+        pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == METRICS_PORT_NAME
+    )  # what the operator declares
 
     dashboard = one(docs, "ConfigMap")
     assert dashboard["metadata"]["namespace"] == "monitoring"

@@ -194,7 +194,9 @@ def test_trainer_image_is_cuda_torch_with_baked_model(dockerfile):
 
 
 def _trainer_requirement(name: str) -> Requirement:
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "trainer"
+    ]
     found = [Requirement(r) for r in extra if canonicalize_name(Requirement(r).name) == name]
     assert len(found) == 1, f"the `trainer` extra should list {name} exactly once: {found}"
     return found[0]
@@ -238,9 +240,11 @@ def test_pyproject_torch_floor_covers_transformers_torch_floor():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("transformers is not installed")
     theirs = [
-        Requirement(r) for r in dist.requires or []
+        Requirement(r)
+        for r in dist.requires or []
         if canonicalize_name(Requirement(r).name) == "torch"
-        and Requirement(r).marker is not None and Requirement(r).marker.evaluate({"extra": "torch"})
+        and Requirement(r).marker is not None
+        and Requirement(r).marker.evaluate({"extra": "torch"})
     ]
     their_floor = max((f for r in theirs if (f := _floor(r.specifier)) is not None), default=None)
     if their_floor is None:

@@ -34,8 +34,9 @@ def batch_seed(seed: int, batch_index: int) -> int:
 def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     """Token ids of ``prompt`` as a user turn (chat template when the tokenizer has one)."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         return list(tokenizer.encode(text, add_special_tokens=False))
     return list(tokenizer.encode(prompt, add_special_tokens=True))
 
@@ -72,35 +73,54 @@ def generate_candidates(
     was_training = model.training
     model.eval()
     with JsonlAppender(out_path) as out:
-        bar = tqdm(total=len(prompts), desc="candidates", unit="prompt", disable=not progress,
-                   initial=sum(1 for r in prompts if r["id"] in out))
+        bar = tqdm(
+            total=len(prompts),
+            desc="candidates",
+            unit="prompt",
+            disable=not progress,
+            initial=sum(1 for r in prompts if r["id"] in out),
+        )
         try:
             for b, start in enumerate(range(0, len(prompts), batch_size)):
-                recs = prompts[start:start + batch_size]
+                recs = prompts[start : start + batch_size]
                 if all(r["id"] in out for r in recs):
                     continue
-                batch_ids = encoded[start:start + batch_size]
+                batch_ids = encoded[start : start + batch_size]
                 L = max(len(x) for x in batch_ids)
                 input_ids = torch.full((len(batch_ids), L), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch_ids), L), dtype=torch.long)
                 for r, x in enumerate(batch_ids):
-                    input_ids[r, L - len(x):] = torch.tensor(x)
-                    mask[r, L - len(x):] = 1
+                    input_ids[r, L - len(x) :] = torch.tensor(x)
+                    mask[r, L - len(x) :] = 1
                 s = batch_seed(seed, b)
                 torch.manual_seed(s)
                 with torch.no_grad():
                     gen = model.generate(
-                        input_ids=input_ids.to(dev), attention_mask=mask.to(dev), do_sample=True,
-                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                        num_return_sequences=2, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                        input_ids=input_ids.to(dev),
+                        attention_mask=mask.to(dev),
+                        do_sample=True,
+                        temperature=temperature,
+                        top_p=top_p,
+                        max_new_tokens=max_new_tokens,
+                        num_return_sequences=2,
+                        pad_token_id=pad,
+                        eos_token_id=tokenizer.eos_token_id,
                     )
                 texts = tokenizer.batch_decode(gen[:, L:], skip_special_tokens=True)
                 new = []
                 for r, rec in enumerate(recs):
                     if rec["id"] in out:
                         continue
-                    new.append({"id": rec["id"], "prompt": rec["prompt"], "response_a": texts[2 * r].strip(),
-                                "response_b": texts[2 * r + 1].strip(), "source": rec.get("source"), "seed": s})
+                    new.append(
+                        {
+                            "id": rec["id"],
+                            "prompt": rec["prompt"],
+                            "response_a": texts[2 * r].strip(),
+                            "response_b": texts[2 * r + 1].strip(),
+                            "source": rec.get("source"),
+                            "seed": s,
+                        }
+                    )
                 out.write_many(new)
                 bar.update(len(new))
         finally:

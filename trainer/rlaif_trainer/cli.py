@@ -170,13 +170,23 @@ def _cmd_compare_labels(args: argparse.Namespace) -> int:
         from rlaif_trainer.plots import plot_label_comparison
 
         joined = label.join_labelings(first, second)
-        names = [f"{side} ({report[side]['mode']})" if report[side]["mode"] else side for side in ("first", "second")]
-        agreement, pearson = ("-" if x is None else f"{x:.2f}" for x in (report["agreement"], report["pearson"]))
-        report["plot"] = str(plot_label_comparison(
-            [a["p_a"] for a, _ in joined], [b["p_a"] for _, b in joined], args.plot,
-            first_name=names[0], second_name=names[1],
-            title=f"{report['common']} pairs: agreement {agreement}, Pearson {pearson}",
-        ))
+        names = [
+            f"{side} ({report[side]['mode']})" if report[side]["mode"] else side
+            for side in ("first", "second")
+        ]
+        agreement, pearson = (
+            "-" if x is None else f"{x:.2f}" for x in (report["agreement"], report["pearson"])
+        )
+        report["plot"] = str(
+            plot_label_comparison(
+                [a["p_a"] for a, _ in joined],
+                [b["p_a"] for _, b in joined],
+                args.plot,
+                first_name=names[0],
+                second_name=names[1],
+                title=f"{report['common']} pairs: agreement {agreement}, Pearson {pearson}",
+            )
+        )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -191,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlaif-train",
         description="Reinforcement Learning from AI Feedback: run one stage from its config, or a whole RLAIFJob locally.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("RLAIF_LOG_LEVEL", "INFO"), help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level", default=os.environ.get("RLAIF_LOG_LEVEL", "INFO"), help="logging level (default INFO)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stage_help = {
@@ -202,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for stage, text in stage_help.items():
         p = sub.add_parser(stage, help=text, description=text)
-        p.add_argument("--config", required=True, help="the stage's resolved config JSON (see `rlaif-train validate --show-config`)")
+        p.add_argument(
+            "--config",
+            required=True,
+            help="the stage's resolved config JSON (see `rlaif-train validate --show-config`)",
+        )
         p.add_argument(
             "--termination-log",
             default=DEFAULT_TERMINATION_LOG,
@@ -236,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("jobs", nargs="+", help="RLAIFJob manifests")
     p.add_argument("--show-config", action="store_true", help="also print the resolved per-stage configs")
-    p.add_argument("--workspace", default="workspace", help="artifact root used for --show-config (default ./workspace)")
+    p.add_argument(
+        "--workspace", default="workspace", help="artifact root used for --show-config (default ./workspace)"
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
@@ -250,12 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in ("first", "second"):
         p.add_argument(
-            name, metavar=name.upper(),
+            name,
+            metavar=name.upper(),
             help=f"the {name} labeling: a labels JSONL, or a label stage's directory holding labels.jsonl",
         )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    p.add_argument("--plot", metavar="PNG", help="also write a scatter of p_a (first against second) to this PNG")
-    p.add_argument("--top", type=argtypes.count, default=5, metavar="N", help="list the N pairs with the largest p_a difference (default 5)")
+    p.add_argument(
+        "--plot", metavar="PNG", help="also write a scatter of p_a (first against second) to this PNG"
+    )
+    p.add_argument(
+        "--top",
+        type=argtypes.count,
+        default=5,
+        metavar="N",
+        help="list the N pairs with the largest p_a difference (default 5)",
+    )
     p.set_defaults(func=_cmd_compare_labels)
 
     p = sub.add_parser(
@@ -269,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

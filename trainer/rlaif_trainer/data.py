@@ -33,7 +33,9 @@ __all__ = [
 DONE = "DONE"
 
 
-def read_jsonl(path: str | os.PathLike[str], *, what: str = "JSONL file") -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(
+    path: str | os.PathLike[str], *, what: str = "JSONL file"
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)``; blank lines are skipped. Raises :class:`BadInputError`."""
     p = Path(path)
     if not p.is_file():
@@ -84,7 +86,9 @@ def read_prompts(
     return out
 
 
-def read_pairs(path: str | os.PathLike[str], *, require_label: bool = False, what: str = "pairs file") -> list[dict[str, Any]]:
+def read_pairs(
+    path: str | os.PathLike[str], *, require_label: bool = False, what: str = "pairs file"
+) -> list[dict[str, Any]]:
     """Pairs ``{"id", "prompt", "response_a", "response_b"[, "p_a"]}`` with their ``source`` (file:line).
 
     ``id`` defaults to a hash of the line; ids must be unique. With ``require_label``, ``p_a`` (a
@@ -186,7 +190,9 @@ def read_done(final: str | os.PathLike[str]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def finalize_dir(work: str | os.PathLike[str], final: str | os.PathLike[str], summary: dict[str, Any]) -> Path:
+def finalize_dir(
+    work: str | os.PathLike[str], final: str | os.PathLike[str], summary: dict[str, Any]
+) -> Path:
     """Rename ``work`` to ``final`` (replacing an unfinished ``final``), then write ``DONE``."""
     w, f = Path(work), Path(final)
     if f.exists():

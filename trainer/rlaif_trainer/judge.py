@@ -38,7 +38,9 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def win_rate_from_probs(p: Sequence[float], consistent: Sequence[bool | None] | None = None) -> dict[str, Any]:
+def win_rate_from_probs(
+    p: Sequence[float], consistent: Sequence[bool | None] | None = None
+) -> dict[str, Any]:
     n = len(p)
     if n == 0:
         raise ValueError("no judged pairs")

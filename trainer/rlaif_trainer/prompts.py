@@ -179,7 +179,10 @@ def pointwise_body(prompt: str, response: str, principle: str) -> str:
 def score_head(preamble: str | None = None, *, scale: int = 10) -> str:
     if preamble in (None, "base", "detailed"):
         return SCORE_PREAMBLE.format(n=scale) + "\n\n"
-    return preamble_text(preamble or "") + f"\nRate the response on a scale from 1 to {scale}. Output only the number.\n\n"
+    return (
+        preamble_text(preamble or "")
+        + f"\nRate the response on a scale from 1 to {scale}. Output only the number.\n\n"
+    )
 
 
 def score_body(prompt: str, response: str) -> str:

@@ -112,7 +112,9 @@ def encode_response(tokenizer: Any, prompt: str, response: str, max_length: int)
     return ids[-max_length:]
 
 
-def split_pairs(pairs: Sequence[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_pairs(
+    pairs: Sequence[dict[str, Any]], eval_fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Seeded shuffle, then the first ``ceil(eval_fraction · n)`` pairs are held out (at least one
     when ``eval_fraction > 0`` and there are two pairs or more)."""
     idx = list(range(len(pairs)))
@@ -126,8 +128,9 @@ def split_pairs(pairs: Sequence[dict[str, Any]], eval_fraction: float, seed: int
     return [pairs[i] for i in tr], [pairs[i] for i in ev]
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int,
-                           window: int = 50, min_batch: int = 1) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, window: int = 50, min_batch: int = 1
+) -> list[list[int]]:
     """Shuffle, sort by length (descending) within windows of ``window`` batches, cut, shuffle batches,
     then move the batch holding the longest item to the front.
 
@@ -142,8 +145,8 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int
     span = max(batch_size * window, batch_size)
     batches: list[list[int]] = []
     for s in range(0, len(idx), span):
-        chunk = sorted(idx[s:s + span], key=lambda i: -lengths[i])
-        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+        chunk = sorted(idx[s : s + span], key=lambda i: -lengths[i])
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
     batches = [b for b in batches if len(b) >= min_batch]
     rng.shuffle(batches)
     if batches:
@@ -181,8 +184,15 @@ def _rewards(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, device: Any
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-def score_texts(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *,
-                max_length: int = 512, batch_size: int = 16) -> list[float]:
+def score_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    max_length: int = 512,
+    batch_size: int = 16,
+) -> list[float]:
     """Rewards of (prompt, response) pairs with a loaded reward model (batched, length-sorted)."""
     import torch
 
@@ -196,7 +206,7 @@ def score_texts(model: Any, tokenizer: Any, prompts: Sequence[str], responses: S
     try:
         with torch.no_grad():
             for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
+                idx = order[s : s + batch_size]
                 r = _rewards(model, [seqs[i] for i in idx], pad, dev).cpu().tolist()
                 for i, v in zip(idx, r, strict=True):
                     out[i] = float(v)
@@ -206,8 +216,9 @@ def score_texts(model: Any, tokenizer: Any, prompts: Sequence[str], responses: S
     return out
 
 
-def load_reward_scorer(path: str | os.PathLike[str], *, device: Any = None, batch_size: int = 16,
-                       max_length: int | None = None) -> Callable[[list[str], list[str]], list[float]]:
+def load_reward_scorer(
+    path: str | os.PathLike[str], *, device: Any = None, batch_size: int = 16, max_length: int | None = None
+) -> Callable[[list[str], list[str]], list[float]]:
     """A ``(prompts, responses) -> rewards`` function from a reward stage output directory."""
     from rlaif_trainer.models import load_reward_model
 
@@ -226,8 +237,15 @@ def load_reward_scorer(path: str | os.PathLike[str], *, device: Any = None, batc
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _evaluate(model: Any, data: list[tuple[list[int], list[int], float]], pad: int, device: Any, loss_fn: Any,
-              batch_size: int, accelerator: Any) -> dict[str, float]:
+def _evaluate(
+    model: Any,
+    data: list[tuple[list[int], list[int], float]],
+    pad: int,
+    device: Any,
+    loss_fn: Any,
+    batch_size: int,
+    accelerator: Any,
+) -> dict[str, float]:
     import torch
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -239,9 +257,9 @@ def _evaluate(model: Any, data: list[tuple[list[int], list[int], float]], pad: i
     model.eval()
     with torch.no_grad():
         for s in range(0, len(mine), batch_size):
-            chunk = mine[s:s + batch_size]
+            chunk = mine[s : s + batch_size]
             r = _rewards(model, [c[0] for c in chunk] + [c[1] for c in chunk], pad, device)
-            ra, rb = r[: len(chunk)], r[len(chunk):]
+            ra, rb = r[: len(chunk)], r[len(chunk) :]
             p = torch.tensor([c[2] for c in chunk], device=device, dtype=torch.float32)
             loss_sum += soft_label_loss(ra, rb, p).sum()
             decided = p != 0.5
@@ -258,8 +276,16 @@ def _evaluate(model: Any, data: list[tuple[list[int], list[int], float]], pad: i
     }
 
 
-def _optimizer_step(model: Any, opt: Any, acc: Any, loss_fn: Any, mine: Sequence[tuple[list[int], list[int], float]],
-                    per_process: float, pad: int, device: Any) -> Any:
+def _optimizer_step(
+    model: Any,
+    opt: Any,
+    acc: Any,
+    loss_fn: Any,
+    mine: Sequence[tuple[list[int], list[int], float]],
+    per_process: float,
+    pad: int,
+    device: Any,
+) -> Any:
     """One optimizer step on this process's pairs; returns their summed loss, detached.
 
     A function of its own so that the step's tensors die when it returns rather than living
@@ -270,7 +296,7 @@ def _optimizer_step(model: Any, opt: Any, acc: Any, loss_fn: Any, mine: Sequence
 
     r = _rewards(model, [m[0] for m in mine] + [m[1] for m in mine], pad, device)
     p = torch.tensor([m[2] for m in mine], device=device, dtype=torch.float32)
-    per = loss_fn(r[: len(mine)], r[len(mine):], p)
+    per = loss_fn(r[: len(mine)], r[len(mine) :], p)
     acc.backward(per.sum() / per_process)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -314,8 +340,14 @@ def train_reward_model(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def enc(rows: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[int], float]]:
-        return [(encode_response(tokenizer, r["prompt"], r["response_a"], max_length),
-                 encode_response(tokenizer, r["prompt"], r["response_b"], max_length), float(r["p_a"])) for r in rows]
+        return [
+            (
+                encode_response(tokenizer, r["prompt"], r["response_a"], max_length),
+                encode_response(tokenizer, r["prompt"], r["response_b"], max_length),
+                float(r["p_a"]),
+            )
+            for r in rows
+        ]
 
     rows = [r for r in train if not (loss == "bradleyTerry" and float(r["p_a"]) == 0.5)]
     data = enc(rows)
@@ -349,7 +381,13 @@ def train_reward_model(
     losses: list[float] = []
     pairs_done = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc="reward", unit="step", disable=not (progress and acc.is_main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="reward",
+        unit="step",
+        disable=not (progress and acc.is_main_process),
+    )
     global_step = 0
     if acc.is_main_process:
         prom.record_progress(step / max(total_steps, 1))
@@ -363,7 +401,14 @@ def train_reward_model(
                 continue
             t_step = time.perf_counter()
             local_sum = _optimizer_step(
-                model, opt, acc, loss_fn, [data[i] for i in batch[rank::world]], len(batch) / world, pad, device
+                model,
+                opt,
+                acc,
+                loss_fn,
+                [data[i] for i in batch[rank::world]],
+                len(batch) / world,
+                pad,
+                device,
             )
             glob = acc.reduce(local_sum, reduction="sum") / len(batch)
             lv = float(glob)
@@ -448,17 +493,32 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
     train, held = split_pairs(pairs, rm.eval_fraction, config.seed)
 
     use_cuda = torch.cuda.is_available()
-    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no")
+    acc = Accelerator(
+        cpu=not use_cuda, mixed_precision="bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
+    )
     torch.manual_seed(config.seed)  # the score head's initialisation
-    model, tok = load_reward_model(rm.model or spec.policy.model, lora=rm.lora, device=acc.device, dtype=torch.float32)
+    model, tok = load_reward_model(
+        rm.model or spec.policy.model, lora=rm.lora, device=acc.device, dtype=torch.float32
+    )
     work = partial_dir(art.reward_model)
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()
     metrics = train_reward_model(
-        model, tok, train, held, loss=rm.loss, epochs=rm.epochs, learning_rate=rm.learning_rate,
-        batch_size=rm.batch_size, max_length=rm.max_length, seed=config.seed, checkpoint_dir=work,
-        checkpoint_every=rm.checkpoint_every, accelerator=acc, progress=progress,
+        model,
+        tok,
+        train,
+        held,
+        loss=rm.loss,
+        epochs=rm.epochs,
+        learning_rate=rm.learning_rate,
+        batch_size=rm.batch_size,
+        max_length=rm.max_length,
+        seed=config.seed,
+        checkpoint_dir=work,
+        checkpoint_every=rm.checkpoint_every,
+        accelerator=acc,
+        progress=progress,
     )
     trained = metrics.pop("model")
     summary: dict[str, Any] = {
@@ -485,10 +545,16 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         for f in out.iterdir():
             os.replace(f, work / f.name)
         out.rmdir()
-        (work / "reward_meta.json").write_text(json.dumps({
-            "base_model": rm.model or spec.policy.model, "max_length": rm.max_length, "loss": rm.loss,
-            "accuracy": summary["accuracy"],
-        }))
+        (work / "reward_meta.json").write_text(
+            json.dumps(
+                {
+                    "base_model": rm.model or spec.policy.model,
+                    "max_length": rm.max_length,
+                    "loss": rm.loss,
+                    "accuracy": summary["accuracy"],
+                }
+            )
+        )
         shutil.rmtree(work / "checkpoint", ignore_errors=True)
         finalize_dir(work, art.reward_model, summary)
     acc.wait_for_everyone()

@@ -62,9 +62,7 @@ PHASE_OF_STAGE: dict[str, str] = {
 
 # The Kubernetes resource.Quantity grammar, as controller-gen emits it for int-or-string quantities.
 # The sign is left out on purpose: a negative CPU, memory or disk size is never meaningful here.
-QUANTITY_PATTERN = (
-    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
+QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 # RFC 1123 label, which is what Kubernetes requires of most object names referenced here.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -168,7 +166,9 @@ class LoraSpec(ApiModel):
     """Low-rank adapters (LoRA, via peft) trained instead of the full weights."""
 
     r: int = Field(16, ge=1, le=1024, description="Rank of the adapter matrices. Default 16.")
-    alpha: float = Field(32, gt=0, le=4096, description="LoRA scaling numerator (alpha / r scales the update). Default 32.")
+    alpha: float = Field(
+        32, gt=0, le=4096, description="LoRA scaling numerator (alpha / r scales the update). Default 32."
+    )
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input. Default 0.05.")
     target_modules: list[ShortStr] = Field(
         default_factory=lambda: ["q_proj", "v_proj"],
@@ -193,7 +193,10 @@ class PolicySpec(ApiModel):
         description="LoRA settings for RL. The frozen reference policy is the same weights with adapters disabled.",
     )
     max_prompt_length: int = Field(
-        512, ge=8, le=131072, description="Prompts longer than this many tokens are rejected as bad input. Default 512."
+        512,
+        ge=8,
+        le=131072,
+        description="Prompts longer than this many tokens are rejected as bad input. Default 512.",
     )
 
 
@@ -201,7 +204,9 @@ class DatasetSpec(ApiModel):
     """Where prompts, and optionally given response pairs or labels, come from."""
 
     prompts: PathStr = Field(description="JSONL file of training prompts, one JSON object per line.")
-    prompt_field: ShortStr = Field("prompt", description="Key of the prompt text in each JSONL object. Default 'prompt'.")
+    prompt_field: ShortStr = Field(
+        "prompt", description="Key of the prompt text in each JSONL object. Default 'prompt'."
+    )
     eval_prompts: PathStr | None = Field(
         None,
         description="JSONL file of held-out prompts for evaluation. Default: the last 10% of 'prompts', excluded from training.",
@@ -220,7 +225,9 @@ class DatasetSpec(ApiModel):
             "that starts at the reward stage."
         ),
     )
-    max_prompts: int | None = Field(None, ge=1, le=10_000_000, description="Use at most this many training prompts.")
+    max_prompts: int | None = Field(
+        None, ge=1, le=10_000_000, description="Use at most this many training prompts."
+    )
 
 
 class SecretKeyRef(ApiModel):
@@ -237,7 +244,9 @@ class FewShotExample(ApiModel):
     response_a: Text = Field(description="The example's first response (shown as 'Response 1').")
     response_b: Text = Field(description="The example's second response (shown as 'Response 2').")
     preferred: Literal[1, 2] = Field(description="Which response the example prefers: 1 or 2.")
-    rationale: Text | None = Field(None, description="Optional reasoning shown before the answer (for chain-of-thought).")
+    rationale: Text | None = Field(
+        None, description="Optional reasoning shown before the answer (for chain-of-thought)."
+    )
 
 
 class LabelerSpec(ApiModel):
@@ -255,7 +264,8 @@ class LabelerSpec(ApiModel):
         None, description="Labeler model (path, hub id or served model name). Default: the policy model."
     )
     endpoint: Annotated[str, Field(max_length=MAX_PATH, pattern=r"^https?://")] | None = Field(
-        None, description="Base URL of the OpenAI-compatible API, e.g. http://vllm.llm.svc:8000/v1. Required for openai."
+        None,
+        description="Base URL of the OpenAI-compatible API, e.g. http://vllm.llm.svc:8000/v1. Required for openai.",
     )
     api: Literal["completions", "chat"] = Field(
         "completions",
@@ -268,9 +278,12 @@ class LabelerSpec(ApiModel):
         ),
     )
     api_key_secret_ref: SecretKeyRef | None = Field(
-        None, description="Secret holding the endpoint's API key; it reaches the pod as an environment variable."
+        None,
+        description="Secret holding the endpoint's API key; it reaches the pod as an environment variable.",
     )
-    callable: Annotated[str, Field(max_length=MAX_SHORT, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = Field(
+    callable: (
+        Annotated[str, Field(max_length=MAX_SHORT, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None
+    ) = Field(
         None,
         description="For provider python: 'package.module:function', importable in the trainer image.",
     )
@@ -294,18 +307,33 @@ class LabelerSpec(ApiModel):
         description="'base' or 'detailed' (the paper's preambles), or the full text of a custom preamble. Default base.",
     )
     few_shot: list[FewShotExample] = Field(
-        default_factory=list, max_length=16, description="Worked examples placed between the preamble and the pair."
+        default_factory=list,
+        max_length=16,
+        description="Worked examples placed between the preamble and the pair.",
     )
     chain_of_thought: bool = Field(
-        False, description="Two-step chain-of-thought: generate a rationale greedily, then score. Default false."
+        False,
+        description="Two-step chain-of-thought: generate a rationale greedily, then score. Default false.",
     )
     position_debias: bool = Field(
-        True, description="Score every pair in both orders and average, cancelling position bias. Default true."
+        True,
+        description="Score every pair in both orders and average, cancelling position bias. Default true.",
     )
-    batch_size: int = Field(8, ge=1, le=4096, description="Pairs scored per forward pass (hf) or requests in flight (openai). Default 8.")
-    max_concurrency: int = Field(8, ge=1, le=1024, description="Concurrent requests to an openai endpoint. Default 8.")
-    max_retries: int = Field(5, ge=0, le=100, description="Retries on 429 and 5xx from an openai endpoint. Default 5.")
-    request_timeout_seconds: float = Field(60, gt=0, le=3600, description="Timeout of one endpoint request. Default 60.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Pairs scored per forward pass (hf) or requests in flight (openai). Default 8.",
+    )
+    max_concurrency: int = Field(
+        8, ge=1, le=1024, description="Concurrent requests to an openai endpoint. Default 8."
+    )
+    max_retries: int = Field(
+        5, ge=0, le=100, description="Retries on 429 and 5xx from an openai endpoint. Default 5."
+    )
+    request_timeout_seconds: float = Field(
+        60, gt=0, le=3600, description="Timeout of one endpoint request. Default 60."
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -338,12 +366,16 @@ class LabelerSpec(ApiModel):
 class RewardModelSpec(ApiModel):
     """The reward model trained on the AI preference labels (or given, for a job without a reward stage)."""
 
-    model: PathStr | None = Field(None, description="Base model of the reward model. Default: the policy model.")
+    model: PathStr | None = Field(
+        None, description="Base model of the reward model. Default: the policy model."
+    )
     path: PathStr | None = Field(
         None,
         description="A reward model trained elsewhere, for RL without a reward stage in this job.",
     )
-    lora: LoraSpec | None = Field(None, description="Train LoRA adapters (plus the score head) instead of all weights.")
+    lora: LoraSpec | None = Field(
+        None, description="Train LoRA adapters (plus the score head) instead of all weights."
+    )
     loss: Literal["soft", "bradleyTerry"] = Field(
         "soft",
         description=(
@@ -353,10 +385,21 @@ class RewardModelSpec(ApiModel):
     )
     epochs: int = Field(2, ge=1, le=1000, description="Passes over the labelled pairs. Default 2.")
     learning_rate: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate. Default 1e-5.")
-    batch_size: int = Field(8, ge=1, le=65536, description="Pairs per optimizer step, across all processes. Default 8.")
-    max_length: int = Field(512, ge=8, le=131072, description="Prompt plus response tokens; longer inputs are truncated. Default 512.")
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out to report accuracy. Default 0.1.")
-    checkpoint_every: int = Field(100, ge=1, le=10_000_000, description="Optimizer steps between checkpoints. Default 100.")
+    batch_size: int = Field(
+        8, ge=1, le=65536, description="Pairs per optimizer step, across all processes. Default 8."
+    )
+    max_length: int = Field(
+        512,
+        ge=8,
+        le=131072,
+        description="Prompt plus response tokens; longer inputs are truncated. Default 512.",
+    )
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of pairs held out to report accuracy. Default 0.1."
+    )
+    checkpoint_every: int = Field(
+        100, ge=1, le=10_000_000, description="Optimizer steps between checkpoints. Default 100."
+    )
 
 
 class RLSpec(ApiModel):
@@ -380,19 +423,32 @@ class RLSpec(ApiModel):
             "Default rewardModel."
         ),
     )
-    kl_coef: float = Field(0.05, ge=0, le=10, description="KL penalty coefficient beta. Default 0.05 (the paper).")
-    temperature: float = Field(0.9, gt=0, le=5, description="Sampling temperature during RL. Default 0.9 (the paper).")
+    kl_coef: float = Field(
+        0.05, ge=0, le=10, description="KL penalty coefficient beta. Default 0.05 (the paper)."
+    )
+    temperature: float = Field(
+        0.9, gt=0, le=5, description="Sampling temperature during RL. Default 0.9 (the paper)."
+    )
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold. Default 1.0 (off).")
-    max_new_tokens: int = Field(64, ge=1, le=32768, description="Longest sampled response, in tokens. Default 64.")
+    max_new_tokens: int = Field(
+        64, ge=1, le=32768, description="Longest sampled response, in tokens. Default 64."
+    )
     steps: int = Field(100, ge=1, le=10_000_000, description="Optimizer steps. Default 100.")
-    batch_size: int = Field(8, ge=1, le=65536, description="Prompts per step, across all processes. Default 8.")
+    batch_size: int = Field(
+        8, ge=1, le=65536, description="Prompts per step, across all processes. Default 8."
+    )
     samples_per_prompt: int = Field(
-        2, ge=1, le=256, description="Responses sampled per prompt (k). rloo and grpo need at least 2. Default 2."
+        2,
+        ge=1,
+        le=256,
+        description="Responses sampled per prompt (k). rloo and grpo need at least 2. Default 2.",
     )
     learning_rate: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate. Default 1e-5.")
     ppo_epochs: int = Field(2, ge=1, le=100, description="PPO passes over each batch. Default 2.")
     clip_range: float = Field(0.2, gt=0, le=1, description="PPO ratio clip range. Default 0.2.")
-    checkpoint_every: int = Field(20, ge=1, le=10_000_000, description="Steps between checkpoints. Default 20.")
+    checkpoint_every: int = Field(
+        20, ge=1, le=10_000_000, description="Steps between checkpoints. Default 20."
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -409,7 +465,9 @@ class EvaluationSpec(ApiModel):
 
     judge: LabelerSpec | None = Field(None, description="The AI judge. Default: the labeler.")
     samples: int = Field(200, ge=1, le=1_000_000, description="Held-out prompts to judge. Default 200.")
-    max_new_tokens: int | None = Field(None, ge=1, le=32768, description="Response length for evaluation. Default: rl.maxNewTokens.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=32768, description="Response length for evaluation. Default: rl.maxNewTokens."
+    )
     policy: PathStr | None = Field(
         None,
         description="The trained policy (model dir or LoRA adapter dir) to evaluate when this job has no rl stage.",
@@ -419,7 +477,12 @@ class EvaluationSpec(ApiModel):
 class ResourceSpec(ApiModel):
     """Compute for one stage's pod. Requests equal limits, so stage pods are Guaranteed QoS."""
 
-    gpus: int | None = Field(None, ge=0, le=64, description="GPUs per pod; more than one runs the stage under accelerate launch, one process per GPU.")
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="GPUs per pod; more than one runs the stage under accelerate launch, one process per GPU.",
+    )
     cpu: Quantity | None = Field(None, description="CPU, e.g. 8 or 7500m.")
     memory: Quantity | None = Field(None, description="Memory, e.g. 64Gi.")
     ephemeral_storage: Quantity | None = Field(None, description="Local scratch disk, e.g. 50Gi.")
@@ -456,9 +519,16 @@ class PVCRef(ApiModel):
 class StorageSpec(ApiModel):
     """The workspace volume that stages share artifacts through. Either an existing claim, or a size for a new one."""
 
-    persistent_volume_claim: PVCRef | None = Field(None, description="Use this existing claim (it must allow the stages' pods to mount it).")
-    size: Quantity | None = Field(None, description="Create a claim of this size, owned by the job. Default 20Gi when no claim is given.")
-    storage_class_name: ShortStr | None = Field(None, description="StorageClass of the created claim. Default: the cluster default.")
+    persistent_volume_claim: PVCRef | None = Field(
+        None, description="Use this existing claim (it must allow the stages' pods to mount it)."
+    )
+    size: Quantity | None = Field(
+        None,
+        description="Create a claim of this size, owned by the job. Default 20Gi when no claim is given.",
+    )
+    storage_class_name: ShortStr | None = Field(
+        None, description="StorageClass of the created claim. Default: the cluster default."
+    )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"],  # type: ignore[arg-type]
         min_length=1,
@@ -482,31 +552,59 @@ class StorageSpec(ApiModel):
 class RunPolicy(ApiModel):
     """How the job is run: retries, deadlines, clean-up, suspension and queueing."""
 
-    backoff_limit: int = Field(2, ge=0, le=100, description="Retries of a failed stage pod before the job fails. Default 2.")
-    backoff_seconds: int = Field(10, ge=0, le=3600, description="Delay before the first retry; it doubles each retry, capped at 10 minutes. Default 10.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the job with reason DeadlineExceeded after this long running.")
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the job this long after it succeeds or fails. Mutable.")
-    suspend: bool = Field(False, description="Stop running stage Jobs, keeping artifacts; false resumes at the current stage. Mutable.")
-    queue_name: K8sName | None = Field(None, description="Kueue LocalQueue; stage Jobs get the kueue.x-k8s.io/queue-name label.")
+    backoff_limit: int = Field(
+        2, ge=0, le=100, description="Retries of a failed stage pod before the job fails. Default 2."
+    )
+    backoff_seconds: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="Delay before the first retry; it doubles each retry, capped at 10 minutes. Default 10.",
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job with reason DeadlineExceeded after this long running."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this long after it succeeds or fails. Mutable."
+    )
+    suspend: bool = Field(
+        False,
+        description="Stop running stage Jobs, keeping artifacts; false resumes at the current stage. Mutable.",
+    )
+    queue_name: K8sName | None = Field(
+        None, description="Kueue LocalQueue; stage Jobs get the kueue.x-k8s.io/queue-name label."
+    )
     priority_class_name: ShortStr | None = Field(None, description="PriorityClass of the stage pods.")
 
 
 class Toleration(ApiModel):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: ShortStr | None = Field(None, description="Taint key; empty with operator Exists tolerates everything.")
+    key: ShortStr | None = Field(
+        None, description="Taint key; empty with operator Exists tolerates everything."
+    )
     operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal. Default Equal.")
-    value: Annotated[str, Field(max_length=MAX_SHORT)] | None = Field(None, description="Taint value to match with Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect to match; empty matches all.")
-    toleration_seconds: int | None = Field(None, description="For NoExecute: how long the pod stays bound after the taint appears.")
+    value: Annotated[str, Field(max_length=MAX_SHORT)] | None = Field(
+        None, description="Taint value to match with Equal."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
 
 
 class EnvVar(ApiModel):
     """An environment variable for the stage container (core/v1 EnvVar)."""
 
     name: ShortStr = Field(description="Variable name.")
-    value: Text | None = Field(None, description="Literal value. Put secrets in valueFrom.secretKeyRef, never here.")
-    value_from: KubeObject | None = Field(None, description="A core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef...")
+    value: Text | None = Field(
+        None, description="Literal value. Put secrets in valueFrom.secretKeyRef, never here."
+    )
+    value_from: KubeObject | None = Field(
+        None, description="A core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef..."
+    )
 
 
 class VolumeMount(ApiModel):
@@ -515,7 +613,9 @@ class VolumeMount(ApiModel):
     name: ShortStr = Field(description="Name of a volume in podTemplate.volumes.")
     mount_path: PathStr = Field(description="Absolute path in the container.")
     read_only: bool | None = Field(None, description="Mount read-only.")
-    sub_path: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(None, description="Sub-path within the volume.")
+    sub_path: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(
+        None, description="Sub-path within the volume."
+    )
 
 
 class LocalObjectReference(ApiModel):
@@ -530,13 +630,23 @@ class PodTemplateOverrides(ApiModel):
     labels: StringMap | None = Field(None, description="Extra pod labels.")
     annotations: StringMap | None = Field(None, description="Extra pod annotations.")
     node_selector: StringMap | None = Field(None, description="Node selector, e.g. a GPU product label.")
-    tolerations: list[Toleration] | None = Field(None, max_length=MAX_LIST, description="Tolerations, e.g. for tainted GPU nodes.")
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=MAX_LIST, description="Tolerations, e.g. for tainted GPU nodes."
+    )
     affinity: KubeObject | None = Field(None, description="A core/v1 Affinity.")
-    service_account_name: K8sName | None = Field(None, description="ServiceAccount of the stage pods. Default: the operator's trainer ServiceAccount.")
-    image_pull_secrets: list[LocalObjectReference] | None = Field(None, max_length=MAX_LIST, description="Secrets for pulling the trainer image.")
+    service_account_name: K8sName | None = Field(
+        None, description="ServiceAccount of the stage pods. Default: the operator's trainer ServiceAccount."
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        None, max_length=MAX_LIST, description="Secrets for pulling the trainer image."
+    )
     env: list[EnvVar] | None = Field(None, max_length=MAX_LIST, description="Extra environment variables.")
-    volumes: list[KubeObject] | None = Field(None, max_length=MAX_LIST, description="Extra core/v1 Volumes (each needs a name).")
-    volume_mounts: list[VolumeMount] | None = Field(None, max_length=MAX_LIST, description="Mounts of the extra volumes.")
+    volumes: list[KubeObject] | None = Field(
+        None, max_length=MAX_LIST, description="Extra core/v1 Volumes (each needs a name)."
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        None, max_length=MAX_LIST, description="Mounts of the extra volumes."
+    )
 
 
 def _has_stage(spec: RLAIFJobSpec, stage: str) -> bool:
@@ -569,10 +679,17 @@ class RLAIFJobSpec(ApiModel):
     image: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(
         None, description="Trainer container image. Default: the operator's configured trainer image."
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Random seed for sampling, shuffling and initialization. Default 0.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Random seed for sampling, shuffling and initialization. Default 0.",
+    )
     resources: StageResources = Field(default_factory=StageResources, description="Compute per stage.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="The shared workspace volume.")
-    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadlines, suspension and queueing.")
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Retries, deadlines, suspension and queueing."
+    )
     pod_template: PodTemplateOverrides | None = Field(None, description="Additions to every stage pod.")
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
@@ -607,19 +724,25 @@ class RLAIFJobSpec(ApiModel):
             rule="!('reward' in self.stages) || 'label' in self.stages || has(self.dataset.labels)",
             message="the reward stage needs labels: include the label stage, or give dataset.labels",
             field_path=".dataset.labels",
-            check=lambda s: not _has_stage(s, "reward") or _has_stage(s, "label") or s.dataset.labels is not None,
+            check=lambda s: (
+                not _has_stage(s, "reward") or _has_stage(s, "label") or s.dataset.labels is not None
+            ),
         ),
         CelRule(
             rule="!('evaluate' in self.stages) || has(self.labeler) || has(self.evaluation.judge)",
             message="the evaluate stage needs a judge: set evaluation.judge or labeler",
             field_path=".evaluation.judge",
-            check=lambda s: not _has_stage(s, "evaluate") or s.labeler is not None or s.evaluation.judge is not None,
+            check=lambda s: (
+                not _has_stage(s, "evaluate") or s.labeler is not None or s.evaluation.judge is not None
+            ),
         ),
         CelRule(
             rule="!('evaluate' in self.stages) || 'rl' in self.stages || has(self.evaluation.policy)",
             message="the evaluate stage needs a policy to evaluate: include the rl stage, or set evaluation.policy",
             field_path=".evaluation.policy",
-            check=lambda s: not _has_stage(s, "evaluate") or _has_stage(s, "rl") or s.evaluation.policy is not None,
+            check=lambda s: (
+                not _has_stage(s, "evaluate") or _has_stage(s, "rl") or s.evaluation.policy is not None
+            ),
         ),
     )
 
@@ -648,12 +771,14 @@ class Condition(ApiModel):
 
     type: ConditionType = Field(description="Running, Succeeded, Failed, Suspended or Ready.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: Annotated[str, Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")] = Field(
-        "", description="CamelCase machine-readable reason for the last transition."
+    reason: Annotated[str, Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")] = (
+        Field("", description="CamelCase machine-readable reason for the last transition.")
     )
     message: Annotated[str, Field(max_length=32768)] = Field("", description="Human-readable detail.")
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(None, ge=0, description="The metadata.generation this condition was computed from.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The metadata.generation this condition was computed from."
+    )
 
 
 class StageStatus(ApiModel):
@@ -665,10 +790,18 @@ class StageStatus(ApiModel):
     job_name: str | None = Field(None, description="Name of the current or last batch/v1 Job of this stage.")
     attempts: int = Field(0, ge=0, description="Pods started for this stage, retries included.")
     start_time: str | None = Field(None, description="When the first attempt started (RFC 3339).")
-    completion_time: str | None = Field(None, description="When the stage succeeded or finally failed (RFC 3339).")
-    next_retry_time: str | None = Field(None, description="When the next attempt may start, during retry backoff (RFC 3339).")
-    message: Annotated[str, Field(max_length=32768)] | None = Field(None, description="Last message, e.g. the failure reason.")
-    metrics: KubeObject | None = Field(None, description="Headline metrics from the stage's summary (its termination message).")
+    completion_time: str | None = Field(
+        None, description="When the stage succeeded or finally failed (RFC 3339)."
+    )
+    next_retry_time: str | None = Field(
+        None, description="When the next attempt may start, during retry backoff (RFC 3339)."
+    )
+    message: Annotated[str, Field(max_length=32768)] | None = Field(
+        None, description="Last message, e.g. the failure reason."
+    )
+    metrics: KubeObject | None = Field(
+        None, description="Headline metrics from the stage's summary (its termination message)."
+    )
 
 
 class StagesStatus(ApiModel):
@@ -692,11 +825,21 @@ class ArtifactsStatus(ApiModel):
 class ResultsStatus(ApiModel):
     """Headline results, copied from the stages' summaries."""
 
-    win_rate_vs_initial: float | None = Field(None, description="Win rate of the trained policy against the initial policy, by the AI judge.")
-    win_rate_ci_low: float | None = Field(None, description="Lower end of the win rate's 95% confidence interval.")
-    win_rate_ci_high: float | None = Field(None, description="Upper end of the win rate's 95% confidence interval.")
-    labeler_position_consistency: float | None = Field(None, description="Share of pairs the labeler judged the same way in both orders.")
-    reward_model_accuracy: float | None = Field(None, description="Held-out accuracy of the reward model on the AI labels.")
+    win_rate_vs_initial: float | None = Field(
+        None, description="Win rate of the trained policy against the initial policy, by the AI judge."
+    )
+    win_rate_ci_low: float | None = Field(
+        None, description="Lower end of the win rate's 95% confidence interval."
+    )
+    win_rate_ci_high: float | None = Field(
+        None, description="Upper end of the win rate's 95% confidence interval."
+    )
+    labeler_position_consistency: float | None = Field(
+        None, description="Share of pairs the labeler judged the same way in both orders."
+    )
+    reward_model_accuracy: float | None = Field(
+        None, description="Held-out accuracy of the reward model on the AI labels."
+    )
     final_reward: float | None = Field(None, description="Mean reward over the last RL steps.")
     final_kl: float | None = Field(None, description="Mean KL to the initial policy over the last RL steps.")
 
@@ -704,11 +847,18 @@ class ResultsStatus(ApiModel):
 class RLAIFJobStatus(ApiModel):
     """Observed state, written by the operator only."""
 
-    phase: Phase | None = Field(None, description="Summary of the conditions: Pending, Labeling, TrainingRewardModel, OptimizingPolicy, Evaluating, Succeeded, Failed or Suspended.")
+    phase: Phase | None = Field(
+        None,
+        description="Summary of the conditions: Pending, Labeling, TrainingRewardModel, OptimizingPolicy, Evaluating, Succeeded, Failed or Suspended.",
+    )
     current_stage: Stage | None = Field(None, description="The stage running or next to run.")
     progress: str | None = Field(None, description="Stages done out of stages listed, e.g. 2/4.")
-    observed_generation: int | None = Field(None, ge=0, description="The metadata.generation the status was computed from.")
-    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Running, Succeeded, Failed, Suspended and Ready.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The metadata.generation the status was computed from."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, description="Running, Succeeded, Failed, Suspended and Ready."
+    )
     stages: StagesStatus | None = Field(None, description="Progress per stage.")
     artifacts: ArtifactsStatus | None = Field(None, description="Where the artifacts are.")
     results: ResultsStatus | None = Field(None, description="Headline results.")
@@ -748,7 +898,13 @@ IMMUTABLE_SPEC_FIELDS = (
 )
 # runPolicy mixes both kinds: its own fields are split by the two lists after it.
 SPEC_FIELDS_CHECKED_PER_FIELD = ("runPolicy",)
-IMMUTABLE_RUN_POLICY_FIELDS = ("backoffLimit", "backoffSeconds", "activeDeadlineSeconds", "queueName", "priorityClassName")
+IMMUTABLE_RUN_POLICY_FIELDS = (
+    "backoffLimit",
+    "backoffSeconds",
+    "activeDeadlineSeconds",
+    "queueName",
+    "priorityClassName",
+)
 MUTABLE_RUN_POLICY_FIELDS = ("suspend", "ttlSecondsAfterFinished")
 
 
@@ -781,7 +937,9 @@ IMMUTABLE_AFTER_START_RULE = CelRule(
 class RLAIFJob(ApiModel):
     """RLAIFJob aligns a language model with Reinforcement Learning from AI Feedback (Lee et al. 2023): AI preference labeling, reward-model training, RL policy optimization, then evaluation, one batch/v1 Job per stage."""
 
-    api_version: Literal["rlaif.dev/v1alpha1"] = Field("rlaif.dev/v1alpha1", description="rlaif.dev/v1alpha1.")
+    api_version: Literal["rlaif.dev/v1alpha1"] = Field(
+        "rlaif.dev/v1alpha1", description="rlaif.dev/v1alpha1."
+    )
     kind: Literal["RLAIFJob"] = Field("RLAIFJob", description="RLAIFJob.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: RLAIFJobSpec = Field(description="Desired state of the run.")
@@ -880,8 +1038,10 @@ def resolve_spec(spec: RLAIFJobSpec, base_dir: str | Path) -> RLAIFJobSpec:
     ds.labels = _resolve_data_path(ds.labels, base)
     for labeler in (resolved.labeler, resolved.evaluation.judge):
         if labeler is not None:
-            labeler.model = _resolve_path(labeler.model, base) if labeler.model else (
-                resolved.policy.model if labeler.provider == "hf" else None
+            labeler.model = (
+                _resolve_path(labeler.model, base)
+                if labeler.model
+                else (resolved.policy.model if labeler.provider == "hf" else None)
             )
     if resolved.evaluation.judge is None and resolved.labeler is not None:
         resolved.evaluation.judge = resolved.labeler.model_copy(deep=True)
@@ -931,6 +1091,8 @@ def load_job(path: str | Path) -> RLAIFJob:
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected an RLAIFJob mapping, got {type(document).__name__}")
     metadata = document.get("metadata") or {}
-    document["metadata"] = {k: v for k, v in metadata.items() if k in ("name", "namespace", "labels", "annotations")}
+    document["metadata"] = {
+        k: v for k, v in metadata.items() if k in ("name", "namespace", "labels", "annotations")
+    }
     document.pop("status", None)
     return RLAIFJob.model_validate(document)

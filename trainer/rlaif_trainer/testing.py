@@ -164,7 +164,9 @@ def build_tiny_model(
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "rlaif_tiny.json").write_text(json.dumps({"seed": seed, "kind": "rlaif-operator tiny test model"}))
+        (tmp / "rlaif_tiny.json").write_text(
+            json.dumps({"seed": seed, "kind": "rlaif-operator tiny test model"})
+        )
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -64,7 +64,9 @@ def test_schema_is_structural(schema):
 
 
 def test_quantities_are_int_or_string_with_the_quantity_pattern(schema):
-    memory = schema["properties"]["spec"]["properties"]["resources"]["properties"]["default"]["properties"]["memory"]
+    memory = schema["properties"]["spec"]["properties"]["resources"]["properties"]["default"]["properties"][
+        "memory"
+    ]
     assert memory["x-kubernetes-int-or-string"] is True
     assert memory["pattern"] == api.QUANTITY_PATTERN
 

@@ -44,7 +44,12 @@ def test_stage_resources_override_field_by_field():
     resources = api.StageResources.model_validate(
         {"default": {"gpus": 1, "memory": "16Gi"}, "label": {"gpus": 4}, "evaluate": {"gpus": 0}}
     )
-    assert resources.for_stage("label").model_dump() == {"gpus": 4, "cpu": None, "memory": "16Gi", "ephemeral_storage": None}
+    assert resources.for_stage("label").model_dump() == {
+        "gpus": 4,
+        "cpu": None,
+        "memory": "16Gi",
+        "ephemeral_storage": None,
+    }
     assert resources.for_stage("evaluate").gpus == 0
     assert resources.for_stage("rl").gpus == 1
 
@@ -68,9 +73,7 @@ def test_wire_form_round_trips():
 
 
 def test_labeler_api_chat_round_trips_and_defaults_to_completions():
-    job = api.RLAIFJob.model_validate(
-        example_jobs()["openai-labeler.yaml"] | {"metadata": {"name": "t"}}
-    )
+    job = api.RLAIFJob.model_validate(example_jobs()["openai-labeler.yaml"] | {"metadata": {"name": "t"}})
     assert job.spec.labeler is not None and job.spec.labeler.api == "completions"
     wire = job.to_wire()
     wire["spec"]["labeler"]["api"] = "chat"
@@ -113,7 +116,9 @@ def test_resolve_stage_configs(tmp_path: Path):
 
 
 def test_hub_ids_and_embedded_names_are_not_paths(tmp_path: Path):
-    job = api.RLAIFJob.model_validate(base_job() | {"spec": base_job()["spec"] | {"policy": {"model": "org/model"}}})
+    job = api.RLAIFJob.model_validate(
+        base_job() | {"spec": base_job()["spec"] | {"policy": {"model": "org/model"}}}
+    )
     spec = api.resolve_spec(job.spec, tmp_path)
     assert spec.policy.model == "org/model"
     job = api.RLAIFJob.model_validate(base_job())

@@ -109,7 +109,9 @@ class Sim:
         return next(c for c in self.status()["conditions"] if c["type"] == ctype)
 
     def events(self, reason: str | None = None) -> list[str]:
-        return [f"{e.reason}: {e.message}" for p in self.plans for e in p.events if reason in (None, e.reason)]
+        return [
+            f"{e.reason}: {e.message}" for p in self.plans for e in p.events if reason in (None, e.reason)
+        ]
 
     def run_to_end(self, summaries: dict[str, dict[str, Any]] | None = None) -> None:
         for _ in range(20):

@@ -24,7 +24,9 @@ def job(name: str = "demo", **spec_updates: Any) -> tuple[RLAIFJob, b.Owner]:
     return model, b.Owner(name=name, namespace="ns", uid=UID)
 
 
-def stage_job(stage: str = "label", attempt: int = 1, settings: b.Settings = SETTINGS, **spec_updates: Any) -> dict[str, Any]:
+def stage_job(
+    stage: str = "label", attempt: int = 1, settings: b.Settings = SETTINGS, **spec_updates: Any
+) -> dict[str, Any]:
     model, owner = job(**spec_updates)
     return b.build_stage_job(model, owner, stage, attempt, settings, "trainer:1")
 
@@ -142,7 +144,10 @@ def test_multi_gpu_runs_under_accelerate_launch_with_shm() -> None:
     mounts = {v["mountPath"] for v in container(m)["volumeMounts"]}
     assert "/dev/shm" in mounts
     # other stages keep the default single GPU
-    assert container(stage_job("label", resources={"default": {"gpus": 1}, "rl": {"gpus": 4}}))["command"][0] == "rlaif-train"
+    assert (
+        container(stage_job("label", resources={"default": {"gpus": 1}, "rl": {"gpus": 4}}))["command"][0]
+        == "rlaif-train"
+    )
 
 
 @pytest.mark.parametrize("gpus", [1, 4])
@@ -365,7 +370,9 @@ def test_rbac_rules_cover_what_the_operator_calls() -> None:
     from rlaif_operator.rbac import RBAC_RULES
 
     def allowed(group: str, resource: str, verb: str) -> bool:
-        return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in RBAC_RULES)
+        return any(
+            group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in RBAC_RULES
+        )
 
     for group, resource, verb in [
         ("rlaif.dev", "rlaifjobs", "watch"),

@@ -79,7 +79,10 @@ def test_first_pass_creates_configmap_pvc_job_events_and_status() -> None:
     ctrl = controller(client)
     plan = asyncio.run(ctrl.reconcile_key(("ns", "demo")))
     assert plan is not None
-    assert [b["kind"] for b in client.posts("/configmaps") + client.posts("/persistentvolumeclaims") + client.posts("/jobs")] == [
+    assert [
+        b["kind"]
+        for b in client.posts("/configmaps") + client.posts("/persistentvolumeclaims") + client.posts("/jobs")
+    ] == [
         "ConfigMap",
         "PersistentVolumeClaim",
         "Job",
@@ -192,7 +195,9 @@ def test_child_events_that_change_nothing_the_core_sees_are_not_queued() -> None
     assert ctrl.child_event(owner, "uid-p", PodInfo(name="p", job_name="demo-label-1", phase="Running"))
     assert ctrl.child_event(owner, "uid-p", None, deleted=True)
     assert ctrl.child_event(owner, "uid-p", pending)  # after a deletion, the next sighting is news again
-    assert ctrl.child_event(owner, "", pending) and ctrl.child_event(owner, "", pending)  # no uid: never skipped
+    assert ctrl.child_event(owner, "", pending) and ctrl.child_event(
+        owner, "", pending
+    )  # no uid: never skipped
     assert not ctrl.child_event(None, "uid-q", pending)  # not one of ours: nothing to queue
     assert ctrl.queued == {owner} and ctrl.queue.qsize() == 1  # queued, deduplicated
     ctrl.child_event(owner, "uid-lost", pending)  # its DELETED event will never come (lost in a relist)
@@ -251,7 +256,10 @@ def test_a_refused_stage_job_is_reported_retried_with_backoff_and_never_announce
         assert "exceeded quota: no-jobs" in events["StageJobRefused"]["message"]
         status = [b for m, p, b in client.calls if m == "PATCH"][-1]["status"]
         running = next(c for c in status["conditions"] if c["type"] == "Running")
-        assert status["phase"] == "Pending" and (running["status"], running["reason"]) == ("False", "StageJobRefused")
+        assert status["phase"] == "Pending" and (running["status"], running["reason"]) == (
+            "False",
+            "StageJobRefused",
+        )
         assert "demo-label-1" in running["message"] and "exceeded quota" in running["message"]
         assert key in ctrl.timers  # tried again after the backoff
         assert 0 < ctrl.timers[key][0] - asyncio.get_running_loop().time() <= REFUSAL_RETRY_BASE_SECONDS + 0.1
@@ -291,4 +299,6 @@ def test_a_new_spec_retries_a_refused_stage_job_at_once() -> None:
     ctrl.indexes.jobs[key].append(fixed)  # type: ignore[attr-defined]
     client.refuse = False
     asyncio.run(ctrl.reconcile_key(key))
-    assert len(client.posts("/jobs")) == 2 and "/apis/batch/v1/namespaces/ns/jobs/demo-label-1" in client.objects
+    assert (
+        len(client.posts("/jobs")) == 2 and "/apis/batch/v1/namespaces/ns/jobs/demo-label-1" in client.objects
+    )

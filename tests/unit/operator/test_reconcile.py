@@ -215,7 +215,15 @@ def test_job_failed_without_pod_info_is_retryable() -> None:
     sim = Sim()
     sim.step()
     sim.jobs["demo-label-1"]["status"] = {
-        "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "node lost", "lastTransitionTime": fmt_time(T0)}]
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "DeadlineExceeded",
+                "message": "node lost",
+                "lastTransitionTime": fmt_time(T0),
+            }
+        ]
     }
     sim.step()
     assert sim.status()["stages"]["label"]["nextRetryTime"]
@@ -225,7 +233,11 @@ def test_job_failed_without_pod_info_is_retryable() -> None:
 def test_permanent_exit_code_fails_at_once() -> None:
     sim = Sim()
     sim.step()
-    sim.finish("demo-label-1", 65, {"stage": "label", "error": "data/prompts.jsonl line 3: not JSON", "permanent": True})
+    sim.finish(
+        "demo-label-1",
+        65,
+        {"stage": "label", "error": "data/prompts.jsonl line 3: not JSON", "permanent": True},
+    )
     plan = sim.step()
     assert plan.create == [] and plan.requeue_after is None
     assert sim.status()["phase"] == "Failed"
@@ -493,19 +505,34 @@ def test_summarize_job_and_pod_from_api_objects() -> None:
         "status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]},
     }
     info = summarize_job(job)
-    assert info is not None and (info.stage, info.attempt, info.owner_uid, info.failed) == ("rl", 3, "u", True)
+    assert info is not None and (info.stage, info.attempt, info.owner_uid, info.failed) == (
+        "rl",
+        3,
+        "u",
+        True,
+    )
     assert summarize_job({"metadata": {"name": "x", "labels": {}}}) is None
     pod = {
         "metadata": {"name": "demo-rl-3-abc", "labels": {"batch.kubernetes.io/job-name": "demo-rl-3"}},
         "status": {
             "phase": "Failed",
             "containerStatuses": [
-                {"name": "trainer", "state": {"terminated": {"exitCode": 65, "message": '{"error": "bad"}', "finishedAt": "t"}}}
+                {
+                    "name": "trainer",
+                    "state": {
+                        "terminated": {"exitCode": 65, "message": '{"error": "bad"}', "finishedAt": "t"}
+                    },
+                }
             ],
         },
     }
     p = summarize_pod(pod)
-    assert p is not None and (p.job_name, p.exit_code, p.message, p.phase) == ("demo-rl-3", 65, '{"error": "bad"}', "Failed")
+    assert p is not None and (p.job_name, p.exit_code, p.message, p.phase) == (
+        "demo-rl-3",
+        65,
+        '{"error": "bad"}',
+        "Failed",
+    )
 
 
 def test_non_json_termination_message_becomes_the_error_text() -> None:
@@ -527,10 +554,23 @@ def test_status_is_valid_against_the_api_model() -> None:
 def test_merge_patch_contains_changes_and_nulls_for_removed_keys() -> None:
     from rlaif_operator.reconcile import merge_patch
 
-    old = {"phase": "Labeling", "stages": {"label": {"state": "Pending", "nextRetryTime": "t"}}, "conditions": [1, 2]}
-    new = {"phase": "Labeling", "stages": {"label": {"state": "Running"}}, "conditions": [1, 3], "progress": "0/4"}
+    old = {
+        "phase": "Labeling",
+        "stages": {"label": {"state": "Pending", "nextRetryTime": "t"}},
+        "conditions": [1, 2],
+    }
+    new = {
+        "phase": "Labeling",
+        "stages": {"label": {"state": "Running"}},
+        "conditions": [1, 3],
+        "progress": "0/4",
+    }
     patch = merge_patch(old, new)
-    assert patch == {"stages": {"label": {"state": "Running", "nextRetryTime": None}}, "conditions": [1, 3], "progress": "0/4"}
+    assert patch == {
+        "stages": {"label": {"state": "Running", "nextRetryTime": None}},
+        "conditions": [1, 3],
+        "progress": "0/4",
+    }
     assert merge_patch(new, new) == {}
 
 
@@ -573,7 +613,10 @@ def test_a_stuck_stage_pod_is_reported_once_and_clears() -> None:
     assert len(sim.events("StagePodWaiting")) == 1  # a Warning when it starts, not on every pass
     sim.pods[job] = PodInfo(name=f"{job}-x", job_name=job, phase="Running")
     sim.step()
-    assert (sim.condition("Running")["status"], sim.condition("Running")["reason"]) == ("True", "StageRunning")
+    assert (sim.condition("Running")["status"], sim.condition("Running")["reason"]) == (
+        "True",
+        "StageRunning",
+    )
 
 
 def test_a_stage_job_without_a_pod_is_reported_after_a_grace_period() -> None:
@@ -613,19 +656,50 @@ def test_the_pod_grace_period_counts_from_the_jobs_start_not_its_creation() -> N
 @pytest.mark.parametrize(
     ("status", "waiting"),
     [
-        ({"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}]}, None),
         (
-            {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]},
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+                ],
+            },
+            None,
+        ),
+        (
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "state": {
+                            "waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}
+                        },
+                    }
+                ],
+            },
             "ImagePullBackOff: Back-off pulling image",
         ),
         (
-            {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]},
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            },
             "Unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
         ),
         ({"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}, None),
     ],
 )
 def test_summarize_pod_says_why_a_pod_is_stuck(status: dict[str, Any], waiting: str | None) -> None:
-    pod = {"metadata": {"name": "demo-label-1-abc", "labels": {"batch.kubernetes.io/job-name": "demo-label-1"}}, "status": status}
+    pod = {
+        "metadata": {"name": "demo-label-1-abc", "labels": {"batch.kubernetes.io/job-name": "demo-label-1"}},
+        "status": status,
+    }
     info = summarize_pod(pod)
     assert info is not None and info.waiting == waiting

@@ -19,18 +19,41 @@ def main(model_dir: str, out: str) -> None:
     torch.manual_seed(0)
     model, tok = load_reward_model(model_dir, device="cpu", dtype=torch.float32)
     pairs = [
-        {"prompt": f"question {i}", "response_a": "yes " * (1 + i % 4), "response_b": "no " * (1 + (i * 3) % 5),
-         "p_a": [0.9, 0.2, 0.65, 0.4][i % 4]}
+        {
+            "prompt": f"question {i}",
+            "response_a": "yes " * (1 + i % 4),
+            "response_b": "no " * (1 + (i * 3) % 5),
+            "p_a": [0.9, 0.2, 0.65, 0.4][i % 4],
+        }
         for i in range(24)
     ]
     losses: list[float] = []
-    metrics = train_reward_model(model, tok, pairs, pairs[:6], loss="soft", epochs=1, learning_rate=1e-3,
-                                 batch_size=6, max_length=64, seed=1, accelerator=acc, progress=False,
-                                 on_step=lambda s, v: losses.append(v))
+    metrics = train_reward_model(
+        model,
+        tok,
+        pairs,
+        pairs[:6],
+        loss="soft",
+        epochs=1,
+        learning_rate=1e-3,
+        batch_size=6,
+        max_length=64,
+        seed=1,
+        accelerator=acc,
+        progress=False,
+        on_step=lambda s, v: losses.append(v),
+    )
     if acc.is_main_process:
         with open(out, "w") as fh:
-            json.dump({"losses": losses, "processes": acc.num_processes, "accuracy": metrics["accuracy"],
-                       "eval_loss": metrics["eval_loss"]}, fh)
+            json.dump(
+                {
+                    "losses": losses,
+                    "processes": acc.num_processes,
+                    "accuracy": metrics["accuracy"],
+                    "eval_loss": metrics["eval_loss"],
+                },
+                fh,
+            )
 
 
 if __name__ == "__main__":

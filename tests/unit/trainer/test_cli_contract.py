@@ -62,7 +62,11 @@ def test_bad_input_is_permanent(fake_stage, label_config: Path, tmp_path: Path):
     fake_stage.run = run
     log = tmp_path / "termination-log"
     assert _run(label_config, log) == EXIT_BAD_INPUT == 65
-    assert json.loads(log.read_text()) == {"stage": "label", "error": "prompts.jsonl line 3: not JSON", "permanent": True}
+    assert json.loads(log.read_text()) == {
+        "stage": "label",
+        "error": "prompts.jsonl line 3: not JSON",
+        "permanent": True,
+    }
 
 
 def test_other_failures_are_retryable(fake_stage, label_config: Path, tmp_path: Path):
@@ -80,7 +84,9 @@ def test_missing_or_mismatched_config_is_bad_input(fake_stage, label_config: Pat
     log = tmp_path / "termination-log"
     assert _run(tmp_path / "nope.json", log) == EXIT_BAD_INPUT
     assert "does not exist" in json.loads(log.read_text())["error"]
-    assert cli.main(["reward", "--config", str(label_config), "--termination-log", str(log)]) == EXIT_BAD_INPUT
+    assert (
+        cli.main(["reward", "--config", str(label_config), "--termination-log", str(log)]) == EXIT_BAD_INPUT
+    )
     assert "for stage 'label'" in json.loads(log.read_text())["error"]
 
 
@@ -91,7 +97,9 @@ def test_summary_is_cut_to_four_kib():
     assert json.loads(text) == {"stage": "rl", "final_reward": 0.5}
 
 
-def test_only_rank_zero_writes(fake_stage, label_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_only_rank_zero_writes(
+    fake_stage, label_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     fake_stage.run = lambda config, *, progress: {"pairs": 1}
     monkeypatch.setenv("RANK", "1")
     log = tmp_path / "termination-log"
@@ -99,7 +107,9 @@ def test_only_rank_zero_writes(fake_stage, label_config: Path, tmp_path: Path, m
     assert not log.exists()
 
 
-@pytest.mark.parametrize("command", ["label", "reward", "rl", "evaluate", "pipeline", "validate", "fetch-model"])
+@pytest.mark.parametrize(
+    "command", ["label", "reward", "rl", "evaluate", "pipeline", "validate", "fetch-model"]
+)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([command, "--help"])

@@ -18,13 +18,25 @@ FIRST_P = [0.9, 0.8, 0.3, 0.2, 0.6]
 SECOND_P = [0.7, 0.4, 0.1, 0.45, 0.5]
 
 
-def _records(p_as: list[float], *, mode: str = "pairwise", consistent: list[bool] | None = None,
-             ids: list[str] | None = None) -> list[dict]:
+def _records(
+    p_as: list[float],
+    *,
+    mode: str = "pairwise",
+    consistent: list[bool] | None = None,
+    ids: list[str] | None = None,
+) -> list[dict]:
     ids = ids or [f"id{i}" for i in range(len(p_as))]
     out = []
     for i, (rid, p) in enumerate(zip(ids, p_as, strict=True)):
-        rec = {"id": rid, "prompt": f"prompt {rid}", "response_a": "a", "response_b": "b", "p_a": p,
-               "mode": mode, "labeler": "python:tests:judge"}
+        rec = {
+            "id": rid,
+            "prompt": f"prompt {rid}",
+            "response_a": "a",
+            "response_b": "b",
+            "p_a": p,
+            "mode": mode,
+            "labeler": "python:tests:judge",
+        }
         if consistent is not None:
             rec["consistent"] = consistent[i]
         out.append(rec)
@@ -137,7 +149,10 @@ def test_read_labels_from_a_file_or_a_stage_directory(tmp_path: Path):
         (['{"id": "a", "p_a": 1.5}'], r"labels\.jsonl:1: field 'p_a' must be a number in \[0, 1\], got 1.5"),
         (['{"id": "a", "p_a": "0.5"}'], r"labels\.jsonl:1: field 'p_a' must be a number"),
         (['{"id": "a"}'], r"labels\.jsonl:1: field 'p_a' must be a number in \[0, 1\], got None"),
-        (['{"id": "a", "p_a": 0.1}', '{"id": "a", "p_a": 0.2}'], r"labels\.jsonl:2: duplicate id 'a' \(first on line 1\)"),
+        (
+            ['{"id": "a", "p_a": 0.1}', '{"id": "a", "p_a": 0.2}'],
+            r"labels\.jsonl:2: duplicate id 'a' \(first on line 1\)",
+        ),
         (["[1, 2]"], r"labels\.jsonl:1: expected a JSON object"),
         ([], r"labels file .*labels\.jsonl holds no labels"),
     ],
@@ -162,9 +177,13 @@ def test_read_labels_missing_inputs(tmp_path: Path):
 
 @pytest.fixture
 def two_labelings(tmp_path: Path) -> tuple[Path, Path]:
-    first = write_jsonl(tmp_path / "pairwise" / "labels" / "labels.jsonl",
-                        _records(FIRST_P, consistent=[True, True, False, True, False]))
-    second = write_jsonl(tmp_path / "pointwise.jsonl", _records(SECOND_P, mode="pointwise", consistent=[True] * 5))
+    first = write_jsonl(
+        tmp_path / "pairwise" / "labels" / "labels.jsonl",
+        _records(FIRST_P, consistent=[True, True, False, True, False]),
+    )
+    second = write_jsonl(
+        tmp_path / "pointwise.jsonl", _records(SECOND_P, mode="pointwise", consistent=[True] * 5)
+    )
     return first.parent, second
 
 
@@ -177,19 +196,26 @@ def test_cli_prints_a_table(two_labelings: tuple[Path, Path], capsys: pytest.Cap
     assert any(line.split() == ["mode", "pairwise", "pointwise"] for line in lines)
     assert any(line.split() == ["consistency", "rate", "0.600", "1.000"] for line in lines)
     assert "pairs in common   5 (0 only in first, 0 only in second)" in out
-    assert "agreement         0.750 (same preferred response on 3 of the 4 pairs where both prefer one)" in out
+    assert (
+        "agreement         0.750 (same preferred response on 3 of the 4 pairs where both prefer one)" in out
+    )
     assert "no preference     1 of 5 pairs have p_a exactly 0.5 (0 in first, 1 in second)" in out
     assert "Spearman 0.500" in out
-    table = lines[lines.index("largest differences in p_a:") + 1:]
+    table = lines[lines.index("largest differences in p_a:") + 1 :]
     assert table[0].split() == ["id", "first", "second", "|diff|", "prefers"]
     assert table[1].split() == ["id1", "0.800", "0.400", "0.400", "A/B"]
     assert len(table) == 6
 
 
-def test_cli_json_and_plot(two_labelings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_cli_json_and_plot(
+    two_labelings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     first, second = two_labelings
     png = tmp_path / "plots" / "modes.png"
-    assert cli.main(["compare-labels", str(first), str(second), "--json", "--plot", str(png), "--top", "2"]) == EXIT_OK
+    assert (
+        cli.main(["compare-labels", str(first), str(second), "--json", "--plot", str(png), "--top", "2"])
+        == EXIT_OK
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["agreement"] == 0.75 and report["common"] == 5
     assert report["first"]["path"] == str(first) and report["second"]["path"] == str(second)
@@ -199,8 +225,9 @@ def test_cli_json_and_plot(two_labelings: tuple[Path, Path], tmp_path: Path, cap
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-def test_cli_text_mentions_the_plot(two_labelings: tuple[Path, Path], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]):
+def test_cli_text_mentions_the_plot(
+    two_labelings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     first, second = two_labelings
     png = tmp_path / "modes.png"
     assert cli.main(["compare-labels", str(first), str(second), "--plot", str(png)]) == EXIT_OK
@@ -208,8 +235,9 @@ def test_cli_text_mentions_the_plot(two_labelings: tuple[Path, Path], tmp_path: 
     assert png.is_file()
 
 
-def test_cli_bad_input_exits_65_naming_file_and_line(two_labelings: tuple[Path, Path], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]):
+def test_cli_bad_input_exits_65_naming_file_and_line(
+    two_labelings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     first, _ = two_labelings
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "id0", "p_a": 0.4}\n{"id": "id1", p_a: 0.4}\n')
@@ -231,7 +259,12 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]):
         cli.main(["compare-labels", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: rlaif-train compare-labels" in out and "FIRST SECOND" in out and "--plot PNG" in out and "no preference" in out
+    assert (
+        "usage: rlaif-train compare-labels" in out
+        and "FIRST SECOND" in out
+        and "--plot PNG" in out
+        and "no preference" in out
+    )
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
     assert "compare-labels" in capsys.readouterr().out

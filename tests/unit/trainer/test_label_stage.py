@@ -18,8 +18,16 @@ from .conftest import make_stage_config, write_jsonl
 
 
 def _pairs(n: int) -> list[dict]:
-    return [{"id": f"id{i}", "prompt": f"prompt {i}", "response_a": "a " * (i % 3 + 1), "response_b": "b " * 5,
-             "source": f"f.jsonl:{i + 1}"} for i in range(n)]
+    return [
+        {
+            "id": f"id{i}",
+            "prompt": f"prompt {i}",
+            "response_a": "a " * (i % 3 + 1),
+            "response_b": "b " * 5,
+            "source": f"f.jsonl:{i + 1}",
+        }
+        for i in range(n)
+    ]
 
 
 def test_resume_skips_labelled_pairs(tmp_path: Path):
@@ -44,8 +52,9 @@ def test_resume_skips_labelled_pairs(tmp_path: Path):
     with open(out, "a") as fh:
         fh.write('{"id": "id4", "p_a"')
     calls.clear()
-    records, timing = label.label_pairs(PythonLabeler(lambda p, a, b: calls.append(p) or 0.7), pairs, out,
-                                        chunk_size=2, progress=False)
+    records, timing = label.label_pairs(
+        PythonLabeler(lambda p, a, b: calls.append(p) or 0.7), pairs, out, chunk_size=2, progress=False
+    )
     assert sorted(set(calls)) == sorted(f"prompt {i}" for i in range(4, 10))  # only the unlabelled ones
     assert timing["labelled_now"] == 6
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -74,7 +83,9 @@ def _spec(tmp_path: Path, model_dir: Path, **labeler) -> dict:
 
 
 def test_label_stage_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path):
-    cfg = make_stage_config(tmp_path, "label", _spec(tmp_path, tiny_model_dir, mode="pointwise", principles=["Relevant?"]))
+    cfg = make_stage_config(
+        tmp_path, "label", _spec(tmp_path, tiny_model_dir, mode="pointwise", principles=["Relevant?"])
+    )
     summary = label.run(cfg, progress=False)
     # 7 prompts: the last 10% (1 prompt) is held out for evaluation
     assert summary["pairs"] == 6 and summary["mode"] == "pointwise" and summary["consistency_rate"] == 1.0
@@ -87,8 +98,19 @@ def test_label_stage_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir
     rows = [json.loads(x) for x in (lab / "labels.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     for r in rows:
-        assert {"id", "prompt", "response_a", "response_b", "p_a", "p_a_ab", "p_a_ba", "consistent", "mode",
-                "labeler", "source"} <= set(r)
+        assert {
+            "id",
+            "prompt",
+            "response_a",
+            "response_b",
+            "p_a",
+            "p_a_ab",
+            "p_a_ba",
+            "consistent",
+            "mode",
+            "labeler",
+            "source",
+        } <= set(r)
         assert 0 < r["p_a"] < 1 and r["source"].endswith(tuple(f":{i}" for i in range(1, 7)))
     cands = [json.loads(x) for x in (cand / "candidates.jsonl").read_text().splitlines()]
     assert [c["id"] for c in cands] == [r["id"] for r in rows]
@@ -102,16 +124,20 @@ def test_candidates_are_seeded_and_resumable(tmp_path: Path, tiny_model_and_toke
 
     model, tok = tiny_model_and_tokenizer
     prompts = [{"id": f"q{i}", "prompt": f"Tell me about {i}.", "source": f"p:{i}"} for i in range(5)]
-    full = generate_candidates(model, tok, prompts, tmp_path / "a.jsonl", max_new_tokens=5, batch_size=2, seed=3,
-                               progress=False)
+    full = generate_candidates(
+        model, tok, prompts, tmp_path / "a.jsonl", max_new_tokens=5, batch_size=2, seed=3, progress=False
+    )
     # simulate an interruption after the first batch, then resume
     part = tmp_path / "b.jsonl"
     part.write_text("".join(json.dumps(r) + "\n" for r in full[:2]))
-    resumed = generate_candidates(model, tok, prompts, part, max_new_tokens=5, batch_size=2, seed=3, progress=False)
+    resumed = generate_candidates(
+        model, tok, prompts, part, max_new_tokens=5, batch_size=2, seed=3, progress=False
+    )
     assert resumed == full
     assert any(r["response_a"] != r["response_b"] for r in full)  # two independent samples
-    other = generate_candidates(model, tok, prompts, tmp_path / "c.jsonl", max_new_tokens=5, batch_size=2, seed=4,
-                                progress=False)
+    other = generate_candidates(
+        model, tok, prompts, tmp_path / "c.jsonl", max_new_tokens=5, batch_size=2, seed=4, progress=False
+    )
     assert [r["response_a"] for r in other] != [r["response_a"] for r in full]
 
 
@@ -136,7 +162,9 @@ def test_missing_file_and_missing_field_are_bad_input(tmp_path: Path, tiny_model
     spec["dataset"]["pairs"] = "pairs.jsonl"
     code, msg = _cli(make_stage_config(tmp_path, "label", spec), tmp_path)
     assert code == EXIT_BAD_INPUT and "pairs.jsonl" in msg and "does not exist" in msg
-    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "response_a": "a", "response_b": "b"}, {"prompt": "p"}])
+    write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": "p", "response_a": "a", "response_b": "b"}, {"prompt": "p"}]
+    )
     code, msg = _cli(make_stage_config(tmp_path, "label", spec), tmp_path)
     assert code == EXIT_BAD_INPUT and "pairs.jsonl:2" in msg and "response_a" in msg
 
@@ -149,13 +177,18 @@ def test_prompt_too_long_is_bad_input(tmp_path: Path, tiny_model_dir: Path):
     assert code == EXIT_BAD_INPUT and "prompts.jsonl:2" in msg and "maxPromptLength" in msg
 
 
-def test_pair_too_long_for_the_labeler_context_names_the_line(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
+def test_pair_too_long_for_the_labeler_context_names_the_line(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch
+):
     spec = _spec(tmp_path, tiny_model_dir)
     spec["dataset"]["pairs"] = "pairs.jsonl"
-    write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": "p", "response_a": "a", "response_b": "b"},
-        {"prompt": "p", "response_a": "word " * 3000, "response_b": "b"},
-    ])
+    write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "p", "response_a": "a", "response_b": "b"},
+            {"prompt": "p", "response_a": "word " * 3000, "response_b": "b"},
+        ],
+    )
     cfg = make_stage_config(tmp_path, "label", spec)
     with pytest.raises(BadInputError, match=r"pairs.jsonl:2.*context of 2048"):
         label.run(cfg, progress=False)
@@ -169,4 +202,8 @@ def test_stage_with_a_python_labeler(tmp_path: Path, tiny_model_dir: Path, monke
     spec["dataset"]["pairs"] = "pairs.jsonl"
     write_jsonl(tmp_path / "pairs.jsonl", _pairs(5))
     summary = label.run(make_stage_config(tmp_path, "label", spec), progress=False)
-    assert summary["pairs"] == 5 and summary["consistency_rate"] == 1.0 and summary["candidates"] == "dataset.pairs"
+    assert (
+        summary["pairs"] == 5
+        and summary["consistency_rate"] == 1.0
+        and summary["candidates"] == "dataset.pairs"
+    )

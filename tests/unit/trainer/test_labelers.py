@@ -15,7 +15,9 @@ from rlaif_trainer.spec import LabelerSpec
 
 
 def test_prefer_shorter_through_build_labeler():
-    lab = build_labeler(LabelerSpec(provider="python", callable="rlaif_trainer.labelers.rules:prefer_shorter"))
+    lab = build_labeler(
+        LabelerSpec(provider="python", callable="rlaif_trainer.labelers.rules:prefer_shorter")
+    )
     assert isinstance(lab, Labeler)
     res = lab.preference(["p", "p"], ["one two", "a b c d e f g h"], ["one two three four five six", "x"])
     assert res[0].p_a > 0.5 and res[1].p_a < 0.5
@@ -73,7 +75,9 @@ def test_wilson_interval_and_win_rate_stats():
 
 
 def test_judge_win_rate_with_a_rule_labeler():
-    lab = build_labeler(LabelerSpec(provider="python", callable="rlaif_trainer.labelers.rules:prefer_shorter"))
+    lab = build_labeler(
+        LabelerSpec(provider="python", callable="rlaif_trainer.labelers.rules:prefer_shorter")
+    )
     prompts = ["p"] * 20
     policy = ["short answer"] * 15 + [" ".join(["long"] * 30)] * 5
     base = [" ".join(["medium"] * 10)] * 20
@@ -88,8 +92,13 @@ def test_judge_win_rate_with_a_rule_labeler():
 
 def test_build_labeler_hf_reuses_the_given_model(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
-    lab = build_labeler(LabelerSpec(provider="hf", model="unused", mode="pointwise", principles=["Relevant?"]),
-                        model=model, tokenizer=tok)
+    lab = build_labeler(
+        LabelerSpec(provider="hf", model="unused", mode="pointwise", principles=["Relevant?"]),
+        model=model,
+        tokenizer=tok,
+    )
     assert lab.mode == "pointwise" and lab.scorer.model is model
-    lab2 = build_labeler(LabelerSpec(provider="hf", model="unused", preamble="detailed"), model=model, tokenizer=tok)
+    lab2 = build_labeler(
+        LabelerSpec(provider="hf", model="unused", preamble="detailed"), model=model, tokenizer=tok
+    )
     assert lab2.mode == "pairwise" and "Relevance" in lab2.head

@@ -116,7 +116,9 @@ def test_combine_orders_and_result_json():
 
 def test_pointwise_is_invariant_to_pair_order(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
-    lab = HFPointwiseLabeler(model, tok, principles=["Is the response relevant?", "Is it correct?"], batch_size=3)
+    lab = HFPointwiseLabeler(
+        model, tok, principles=["Is the response relevant?", "Is it correct?"], batch_size=3
+    )
     ab = lab.preference(PROMPTS, A, B)
     ba = lab.preference(PROMPTS, B, A)
     for x, y in zip(ab, ba, strict=True):
@@ -140,7 +142,13 @@ def test_pointwise_label_is_the_mean_sigmoid_of_logodds_differences(tiny_model_a
         return ly - ln
 
     r = lab.preference(PROMPTS[:1], A[:1], B[:1])[0]
-    want = sum(1 / (1 + math.exp(-(logodds(PROMPTS[0], A[0], q) - logodds(PROMPTS[0], B[0], q)))) for q in principles) / 2
+    want = (
+        sum(
+            1 / (1 + math.exp(-(logodds(PROMPTS[0], A[0], q) - logodds(PROMPTS[0], B[0], q))))
+            for q in principles
+        )
+        / 2
+    )
     assert r.p_a == pytest.approx(want, abs=1e-5)
     scores = lab.score(PROMPTS[:1], A[:1])
     assert -1.0 <= scores[0] <= 1.0
@@ -149,17 +157,27 @@ def test_pointwise_label_is_the_mean_sigmoid_of_logodds_differences(tiny_model_a
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_prefix_cached_equals_uncached(tiny_model_and_tokenizer, batch_size):
     model, tok = tiny_model_and_tokenizer
-    few = [type("Ex", (), {"prompt": "2+2?", "response_a": "4", "response_b": "5", "preferred": 1, "rationale": None})()]
+    few = [
+        type(
+            "Ex",
+            (),
+            {"prompt": "2+2?", "response_a": "4", "response_b": "5", "preferred": 1, "rationale": None},
+        )()
+    ]
     for kwargs in ({}, {"preamble": "detailed"}):
         cached = HFPairwiseLabeler(model, tok, batch_size=batch_size, few_shot=few, **kwargs)
-        plain = HFPairwiseLabeler(model, tok, batch_size=batch_size, few_shot=few, use_prefix_cache=False, **kwargs)
+        plain = HFPairwiseLabeler(
+            model, tok, batch_size=batch_size, few_shot=few, use_prefix_cache=False, **kwargs
+        )
         x = cached.preference(PROMPTS, A, B)
         y = plain.preference(PROMPTS, A, B)
         for u, v in zip(x, y, strict=True):
             assert u.p_a_ab == pytest.approx(v.p_a_ab, abs=1e-4)
             assert u.p_a_ba == pytest.approx(v.p_a_ba, abs=1e-4)
     pw_c = HFPointwiseLabeler(model, tok, principles=["Relevant?"], batch_size=batch_size)
-    pw_u = HFPointwiseLabeler(model, tok, principles=["Relevant?"], batch_size=batch_size, use_prefix_cache=False)
+    pw_u = HFPointwiseLabeler(
+        model, tok, principles=["Relevant?"], batch_size=batch_size, use_prefix_cache=False
+    )
     for u, v in zip(pw_c.logodds(PROMPTS, A), pw_u.logodds(PROMPTS, A), strict=True):
         assert u == pytest.approx(v, abs=1e-4)
 
@@ -168,11 +186,15 @@ def test_prefix_scorer_matches_unpadded_reference_and_reuses_the_head(tiny_model
     model, tok = tiny_model_and_tokenizer
     scorer = PrefixScorer(model, tok, batch_size=4)
     head = "A shared preamble that every item starts with.\n\n"
-    suffixes = [scorer.encode(s) for s in ["short", "a much longer suffix with many words in it", "mid length one"]]
+    suffixes = [
+        scorer.encode(s) for s in ["short", "a much longer suffix with many words in it", "mid length one"]
+    ]
     ids = [5, 17, 42]
     got = scorer.logprobs(head, suffixes, ids, n_last=2)
     calls = []
-    handle = model.register_forward_pre_hook(lambda m, a, k: calls.append(k.get("input_ids").shape), with_kwargs=True)
+    handle = model.register_forward_pre_hook(
+        lambda m, a, k: calls.append(k.get("input_ids").shape), with_kwargs=True
+    )
     try:
         scorer.logprobs(head, suffixes, ids)
     finally:

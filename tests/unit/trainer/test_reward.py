@@ -62,7 +62,9 @@ def test_length_grouped_batches_cover_everything_and_group_lengths():
     assert spread < spread_rnd / 3
     assert all(len(b) >= 3 for b in length_grouped_batches(lengths[:10], 4, seed=0, epoch=0, min_batch=3))
     for epoch in range(3):  # the longest batch first, so that running out of memory shows at once
-        assert max(lengths) in [lengths[i] for i in length_grouped_batches(lengths, 8, seed=0, epoch=epoch)[0]]
+        assert max(lengths) in [
+            lengths[i] for i in length_grouped_batches(lengths, 8, seed=0, epoch=epoch)[0]
+        ]
 
 
 def test_split_is_seeded_and_holds_out_at_least_one():
@@ -74,16 +76,34 @@ def test_split_is_seeded_and_holds_out_at_least_one():
 
 def _pairs(n: int) -> list[dict]:
     # a learnable rule: "good" responses win
-    return [{"id": f"x{i}", "prompt": f"question {i}", "response_a": "good answer" if i % 2 else "bad",
-             "response_b": "bad" if i % 2 else "good answer", "p_a": 0.9 if i % 2 else 0.1} for i in range(n)]
+    return [
+        {
+            "id": f"x{i}",
+            "prompt": f"question {i}",
+            "response_a": "good answer" if i % 2 else "bad",
+            "response_b": "bad" if i % 2 else "good answer",
+            "p_a": 0.9 if i % 2 else 0.1,
+        }
+        for i in range(n)
+    ]
 
 
 def test_training_lowers_the_loss_and_learns_the_rule(tiny_model_dir: Path):
     torch.manual_seed(0)
     model, tok = load_reward_model(str(tiny_model_dir), device="cpu", dtype=torch.float32)
     losses: list[float] = []
-    m = train_reward_model(model, tok, _pairs(32), _pairs(8), epochs=3, learning_rate=3e-3, batch_size=8,
-                           max_length=64, progress=False, on_step=lambda s, v: losses.append(v))
+    m = train_reward_model(
+        model,
+        tok,
+        _pairs(32),
+        _pairs(8),
+        epochs=3,
+        learning_rate=3e-3,
+        batch_size=8,
+        max_length=64,
+        progress=False,
+        on_step=lambda s, v: losses.append(v),
+    )
     assert m["steps"] == 12 and len(losses) == 12
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     assert m["accuracy"] == 1.0 and m["samples_per_s"] > 0 and m["eval_pairs"] == 8
@@ -109,7 +129,9 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tm
 
     model, tok = fresh()
     with pytest.raises(Crash):
-        train_reward_model(model, tok, _pairs(12), checkpoint_dir=tmp_path, checkpoint_every=3, on_step=crash_at, **kw)
+        train_reward_model(
+            model, tok, _pairs(12), checkpoint_dir=tmp_path, checkpoint_every=3, on_step=crash_at, **kw
+        )
     assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 3
     model, tok = fresh()
     m = train_reward_model(model, tok, _pairs(12), checkpoint_dir=tmp_path, checkpoint_every=3, **kw)
@@ -122,8 +144,12 @@ def test_lora_reward_model_trains_adapters_and_head(tiny_model_dir: Path):
     from rlaif_trainer.spec import LoraSpec
 
     torch.manual_seed(0)
-    model, tok = load_reward_model(str(tiny_model_dir), device="cpu", dtype=torch.float32,
-                                   lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    model, tok = load_reward_model(
+        str(tiny_model_dir),
+        device="cpu",
+        dtype=torch.float32,
+        lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+    )
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("lora_" in n for n in names) and any("score" in n for n in names)
     assert not any("embed_tokens" in n for n in names)
@@ -137,8 +163,14 @@ def _reward_spec(tmp_path: Path, model_dir: Path, n: int = 20) -> dict:
     return {
         "policy": {"model": str(model_dir)},
         "dataset": {"prompts": "prompts.jsonl", "labels": "labels.jsonl"},
-        "rewardModel": {"epochs": 2, "learningRate": 3e-3, "batchSize": 4, "maxLength": 64, "evalFraction": 0.2,
-                        "checkpointEvery": 2},
+        "rewardModel": {
+            "epochs": 2,
+            "learningRate": 3e-3,
+            "batchSize": 4,
+            "maxLength": 64,
+            "evalFraction": 0.2,
+            "checkpointEvery": 2,
+        },
         "stages": ["reward"],
     }
 
@@ -158,7 +190,9 @@ def test_reward_stage_end_to_end_and_scorer(tmp_path: Path, tiny_model_dir: Path
 
 def test_reward_stage_without_labels_is_bad_input(tmp_path: Path, tiny_model_dir: Path):
     spec = _reward_spec(tmp_path, tiny_model_dir)
-    (tmp_path / "labels.jsonl").write_text('{"id": "a", "prompt": "p", "response_a": "a", "response_b": "b", "p_a": 1.5}\n')
+    (tmp_path / "labels.jsonl").write_text(
+        '{"id": "a", "prompt": "p", "response_a": "a", "response_b": "b", "p_a": 1.5}\n'
+    )
     with pytest.raises(BadInputError, match=r"labels.jsonl:1.*p_a"):
         reward.run(make_stage_config(tmp_path, "reward", spec), progress=False)
 
@@ -177,11 +211,31 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, tiny_model_dir: Pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     one = tmp_path / "one.json"
     two = tmp_path / "two.json"
-    subprocess.run([sys.executable, str(worker), str(tiny_model_dir), str(one)], check=True, env=env, timeout=300)
     subprocess.run(
-        [_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", "29517", str(worker), str(tiny_model_dir), str(two)],
-        check=True, env=env, timeout=300,
+        [sys.executable, str(worker), str(tiny_model_dir), str(one)], check=True, env=env, timeout=300
+    )
+    subprocess.run(
+        [
+            _accelerate(),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29517",
+            str(worker),
+            str(tiny_model_dir),
+            str(two),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
     )
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["processes"] == 1 and b["processes"] == 2

@@ -31,7 +31,9 @@ def test_normalisation():
 def test_ten_is_two_tokens_and_is_scored_as_a_full_sequence(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
     ds = DirectScorer(model, tok, batch_size=2)
-    assert len(tok.encode("10", add_special_tokens=False)) == 2 and ds.ext == tok.encode("1", add_special_tokens=False)
+    assert len(tok.encode("10", add_special_tokens=False)) == 2 and ds.ext == tok.encode(
+        "1", add_special_tokens=False
+    )
     probs = ds.candidate_probs(PROMPTS, RESPONSES)
     fmt = P.ChatFormatter(tok)
     one, zero = tok.encode("1", add_special_tokens=False)[0], tok.encode("0", add_special_tokens=False)[0]
@@ -70,4 +72,6 @@ def test_hf_pairwise_labeler_score_is_the_direct_score(tiny_model_and_tokenizer)
 
     model, tok = tiny_model_and_tokenizer
     lab = HFPairwiseLabeler(model, tok)
-    assert lab.score(PROMPTS, RESPONSES) == pytest.approx(DirectScorer(model, tok).score(PROMPTS, RESPONSES), abs=1e-6)
+    assert lab.score(PROMPTS, RESPONSES) == pytest.approx(
+        DirectScorer(model, tok).score(PROMPTS, RESPONSES), abs=1e-6
+    )

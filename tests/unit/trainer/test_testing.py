@@ -12,7 +12,9 @@ def test_tiny_tokenizer_single_tokens(tiny_model_dir: Path) -> None:
     for word in [*(str(i) for i in range(1, 10)), "Yes", "No"]:
         assert len(tok.encode(word, add_special_tokens=False)) == 1, word
     assert len(tok.encode("10", add_special_tokens=False)) == 2  # like SmolLM2
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")
     assert tok.pad_token_id is not None and tok.eos_token_id is not None
 

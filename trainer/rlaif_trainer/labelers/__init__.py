@@ -152,7 +152,9 @@ class PairwiseLabelerBase:
         if self.position_debias:
             # One call for both orders, so batching covers all of them.
             probs, rats = self.first_preferred(
-                list(prompts) + list(prompts), list(responses_a) + list(responses_b), list(responses_b) + list(responses_a)
+                list(prompts) + list(prompts),
+                list(responses_a) + list(responses_b),
+                list(responses_b) + list(responses_a),
             )
             out = []
             for i in range(n):
@@ -205,7 +207,10 @@ class PointwiseLabelerBase:
             p_a = sum(per) / len(per)
             out.append(
                 PreferenceResult(
-                    p_a=p_a, p_a_ab=p_a, p_a_ba=p_a, consistent=True,
+                    p_a=p_a,
+                    p_a_ab=p_a,
+                    p_a_ba=p_a,
+                    consistent=True,
                     details={"logodds_a": [round(x, 5) for x in la], "logodds_b": [round(x, 5) for x in lb]},
                 )
             )
@@ -242,29 +247,48 @@ def build_labeler(
             from rlaif_trainer.models import load_causal_lm
 
             if not spec.model:
-                raise ValueError("labeler.model is not set (the spec resolution fills it with the policy model)")
+                raise ValueError(
+                    "labeler.model is not set (the spec resolution fills it with the policy model)"
+                )
             model, tokenizer = load_causal_lm(spec.model, device=device)
             model.eval()
         if spec.mode == "pointwise":
-            return HFPointwiseLabeler(model, tokenizer, principles=spec.principles, preamble=spec.preamble,
-                                      batch_size=spec.batch_size)
+            return HFPointwiseLabeler(
+                model,
+                tokenizer,
+                principles=spec.principles,
+                preamble=spec.preamble,
+                batch_size=spec.batch_size,
+            )
         return HFPairwiseLabeler(
-            model, tokenizer, preamble=spec.preamble, few_shot=spec.few_shot, chain_of_thought=spec.chain_of_thought,
-            position_debias=spec.position_debias, batch_size=spec.batch_size,
+            model,
+            tokenizer,
+            preamble=spec.preamble,
+            few_shot=spec.few_shot,
+            chain_of_thought=spec.chain_of_thought,
+            position_debias=spec.position_debias,
+            batch_size=spec.batch_size,
         )
     if provider == "openai":
         from rlaif_trainer.labelers.openai import OpenAIPairwiseLabeler, OpenAIPointwiseLabeler, read_api_key
 
         kwargs = dict(
-            endpoint=spec.endpoint, model=spec.model, api=spec.api, api_key=read_api_key(api_key_env),
-            max_concurrency=spec.max_concurrency, max_retries=spec.max_retries,
+            endpoint=spec.endpoint,
+            model=spec.model,
+            api=spec.api,
+            api_key=read_api_key(api_key_env),
+            max_concurrency=spec.max_concurrency,
+            max_retries=spec.max_retries,
             timeout_s=spec.request_timeout_seconds,
         )
         if spec.mode == "pointwise":
             return OpenAIPointwiseLabeler(principles=spec.principles, preamble=spec.preamble, **kwargs)
         return OpenAIPairwiseLabeler(
-            preamble=spec.preamble, few_shot=spec.few_shot, chain_of_thought=spec.chain_of_thought,
-            position_debias=spec.position_debias, **kwargs,
+            preamble=spec.preamble,
+            few_shot=spec.few_shot,
+            chain_of_thought=spec.chain_of_thought,
+            position_debias=spec.position_debias,
+            **kwargs,
         )
     if provider == "python":
         from rlaif_trainer.labelers.python import PythonLabeler

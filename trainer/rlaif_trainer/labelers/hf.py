@@ -53,8 +53,15 @@ def _model_context(model: Any) -> int:
 class PrefixScorer:
     """Batched next-token log-probabilities of ``head + suffix`` with the head's KV cache reused."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, use_prefix_cache: bool = True,
-                 max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int = 8,
+        use_prefix_cache: bool = True,
+        max_length: int | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -75,7 +82,11 @@ class PrefixScorer:
         if ids is None:
             ids = self.encode(head)
             bos = getattr(self.tokenizer, "bos_token_id", None)
-            if bos is not None and getattr(self.tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
+            if (
+                bos is not None
+                and getattr(self.tokenizer, "add_bos_token", False)
+                and (not ids or ids[0] != bos)
+            ):
                 ids = [bos, *ids]
             self._head_ids[head] = ids
         return ids
@@ -127,7 +138,7 @@ class PrefixScorer:
         try:
             with torch.no_grad():
                 for start in range(0, len(order), self.batch_size):
-                    idx = order[start:start + self.batch_size]
+                    idx = order[start : start + self.batch_size]
                     batch = [list(suffixes[i]) for i in idx]
                     lp = self._batch(head, batch, tok_idx, n_last)
                     for j, i in enumerate(idx):
@@ -154,14 +165,20 @@ class PrefixScorer:
             pos = torch.full((bsz, L), head_len, dtype=torch.long, device=dev)
             for r, s in enumerate(batch):
                 n = len(s)
-                ids[r, L - n:] = torch.tensor(s, device=dev)
-                mask[r, head_len + L - n:] = 1
-                pos[r, L - n:] = torch.arange(head_len, head_len + n, device=dev)
+                ids[r, L - n :] = torch.tensor(s, device=dev)
+                mask[r, head_len + L - n :] = 1
+                pos[r, L - n :] = torch.arange(head_len, head_len + n, device=dev)
             cache = copy.deepcopy(self._prefix(head))
             if bsz > 1:
                 cache.batch_repeat_interleave(bsz)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, logits_to_keep=n_last)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=n_last,
+            )
         else:
             hid = self.head_ids(head)
             full = [hid + s for s in batch]
@@ -171,11 +188,12 @@ class PrefixScorer:
             pos = torch.zeros((bsz, L), dtype=torch.long, device=dev)
             for r, f in enumerate(full):
                 n = len(f)
-                ids[r, L - n:] = torch.tensor(f, device=dev)
-                mask[r, L - n:] = 1
-                pos[r, L - n:] = torch.arange(n, device=dev)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                             logits_to_keep=n_last)
+                ids[r, L - n :] = torch.tensor(f, device=dev)
+                mask[r, L - n :] = 1
+                pos[r, L - n :] = torch.arange(n, device=dev)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=n_last
+            )
         logits = out.logits[:, -n_last:].float()
         lp = torch.log_softmax(logits, dim=-1)[:, :, tok_idx]
         return lp.cpu().tolist()
@@ -216,7 +234,10 @@ class HFPairwiseLabeler(PairwiseLabelerBase):
     def _rationales(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[str]:
         import torch
 
-        texts = [self.fmt.parts(self.head, P.cot_body(p, a, b), P.COT_ENDING).text for p, a, b in zip(prompts, first, second, strict=True)]
+        texts = [
+            self.fmt.parts(self.head, P.cot_body(p, a, b), P.COT_ENDING).text
+            for p, a, b in zip(prompts, first, second, strict=True)
+        ]
         tok = self.tokenizer
         old_side = tok.padding_side
         tok.padding_side = "left"
@@ -224,13 +245,18 @@ class HFPairwiseLabeler(PairwiseLabelerBase):
         try:
             bs = self.scorer.batch_size
             for s in range(0, len(texts), bs):
-                enc = tok(texts[s:s + bs], return_tensors="pt", padding=True, add_special_tokens=False).to(self.scorer.device)
+                enc = tok(texts[s : s + bs], return_tensors="pt", padding=True, add_special_tokens=False).to(
+                    self.scorer.device
+                )
                 with torch.no_grad():
                     gen = self.model.generate(
-                        **enc, max_new_tokens=self.cot_max_new_tokens, do_sample=False,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                        **enc,
+                        max_new_tokens=self.cot_max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tok.pad_token_id,
+                        eos_token_id=tok.eos_token_id,
                     )
-                new = gen[:, enc["input_ids"].shape[1]:]
+                new = gen[:, enc["input_ids"].shape[1] :]
                 out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
         finally:
             tok.padding_side = old_side
@@ -259,8 +285,9 @@ class HFPairwiseLabeler(PairwiseLabelerBase):
         if self._direct is None:
             from rlaif_trainer.scoring import DirectScorer
 
-            self._direct = DirectScorer(self.model, self.tokenizer, preamble=self.preamble,
-                                        batch_size=self.scorer.batch_size)
+            self._direct = DirectScorer(
+                self.model, self.tokenizer, preamble=self.preamble, batch_size=self.scorer.batch_size
+            )
         return self._direct.score(prompts, responses)
 
 

@@ -83,7 +83,9 @@ def _api_url(endpoint: str, api: str) -> str:
 
 
 def _normalise_top(top: Any) -> dict[str, float]:
-    if isinstance(top, list):  # the chat shape, and some completions servers: [{"token": ..., "logprob": ...}]
+    if isinstance(
+        top, list
+    ):  # the chat shape, and some completions servers: [{"token": ..., "logprob": ...}]
         try:
             top = {t["token"]: t["logprob"] for t in top}
         except (KeyError, TypeError):
@@ -143,8 +145,12 @@ def _completions_payload(model: str, prompt: str, max_tokens: int, logprobs: int
 
 
 def _chat_payload(model: str, prompt: str, max_tokens: int, logprobs: int | None) -> dict[str, Any]:
-    payload: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                               "max_tokens": max_tokens, "temperature": 0.0}
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+    }
     if logprobs is not None:
         payload["logprobs"] = True
         payload["top_logprobs"] = logprobs
@@ -185,9 +191,19 @@ class CompletionsClient:
     read; everything else is shared.
     """
 
-    def __init__(self, endpoint: str, model: str, *, api: str = "completions", api_key: str | None = None,
-                 max_concurrency: int = 8, max_retries: int = 5, timeout_s: float = 60.0,
-                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        *,
+        api: str = "completions",
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 5,
+        timeout_s: float = 60.0,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
         if api not in _APIS:
             raise ValueError(f"unknown labeler api {api!r}; expected one of {sorted(_APIS)}")
         self.api = api
@@ -217,7 +233,7 @@ class CompletionsClient:
                 return min(self.backoff_max_s, max(0.0, float(retry_after)))
             except ValueError:
                 pass
-        d = min(self.backoff_max_s, self.backoff_base_s * (2 ** attempt))
+        d = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
         return d * (0.5 + random.random() / 2)
 
     async def _one(self, session: Any, sem: asyncio.Semaphore, payload: dict[str, Any], parse: Any) -> Any:
@@ -252,10 +268,18 @@ class CompletionsClient:
             if attempt < self.max_retries:
                 self.stats["retries"] += 1
                 delay = self._delay(attempt, retry_after)
-                log.warning("labeler endpoint %s: %s; retry %d/%d in %.2fs", self.url, last, attempt + 1,
-                            self.max_retries, delay)
+                log.warning(
+                    "labeler endpoint %s: %s; retry %d/%d in %.2fs",
+                    self.url,
+                    last,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 await asyncio.sleep(delay)
-        raise LabelerError(f"labeler endpoint {self.url} failed after {self.max_retries + 1} attempts: {last}")
+        raise LabelerError(
+            f"labeler endpoint {self.url} failed after {self.max_retries + 1} attempts: {last}"
+        )
 
     async def _all(self, payloads: Sequence[dict[str, Any]], parse: Any) -> list[Any]:
         import aiohttp
@@ -274,8 +298,14 @@ class CompletionsClient:
         """Greedy text, up to ``max_tokens`` per prompt."""
         return self.run(prompts, self._api.text, max_tokens=max_tokens, logprobs=None)
 
-    def run(self, prompts: Sequence[str], parse: Callable[[Any], T], *, max_tokens: int = 1,
-            logprobs: int | None = TOP_LOGPROBS) -> list[T]:
+    def run(
+        self,
+        prompts: Sequence[str],
+        parse: Callable[[Any], T],
+        *,
+        max_tokens: int = 1,
+        logprobs: int | None = TOP_LOGPROBS,
+    ) -> list[T]:
         """``parse`` gets each JSON response body and raises :class:`_Malformed` to have it retried."""
         payloads = [self._api.payload(self.model, p, max_tokens, logprobs) for p in prompts]
         if not payloads:
@@ -302,13 +332,33 @@ class CompletionsClient:
 
 
 class OpenAIPairwiseLabeler(PairwiseLabelerBase):
-    def __init__(self, *, endpoint: str, model: str, api: str = "completions", api_key: str | None = None,
-                 preamble: str = "base", few_shot: Sequence[Any] = (), chain_of_thought: bool = False,
-                 position_debias: bool = True, max_concurrency: int = 8, max_retries: int = 5,
-                 timeout_s: float = 60.0, backoff_base_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        api: str = "completions",
+        api_key: str | None = None,
+        preamble: str = "base",
+        few_shot: Sequence[Any] = (),
+        chain_of_thought: bool = False,
+        position_debias: bool = True,
+        max_concurrency: int = 8,
+        max_retries: int = 5,
+        timeout_s: float = 60.0,
+        backoff_base_s: float = 0.5,
+    ) -> None:
         super().__init__(position_debias=position_debias)
-        self.client = CompletionsClient(endpoint, model, api=api, api_key=api_key, max_concurrency=max_concurrency,
-                                        max_retries=max_retries, timeout_s=timeout_s, backoff_base_s=backoff_base_s)
+        self.client = CompletionsClient(
+            endpoint,
+            model,
+            api=api,
+            api_key=api_key,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            backoff_base_s=backoff_base_s,
+        )
         self.head = P.pairwise_head(preamble, few_shot, chain_of_thought=chain_of_thought)
         self.preamble = preamble
         self.chain_of_thought = chain_of_thought
@@ -318,7 +368,10 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
     ) -> tuple[list[float], list[str | None]]:
         rats: list[str | None] = [None] * len(prompts)
         if self.chain_of_thought:
-            texts = [self.head + P.cot_body(p, a, b) + P.COT_ENDING for p, a, b in zip(prompts, first, second, strict=True)]
+            texts = [
+                self.head + P.cot_body(p, a, b) + P.COT_ENDING
+                for p, a, b in zip(prompts, first, second, strict=True)
+            ]
             rats = [t.strip() for t in self.client.generate(texts, max_tokens=96)]
 
         def parse(top: dict[str, float]) -> float:
@@ -326,8 +379,10 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
             m = max(l1, l2)
             return math.exp(l1 - m) / (math.exp(l1 - m) + math.exp(l2 - m))
 
-        texts = [self.head + P.pairwise_body(p, a, b, r) + P.PAIRWISE_ENDING
-                 for p, a, b, r in zip(prompts, first, second, rats, strict=True)]
+        texts = [
+            self.head + P.pairwise_body(p, a, b, r) + P.PAIRWISE_ENDING
+            for p, a, b, r in zip(prompts, first, second, rats, strict=True)
+        ]
         return self.client.top_logprobs(texts, parse), rats
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
@@ -343,17 +398,38 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
                 raise _Malformed("no score token among the top logprobs")
             return normalize_score(expected_score(probs), scale)
 
-        texts = [head + P.score_body(p, r) + P.score_ending(scale) for p, r in zip(prompts, responses, strict=True)]
+        texts = [
+            head + P.score_body(p, r) + P.score_ending(scale) for p, r in zip(prompts, responses, strict=True)
+        ]
         return self.client.top_logprobs(texts, parse)
 
 
 class OpenAIPointwiseLabeler(PointwiseLabelerBase):
-    def __init__(self, *, endpoint: str, model: str, principles: Sequence[str], api: str = "completions",
-                 api_key: str | None = None, preamble: str | None = None, max_concurrency: int = 8,
-                 max_retries: int = 5, timeout_s: float = 60.0, backoff_base_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        principles: Sequence[str],
+        api: str = "completions",
+        api_key: str | None = None,
+        preamble: str | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 5,
+        timeout_s: float = 60.0,
+        backoff_base_s: float = 0.5,
+    ) -> None:
         super().__init__(principles)
-        self.client = CompletionsClient(endpoint, model, api=api, api_key=api_key, max_concurrency=max_concurrency,
-                                        max_retries=max_retries, timeout_s=timeout_s, backoff_base_s=backoff_base_s)
+        self.client = CompletionsClient(
+            endpoint,
+            model,
+            api=api,
+            api_key=api_key,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            backoff_base_s=backoff_base_s,
+        )
         self.head = P.pointwise_head(preamble)
 
     def logodds(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
@@ -361,8 +437,11 @@ class OpenAIPointwiseLabeler(PointwiseLabelerBase):
             ly, ln = two_way(top, "Yes", "No")
             return ly - ln
 
-        texts = [self.head + P.pointwise_body(p, r, q) + "Answer="
-                 for p, r in zip(prompts, responses, strict=True) for q in self.principles]
+        texts = [
+            self.head + P.pointwise_body(p, r, q) + "Answer="
+            for p, r in zip(prompts, responses, strict=True)
+            for q in self.principles
+        ]
         flat = self.client.top_logprobs(texts, parse)
         k = len(self.principles)
-        return [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+        return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]

@@ -86,8 +86,12 @@ class PythonLabeler(PairwiseLabelerBase):
         pref = getattr(obj, "preference", None)
         score = getattr(obj, "score", None)
         if callable(pref) or (callable(score) and not inspect.isfunction(obj)):
-            return cls(pref if callable(pref) else None, score if callable(score) else None,
-                       position_debias=position_debias, name=ref)
+            return cls(
+                pref if callable(pref) else None,
+                score if callable(score) else None,
+                position_debias=position_debias,
+                name=ref,
+            )
         if callable(obj):
             return cls(obj, score if callable(score) else None, position_debias=position_debias, name=ref)
         raise ValueError(f"labeler.callable {ref!r} is neither callable nor has preference/score methods")
@@ -98,7 +102,9 @@ class PythonLabeler(PairwiseLabelerBase):
         if self.preference_fn is None:
             raise NotImplementedError(f"{self.name} has no preference function (only a score)")
         fn = self.preference_fn
-        return [_clip(fn(p, a, b), 0.0, 1.0) for p, a, b in zip(prompts, first, second, strict=True)], [None] * len(prompts)
+        return [_clip(fn(p, a, b), 0.0, 1.0) for p, a, b in zip(prompts, first, second, strict=True)], [
+            None
+        ] * len(prompts)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         if self.score_fn is None:
