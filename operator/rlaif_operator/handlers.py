@@ -204,8 +204,9 @@ async def rlaif_job_event(event: Any, memo: Any, **kw: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_STAGE: kopf.PRESENT})
 async def stage_job_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
     deleted = event.get("type") == "DELETED"
+    info = summarize_job(dict(body))
     _controller(memo).child_event(
-        job_owner_key(body), kw.get("uid") or "", summarize_job(dict(body)), deleted
+        job_owner_key(body), kw.get("uid") or "", info.for_queueing() if info else None, deleted
     )
 
 

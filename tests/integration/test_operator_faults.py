@@ -178,21 +178,26 @@ def test_a_stage_pod_that_cannot_be_scheduled_is_reported(
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
 
 
+def start_under_quota(cluster: Cluster, namespace: str, job: str, quota: str, hard: dict[str, str]) -> None:
+    """Create the RLAIFJob ``job`` in a namespace whose ResourceQuota ``quota`` allows only ``hard``."""
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": quota, "namespace": namespace},
+        "spec": {"hard": hard},
+    }
+    cluster.apply(manifest)
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job(job, namespace))
+
+
 def test_a_stage_job_the_api_server_refuses_is_reported_then_created_once_allowed(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     """A ResourceQuota that allows no Jobs: quota admission refuses the stage Job (HTTP 403). The
     job says why in its Running condition and one Warning event, announces no stage that never
     started, and creates the Job on a later retry once the quota allows it."""
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-jobs", "namespace": namespace},
-        "spec": {"hard": {"count/jobs.batch": "0"}},
-    }
-    cluster.apply(quota)
-    bind_claim(cluster, namespace, "workspace")
-    create_job(cluster, rlaif_job("refused", namespace))
+    start_under_quota(cluster, namespace, "refused", "no-jobs", {"count/jobs.batch": "0"})
 
     def refused() -> dict[str, Any] | None:
         running = condition(status(cluster, namespace, "refused"), "Running")
@@ -218,21 +223,14 @@ def test_a_stage_job_that_gets_no_pod_is_reported(
 ) -> None:
     """A ResourceQuota that allows no pods: the stage Job exists but the Job controller is refused
     its pod. After the grace period the job says so instead of claiming to run."""
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-pods", "namespace": namespace},
-        "spec": {"hard": {"pods": "0"}},
-    }
-    cluster.apply(quota)
-    bind_claim(cluster, namespace, "workspace")
-    create_job(cluster, rlaif_job("podless", namespace))
+    start_under_quota(cluster, namespace, "podless", "no-pods", {"pods": "0"})
 
     def no_pod() -> dict[str, Any] | None:
         running = condition(status(cluster, namespace, "podless"), "Running")
         return running if "has created no pod" in running.get("message", "") else None
 
-    running = wait_until("Running condition says the Job has no pod", no_pod, timeout=90)
+    # 30 s of grace, then the next pass: at the latest the operator's 60 s resync
+    running = wait_until("Running condition says the Job has no pod", no_pod, timeout=150)
     assert (running["status"], running["reason"]) == ("False", "StagePodWaiting")
     assert job_names(cluster, namespace, "podless") == ["podless-label-1"]
     assert status(cluster, namespace, "podless")["phase"] == "Labeling"

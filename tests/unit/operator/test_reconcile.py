@@ -626,11 +626,11 @@ def test_a_stage_job_without_a_pod_is_reported_after_a_grace_period() -> None:
     sim = Sim()
     sim.step()
     (job,) = sim.active()
-    sim.advance(POD_MISSING_SECONDS / 2)
-    plan = sim.step()
+    sim.jobs[job]["status"] = {"startTime": fmt_time(sim.now)}
+    sim.advance(POD_MISSING_SECONDS - 1)
+    sim.step()
     assert sim.condition("Running")["reason"] == "StageRunning"  # pods take a moment
-    assert plan.requeue_after == pytest.approx(POD_MISSING_SECONDS / 2)  # looks again when the grace ends
-    sim.advance(POD_MISSING_SECONDS / 2)
+    sim.advance(1)
     sim.step()
     running = sim.condition("Running")
     assert (running["status"], running["reason"]) == ("False", "StagePodWaiting")
@@ -643,14 +643,32 @@ def test_a_stage_job_without_a_pod_is_reported_after_a_grace_period() -> None:
 
 
 def test_the_pod_grace_period_counts_from_the_jobs_start_not_its_creation() -> None:
-    """A Job that Kueue held for an hour gets its grace period from admission (status.startTime)."""
+    """A Job that Kueue held for an hour gets its grace period from admission (status.startTime);
+    one the Job controller has not started yet gets none."""
     sim = Sim()
     sim.step()
     (job,) = sim.active()
     sim.advance(3600)
+    sim.step()
+    assert sim.condition("Running")["reason"] == "StageRunning"
     sim.jobs[job]["status"] = {"startTime": fmt_time(sim.now)}
     sim.step()
     assert sim.condition("Running")["reason"] == "StageRunning"
+
+
+def test_the_jobs_start_time_alone_queues_no_pass() -> None:
+    """The Job controller's first status update (startTime) changes nothing a pass would act on."""
+    from rlaif_operator.reconcile import summarize_job
+
+    sim = Sim()
+    sim.step()
+    (job,) = sim.active()
+    before = summarize_job(sim.jobs[job])
+    sim.jobs[job]["status"] = {"startTime": fmt_time(sim.now), "active": 1}
+    after = summarize_job(sim.jobs[job])
+    assert before is not None and after is not None and after.started == fmt_time(sim.now)
+    assert after != before  # kopf's index keeps a value only when it compares unequal
+    assert after.for_queueing() == before.for_queueing()
 
 
 @pytest.mark.parametrize(
