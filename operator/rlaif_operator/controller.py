@@ -370,12 +370,11 @@ class Controller:
         # children and the events, then the status write that records the transition. Events
         # precede that write, so a crash in between re-derives and re-posts them (at least once)
         # rather than losing them. A pass that creates a stage Job posts its events only once the
-        # Job exists, since "StageStarted" for a Job the API server refused would be false; they go
-        # out beside the status write rather than before it, because a third round trip on every
-        # stage start cost a third of the operator's throughput in a burst (BENCHMARKS.md), and a
-        # crash within that one round trip loses at most those events. The ConfigMap is created
-        # alongside the first Job: the kubelet waits for a pod's ConfigMap volume, and the pod
-        # cannot start sooner anyway.
+        # Job exists, since "StageStarted" for a Job the API server refused would be false: a third
+        # round trip on those passes. Posting them beside the status write instead was faster in a
+        # burst (BENCHMARKS.md) but lost the events of an operator killed in between, which the
+        # fault tests catch. The ConfigMap is created alongside the first Job: the kubelet waits
+        # for a pod's ConfigMap volume, and the pod cannot start sooner anyway.
         events_after_creates = bool(plan.create)
         generation = meta.get("generation")
         first = await asyncio.gather(
@@ -392,24 +391,19 @@ class Controller:
         if "refused" in created:
             return False
         requeue_soon = "exists" in created
-        announced = (
-            (self._post_event(body, event, now) for event in plan.events) if events_after_creates else ()
-        )
+        if events_after_creates:
+            await asyncio.gather(*(self._post_event(body, event, now) for event in plan.events))
         if plan.status is not None:
             patch = {"status": merge_patch(body.get("status") or {}, plan.status)}
             path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}/status"
-            written = await asyncio.gather(
-                self.client.merge_patch(path, patch), *announced, return_exceptions=True
-            )
-            updated = written[0]
-            if isinstance(updated, ApiError) and updated.status == 404:
-                return True  # deleted meanwhile
-            if isinstance(updated, BaseException):
-                raise updated
+            try:
+                updated = await self.client.merge_patch(path, patch)
+            except ApiError as err:
+                if err.status == 404:
+                    return True  # deleted meanwhile
+                raise
             if isinstance(updated, dict):
                 self.latest[key] = updated
-        else:
-            await asyncio.gather(*announced)
         self.metrics.set_phase(uid, plan.phase)
         for outcome in plan.outcomes:
             self.metrics.stage_finished(outcome.stage, outcome.result, outcome.duration_seconds)

@@ -91,10 +91,11 @@ def test_first_pass_creates_configmap_pvc_job_events_and_status() -> None:
     patches = [(p, b) for m, p, b in client.calls if m == "PATCH"]
     assert len(patches) == 1 and patches[0][0].endswith("/rlaifjobs/demo/status")
     assert patches[0][1]["status"]["phase"] == "Labeling"
-    # a pass that creates a Job announces it only once the Job exists, beside the status write
+    # a pass that creates a Job announces it only once the Job exists, and before the status
+    # write that records it (at least once)
     order = [(m, p.rsplit("/", 1)[-1]) for m, p, _ in client.calls]
-    job_created = order.index(("POST", "jobs"))
-    assert all(order.index(call) > job_created for call in [("POST", "events"), ("PATCH", "status")])
+    assert order.index(("POST", "jobs")) < order.index(("POST", "events")) < order.index(("PATCH", "status"))
+    assert client.calls[-1][0] == "PATCH"
 
 
 def test_second_pass_before_the_watch_catches_up_does_not_duplicate() -> None:
