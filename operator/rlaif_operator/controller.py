@@ -40,6 +40,7 @@ from .reconcile import (
     Observed,
     Plan,
     PodInfo,
+    backoff_delay,
     fmt_time,
     merge_patch,
     reconcile,
@@ -78,7 +79,7 @@ def _rv(body: Mapping[str, Any] | None) -> int:
 
 
 def retry_delay(failures: int) -> float:
-    return float(min(RETRY_BASE_SECONDS * (2 ** max(failures - 1, 0)), RETRY_CAP_SECONDS))
+    return backoff_delay(max(failures, 1), RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
 
 
 class Indexes:
@@ -477,7 +478,7 @@ class Controller:
         refusals = self.refusals.setdefault(key, {})
         last = refusals.get(job_name)
         count = last.count + 1 if last is not None and last.generation == generation else 1
-        delay = min(REFUSAL_RETRY_BASE_SECONDS * 2 ** (count - 1), self.settings.wait_requeue_seconds)
+        delay = backoff_delay(count, REFUSAL_RETRY_BASE_SECONDS, self.settings.wait_requeue_seconds)
         body = err.body if isinstance(err.body, dict) else {}
         message = str(body.get("message") or err)
         refusals[job_name] = Refusal(message, generation, count, time.monotonic() + delay)

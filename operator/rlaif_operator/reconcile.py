@@ -696,7 +696,7 @@ def _advance(
         plan.requeue(refusal[1])
         st.state = "Pending"
         # Worded without the retry time, so that each retry leaves the status as it was.
-        st.message = f"the API server refused stage Job {job_name}: {_truncate(refusal[0], 1024)}"
+        st.message = f"the API server refused stage Job {job_name}: {_truncate(refusal[0])}"
         return (
             "StageJobRefused",
             f"stage {stage}: {st.message}; retrying with backoff, and at once when the spec changes",
