@@ -20,10 +20,12 @@ from rlaif_trainer.errors import BadInputError
 __all__ = [
     "DONE",
     "JsonlAppender",
+    "claim_id",
     "finalize_dir",
     "is_done",
     "pair_id",
     "partial_dir",
+    "probability_field",
     "read_done",
     "read_jsonl",
     "read_pairs",
@@ -60,6 +62,22 @@ def _text_field(obj: dict[str, Any], key: str, path: Path, line: int) -> str:
     if not isinstance(val, str):
         raise BadInputError(f"{path}:{line}: field {key!r} must be a string, got {type(val).__name__}")
     return val
+
+
+def claim_id(rid: str, seen: dict[str, int], path: Path, line: int) -> str:
+    """``rid``, recorded in ``seen`` (id -> line); a second record with that id is bad input."""
+    if rid in seen:
+        raise BadInputError(f"{path}:{line}: duplicate id {rid!r} (first on line {seen[rid]})")
+    seen[rid] = line
+    return rid
+
+
+def probability_field(obj: dict[str, Any], key: str, path: Path, line: int) -> float:
+    """``obj[key]`` as a probability: a number (not a bool) in [0, 1]."""
+    val = obj.get(key)
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= float(val) <= 1.0:
+        raise BadInputError(f"{path}:{line}: field {key!r} must be a number in [0, 1], got {val!r}")
+    return float(val)
 
 
 def pair_id(prompt: str, index: int) -> str:
@@ -106,17 +124,10 @@ def read_pairs(
         rid = obj.get("id")
         if rid is None:
             rid = "h" + hashlib.sha1(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
-        rid = str(rid)
-        if rid in seen:
-            raise BadInputError(f"{p}:{line}: duplicate id {rid!r} (first on line {seen[rid]})")
-        seen[rid] = line
-        rec["id"] = rid
+        rec["id"] = claim_id(str(rid), seen, p, line)
         rec["source"] = f"{p}:{line}"
         if require_label or "p_a" in obj:
-            val = obj.get("p_a")
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= float(val) <= 1.0:
-                raise BadInputError(f"{p}:{line}: field 'p_a' must be a number in [0, 1], got {val!r}")
-            rec["p_a"] = float(val)
+            rec["p_a"] = probability_field(obj, "p_a", p, line)
         out.append(rec)
     if not out:
         raise BadInputError(f"{what} {p} holds no pairs")

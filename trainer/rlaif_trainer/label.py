@@ -39,9 +39,11 @@ from typing import Any
 from rlaif_trainer import metrics as prom
 from rlaif_trainer.data import (
     JsonlAppender,
+    claim_id,
     finalize_dir,
     is_done,
     partial_dir,
+    probability_field,
     read_done,
     read_jsonl,
     read_pairs,
@@ -203,14 +205,8 @@ def read_labels(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for line, obj in read_jsonl(p, what="labels file"):
         if obj.get("id") is None:
             raise BadInputError(f"{p}:{line}: missing field 'id'")
-        rid = str(obj["id"])
-        if rid in seen:
-            raise BadInputError(f"{p}:{line}: duplicate id {rid!r} (first on line {seen[rid]})")
-        seen[rid] = line
-        val = obj.get("p_a")
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= float(val) <= 1.0:
-            raise BadInputError(f"{p}:{line}: field 'p_a' must be a number in [0, 1], got {val!r}")
-        out.append({**obj, "id": rid, "p_a": float(val)})
+        rid = claim_id(str(obj["id"]), seen, p, line)
+        out.append({**obj, "id": rid, "p_a": probability_field(obj, "p_a", p, line)})
     if not out:
         raise BadInputError(f"labels file {p} holds no labels")
     return out
