@@ -90,10 +90,7 @@ def run_stage(
         return _run_stage(stage, config_path, termination_log, progress)
     finally:
         if recorder is not None:
-            from rlaif_trainer import metrics
-
             recorder.close()
-            metrics.activate(None)
 
 
 def _run_stage(stage: str, config_path: str, termination_log: str | None, progress: bool) -> int:

@@ -93,10 +93,13 @@ class TrainerMetrics:
         return int(server.server_address[1])
 
     def close(self) -> None:
+        """Stop serving; a recorder that is the process's recorder (see :func:`serve`) stops being it."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if _active is self:
+            activate(None)
 
     def record_step(
         self,

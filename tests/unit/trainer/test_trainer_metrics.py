@@ -314,3 +314,19 @@ def test_docs_table_lists_every_trainer_family() -> None:
     }
     # prometheus-client names counters without their _total suffix.
     assert {name.removesuffix("_total") for name in documented} == exported
+
+
+def test_serve_makes_the_recorder_active_and_close_undoes_it() -> None:
+    rec = metrics.serve(0, "127.0.0.1")
+    try:
+        assert metrics.active() is rec
+    finally:
+        rec.close()
+    assert metrics.active() is None
+    other = metrics.TrainerMetrics()
+    metrics.activate(other)
+    try:
+        rec.close()  # closing a recorder that is not the active one leaves the active one alone
+        assert metrics.active() is other
+    finally:
+        metrics.activate(None)
