@@ -927,7 +927,8 @@ IMMUTABLE_AFTER_START_RULE = CelRule(
     ),
     message=(
         "spec is immutable once the job has started (status.startTime is set), except "
-        "spec.runPolicy.suspend and spec.runPolicy.ttlSecondsAfterFinished; create a new RLAIFJob instead"
+        + " and ".join(f"spec.runPolicy.{f}" for f in MUTABLE_RUN_POLICY_FIELDS)
+        + "; create a new RLAIFJob instead"
     ),
     field_path=".spec",
     check=lambda _: True,  # a transition rule: see check_update()
