@@ -9,6 +9,27 @@ from typing import Any
 __all__ = ["plot_label_comparison", "plot_training_curves"]
 
 
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display), imported only when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out_png: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out_png)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _smooth(values: list[float], window: int) -> list[float]:
     out, acc = [], 0.0
     for i, v in enumerate(values):
@@ -21,12 +42,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_training_curves(rows: Sequence[dict[str, Any]], out_png: str | Path, *, title: str = "") -> Path:
     """Reward, KL and response length over RL steps (raw and moving average) into ``out_png``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    out = Path(out_png)
+    plt = _pyplot()
     steps = [int(r["step"]) for r in rows]
     panels = [
         ("reward", "reward"),
@@ -59,11 +75,7 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], out_png: str | Path, *,
         axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def plot_label_comparison(
@@ -80,12 +92,7 @@ def plot_label_comparison(
     The quadrants where both prefer the same response are shaded green, the others red, so that
     points off the green show disagreements at a glance; the diagonal marks identical labels.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    out = Path(out_png)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.6))
     for x0, y0, color in (
         (0.5, 0.5, "tab:green"),
@@ -116,8 +123,4 @@ def plot_label_comparison(
     ax.set_ylabel(f"p_a, {second_name}")
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{len(p_a_first)} pairs", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
