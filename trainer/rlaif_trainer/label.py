@@ -123,11 +123,9 @@ def label_pairs(
     extra = extra or {}
     with JsonlAppender(out_path) as out:
         todo = [p for p in pairs if p["id"] not in out]
-        bar = tqdm(
-            total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair", disable=not progress
-        )
-        t0 = time.perf_counter()
         done = len(pairs) - len(todo)
+        bar = tqdm(total=len(pairs), initial=done, desc="label", unit="pair", disable=not progress)
+        t0 = time.perf_counter()
         prom.record_progress(done / max(len(pairs), 1))
         try:
             for s in range(0, len(todo), chunk_size):
