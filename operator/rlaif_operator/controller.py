@@ -372,10 +372,10 @@ class Controller:
         # precede that write, so a crash in between re-derives and re-posts them (at least once)
         # rather than losing them. A pass that creates a stage Job posts its events only once the
         # Job exists, since "StageStarted" for a Job the API server refused would be false: a third
-        # round trip on those passes. Posting them beside the status write instead was faster in a
-        # burst (BENCHMARKS.md) but lost the events of an operator killed in between, which the
-        # fault tests catch. The ConfigMap is created alongside the first Job: the kubelet waits
-        # for a pod's ConfigMap volume, and the pod cannot start sooner anyway.
+        # round trip on those passes. Posting them beside the status write instead would lose the
+        # events of an operator killed in between, which the fault tests catch. The ConfigMap is
+        # created alongside the first Job: the kubelet waits for a pod's ConfigMap volume, and the
+        # pod cannot start sooner anyway.
         events_after_creates = bool(plan.create)
         generation = meta.get("generation")
         first = await asyncio.gather(
