@@ -34,6 +34,7 @@ FROM ${PYTHON_IMAGE} AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY api/ api/
 COPY operator/ operator/
 COPY trainer/ trainer/
 RUN pip wheel --no-deps --wheel-dir /wheels . && ls /wheels/rlaif_operator-*-py3-none-any.whl
@@ -46,11 +47,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # The `operator` extra only: kopf, kubernetes and prometheus-client on top of pydantic and PyYAML.
-# The operator imports the trainer's spec module (pydantic, no torch), which the wheel carries; the
-# last check fails the build if torch ever becomes a dependency of the operator image.
+# The operator imports only rlaif_api (pydantic, no torch), which the wheel carries; the last check
+# fails the build if torch ever becomes a dependency of the operator image.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install "$(ls /wheels/rlaif_operator-*.whl)[operator]" \
- && python -c "import rlaif_operator, rlaif_trainer.spec" \
+ && python -c "import rlaif_operator, rlaif_api" \
  && ! python -c "import torch" 2>/dev/null
 
 FROM ${PYTHON_IMAGE} AS operator

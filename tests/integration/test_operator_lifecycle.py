@@ -52,7 +52,7 @@ def test_happy_path_four_stages_with_results_events_and_metrics(
     for stage in ("label", "reward", "rl", "evaluate"):
         assert st["stages"][stage]["state"] == "Succeeded"
         assert st["stages"][stage]["attempts"] == 1
-        assert st["stages"][stage]["metrics"]["win_rate"] == 0.68
+        assert st["stages"][stage]["metrics"]["win_rate_vs_initial"] == 0.68
     assert st["results"] == {
         "winRateVsInitial": 0.68,
         "labelerPositionConsistency": 0.9,

@@ -36,7 +36,7 @@ SUMMARY = {
     "accuracy": 0.75,
     "final_reward": 0.4,
     "final_kl": 0.03,
-    "win_rate": 0.68,
+    "win_rate_vs_initial": 0.68,
 }
 
 

@@ -153,7 +153,7 @@ def test_entrypoint_is_a_declared_console_script(dockerfile, target):
     assert argv[0] in scripts, f"{argv[0]} is not in pyproject's [project.scripts]: {sorted(scripts)}"
     module, _, func = scripts[argv[0]].partition(":")
     package, *rest = module.split(".")
-    source_root = {"rlaif_operator": "operator", "rlaif_trainer": "trainer"}[package]
+    source_root = {"rlaif_api": "api", "rlaif_operator": "operator", "rlaif_trainer": "trainer"}[package]
     module_path = ROOT / source_root / package / Path(*rest)
     candidates = [module_path.with_suffix(".py"), module_path / "__init__.py"]
     existing = [c for c in candidates if c.exists()]

@@ -1,17 +1,15 @@
-"""Errors shared by every stage, and the exit codes of the stage contract (DESIGN.md §3).
+"""The trainer's :class:`BadInputError`; the exit codes it maps to are in :mod:`rlaif_api.contract`.
 
-The operator reads a pod's exit code to decide whether a failed stage is worth retrying:
-``EXIT_BAD_INPUT`` means the input itself is wrong (a missing file, a malformed JSONL line, a
-prompt longer than the model's context), so retrying cannot help and the job fails at once.
-Any other non-zero code is treated as transient (OOM kill, node loss, a flaky endpoint).
+A stage raises :class:`BadInputError` when its input itself is wrong; the CLI turns it into
+:data:`~rlaif_api.contract.EXIT_BAD_INPUT`, and the operator fails the job at once instead of retrying.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-# sysexits.h EX_DATAERR: "the input data was incorrect in some way".
-EXIT_BAD_INPUT = 65
-EXIT_RETRYABLE = 1
+# Transitional re-export for the operator, which still imports the exit codes from here.
+from rlaif_api.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_RETRYABLE", "BadInputError"]
 
 
 class BadInputError(Exception):

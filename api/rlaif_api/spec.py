@@ -1,0 +1,658 @@
+"""The RLAIFJob API (``rlaif.dev/v1alpha1``): the spec models, the single source of truth for its schema.
+
+These pydantic models serve three consumers, so they must import neither torch nor kubernetes:
+
+* the CRD generator (:mod:`rlaif_api.crd`) turns them into the OpenAPI v3 schema, including
+  the CEL ``x-kubernetes-validations`` rules declared here;
+* the operator validates and resolves a job into per-stage configs;
+* the trainer's local ``pipeline`` runner validates the same YAML and resolves it with the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlaif_api.contract import STAGE_ORDER, Stage
+from rlaif_api.status import RLAIFJobStatus
+from rlaif_api.types import (
+    MAX_LIST,
+    MAX_PATH,
+    MAX_SHORT,
+    ApiModel,
+    CelRule,
+    K8sName,
+    KubeObject,
+    PathStr,
+    Quantity,
+    ShortStr,
+    StringMap,
+    Text,
+)
+
+
+class LoraSpec(ApiModel):
+    """Low-rank adapters (LoRA, via peft) trained instead of the full weights."""
+
+    r: int = Field(16, ge=1, le=1024, description="Rank of the adapter matrices. Default 16.")
+    alpha: float = Field(
+        32, gt=0, le=4096, description="LoRA scaling numerator (alpha / r scales the update). Default 32."
+    )
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input. Default 0.05.")
+    target_modules: list[ShortStr] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        max_length=MAX_LIST,
+        description="Names of the modules that get adapters, e.g. q_proj, v_proj. Default [q_proj, v_proj].",
+    )
+
+
+class PolicySpec(ApiModel):
+    """The language model being aligned."""
+
+    model: PathStr = Field(
+        description=(
+            "The initial policy: an absolute path or a path relative to the workspace (./ or ../) to a "
+            "Hugging Face model directory, a hub id when the cluster can reach a hub, or "
+            "'embedded:smollm2-135m-instruct' for the small model the trainer ships."
+        )
+    )
+    lora: LoraSpec | None = Field(
+        default_factory=LoraSpec,
+        description="LoRA settings for RL. The frozen reference policy is the same weights with adapters disabled.",
+    )
+    max_prompt_length: int = Field(
+        512,
+        ge=8,
+        le=131072,
+        description="Prompts longer than this many tokens are rejected as bad input. Default 512.",
+    )
+
+
+class DatasetSpec(ApiModel):
+    """Where prompts, and optionally given response pairs or labels, come from."""
+
+    prompts: PathStr = Field(description="JSONL file of training prompts, one JSON object per line.")
+    prompt_field: ShortStr = Field(
+        "prompt", description="Key of the prompt text in each JSONL object. Default 'prompt'."
+    )
+    eval_prompts: PathStr | None = Field(
+        None,
+        description="JSONL file of held-out prompts for evaluation. Default: the last 10% of 'prompts', excluded from training.",
+    )
+    pairs: PathStr | None = Field(
+        None,
+        description=(
+            "Optional JSONL of given response pairs ({id, prompt, response_a, response_b}) to label, "
+            "instead of sampling two responses per prompt from the initial policy."
+        ),
+    )
+    labels: PathStr | None = Field(
+        None,
+        description=(
+            "Optional JSONL of already-labelled pairs ({id, prompt, response_a, response_b, p_a}) for a job "
+            "that starts at the reward stage."
+        ),
+    )
+    max_prompts: int | None = Field(
+        None, ge=1, le=10_000_000, description="Use at most this many training prompts."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the job's namespace. The value is never copied into the spec, a ConfigMap or a log."""
+
+    name: K8sName = Field(description="Name of the Secret.")
+    key: ShortStr = Field(description="Key within the Secret.")
+
+
+class FewShotExample(ApiModel):
+    """One worked example shown to the labeler before the pair to judge."""
+
+    prompt: Text = Field(description="The example's context or instruction.")
+    response_a: Text = Field(description="The example's first response (shown as 'Response 1').")
+    response_b: Text = Field(description="The example's second response (shown as 'Response 2').")
+    preferred: Literal[1, 2] = Field(description="Which response the example prefers: 1 or 2.")
+    rationale: Text | None = Field(
+        None, description="Optional reasoning shown before the answer (for chain-of-thought)."
+    )
+
+
+class LabelerSpec(ApiModel):
+    """The off-the-shelf LLM that gives AI feedback (Lee et al. 2023, §2.1)."""
+
+    provider: Literal["hf", "openai", "python"] = Field(
+        "hf",
+        description=(
+            "hf: a local Hugging Face model run in the stage pod. openai: an OpenAI-compatible completions or "
+            "chat-completions endpoint (see api) that returns logprobs (vLLM, TGI, OpenAI). python: a Python "
+            "callable, for rule-based or verifiable feedback. Default hf."
+        ),
+    )
+    model: PathStr | None = Field(
+        None, description="Labeler model (path, hub id or served model name). Default: the policy model."
+    )
+    endpoint: Annotated[str, Field(max_length=MAX_PATH, pattern=r"^https?://")] | None = Field(
+        None,
+        description="Base URL of the OpenAI-compatible API, e.g. http://vllm.llm.svc:8000/v1. Required for openai.",
+    )
+    api: Literal["completions", "chat"] = Field(
+        "completions",
+        description=(
+            "For provider openai, which API of the endpoint to call. completions: POST {endpoint}/completions "
+            "with the plain-text prompt and logprobs (vLLM, TGI). chat: POST {endpoint}/chat/completions with the "
+            "same prompt as one user message and top_logprobs 20, for models served only as chat "
+            "(OpenAI's current models, vLLM chat models); the answer is read from the first generated token's "
+            "top log-probabilities. Ignored by the other providers. Default completions."
+        ),
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Secret holding the endpoint's API key; it reaches the pod as an environment variable.",
+    )
+    callable: (
+        Annotated[str, Field(max_length=MAX_SHORT, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None
+    ) = Field(
+        None,
+        description="For provider python: 'package.module:function', importable in the trainer image.",
+    )
+    mode: Literal["pairwise", "pointwise"] = Field(
+        "pairwise",
+        description=(
+            "pairwise: the paper's prompt asks which of two responses is better; the soft label is the softmax "
+            "over the log-probabilities of '1' and '2'. pointwise: each response is judged alone against yes/no "
+            "principles, and the label is sigmoid(log-odds(a) - log-odds(b)); it has no position bias, and small "
+            "labelers need it. Default pairwise."
+        ),
+    )
+    principles: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Yes/no questions for pointwise mode, e.g. 'Is the summary faithful to the text?'. Required for pointwise.",
+    )
+    preamble: Text = Field(
+        "base",
+        min_length=1,
+        description="'base' or 'detailed' (the paper's preambles), or the full text of a custom preamble. Default base.",
+    )
+    few_shot: list[FewShotExample] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Worked examples placed between the preamble and the pair.",
+    )
+    chain_of_thought: bool = Field(
+        False,
+        description="Two-step chain-of-thought: generate a rationale greedily, then score. Default false.",
+    )
+    position_debias: bool = Field(
+        True,
+        description="Score every pair in both orders and average, cancelling position bias. Default true.",
+    )
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Pairs scored per forward pass (hf) or requests in flight (openai). Default 8.",
+    )
+    max_concurrency: int = Field(
+        8, ge=1, le=1024, description="Concurrent requests to an openai endpoint. Default 8."
+    )
+    max_retries: int = Field(
+        5, ge=0, le=100, description="Retries on 429 and 5xx from an openai endpoint. Default 5."
+    )
+    request_timeout_seconds: float = Field(
+        60, gt=0, le=3600, description="Timeout of one endpoint request. Default 60."
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.provider != 'openai' || has(self.endpoint)",
+            message="labeler.endpoint is required when labeler.provider is openai",
+            field_path=".endpoint",
+            check=lambda s: s.provider != "openai" or s.endpoint is not None,
+        ),
+        CelRule(
+            rule="self.provider != 'openai' || has(self.model)",
+            message="labeler.model (the served model name) is required when labeler.provider is openai",
+            field_path=".model",
+            check=lambda s: s.provider != "openai" or s.model is not None,
+        ),
+        CelRule(
+            rule="self.provider != 'python' || has(self.callable)",
+            message="labeler.callable is required when labeler.provider is python",
+            field_path=".callable",
+            check=lambda s: s.provider != "python" or s.callable is not None,
+        ),
+        CelRule(
+            rule="self.mode != 'pointwise' || self.principles.size() > 0",
+            message="labeler.principles must list at least one yes/no question when labeler.mode is pointwise",
+            field_path=".principles",
+            check=lambda s: s.mode != "pointwise" or len(s.principles) > 0,
+        ),
+    )
+
+
+class RewardModelSpec(ApiModel):
+    """The reward model trained on the AI preference labels (or given, for a job without a reward stage)."""
+
+    model: PathStr | None = Field(
+        None, description="Base model of the reward model. Default: the policy model."
+    )
+    path: PathStr | None = Field(
+        None,
+        description="A reward model trained elsewhere, for RL without a reward stage in this job.",
+    )
+    lora: LoraSpec | None = Field(
+        None, description="Train LoRA adapters (plus the score head) instead of all weights."
+    )
+    loss: Literal["soft", "bradleyTerry"] = Field(
+        "soft",
+        description=(
+            "soft: the paper's cross-entropy between the AI soft label and the softmax of the two rewards. "
+            "bradleyTerry: hard labels (p > 0.5) with the Bradley-Terry log-sigmoid loss. Default soft."
+        ),
+    )
+    epochs: int = Field(2, ge=1, le=1000, description="Passes over the labelled pairs. Default 2.")
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate. Default 1e-5.")
+    batch_size: int = Field(
+        8, ge=1, le=65536, description="Pairs per optimizer step, across all processes. Default 8."
+    )
+    max_length: int = Field(
+        512,
+        ge=8,
+        le=131072,
+        description="Prompt plus response tokens; longer inputs are truncated. Default 512.",
+    )
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of pairs held out to report accuracy. Default 0.1."
+    )
+    checkpoint_every: int = Field(
+        100, ge=1, le=10_000_000, description="Optimizer steps between checkpoints. Default 100."
+    )
+
+
+class RLSpec(ApiModel):
+    """Policy optimization against the reward, with a KL penalty towards the initial policy."""
+
+    algorithm: Literal["reinforce", "rloo", "grpo", "ppo"] = Field(
+        "reinforce",
+        description="reinforce (with a baseline, as in the paper), rloo, grpo, or ppo (clipped, with a value head). Default reinforce.",
+    )
+    reward: Literal["rewardModel", "direct"] = Field(
+        "rewardModel",
+        description=(
+            "rewardModel: score with the trained reward model. direct (d-RLAIF): the labeler scores each "
+            "response alone and that score, in [-1, 1], is the reward; no reward model is needed. hf and "
+            "openai labelers in pointwise mode: the mean over principles of 2*P(Yes) - 1, with P(Yes) "
+            "normalized over Yes and No. hf in pairwise mode: the expected 1-10 score E = sum of i*P(i), "
+            "mapped to 2*(E - 1)/9 - 1; when the tokenizer splits '10' into '1' and '0', score 10 gets "
+            "P('1')*P('0' after '1'), score 1 gets P('1')*(1 - P('0' after '1')), and the ten are "
+            "renormalized. openai in pairwise mode: the same over 1-9 (single tokens), read from the top "
+            "log-probabilities. python: the callable's score function, clipped to [-1, 1]. "
+            "Default rewardModel."
+        ),
+    )
+    kl_coef: float = Field(
+        0.05, ge=0, le=10, description="KL penalty coefficient beta. Default 0.05 (the paper)."
+    )
+    temperature: float = Field(
+        0.9, gt=0, le=5, description="Sampling temperature during RL. Default 0.9 (the paper)."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold. Default 1.0 (off).")
+    max_new_tokens: int = Field(
+        64, ge=1, le=32768, description="Longest sampled response, in tokens. Default 64."
+    )
+    steps: int = Field(100, ge=1, le=10_000_000, description="Optimizer steps. Default 100.")
+    batch_size: int = Field(
+        8, ge=1, le=65536, description="Prompts per step, across all processes. Default 8."
+    )
+    samples_per_prompt: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Responses sampled per prompt (k). rloo and grpo need at least 2. Default 2.",
+    )
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate. Default 1e-5.")
+    ppo_epochs: int = Field(2, ge=1, le=100, description="PPO passes over each batch. Default 2.")
+    clip_range: float = Field(0.2, gt=0, le=1, description="PPO ratio clip range. Default 0.2.")
+    checkpoint_every: int = Field(
+        20, ge=1, le=10_000_000, description="Steps between checkpoints. Default 20."
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!(self.algorithm in ['rloo', 'grpo']) || self.samplesPerPrompt >= 2",
+            message="rl.samplesPerPrompt must be at least 2 for rloo and grpo, which compare samples of one prompt",
+            field_path=".samplesPerPrompt",
+            check=lambda s: s.algorithm not in ("rloo", "grpo") or s.samples_per_prompt >= 2,
+        ),
+    )
+
+
+class EvaluationSpec(ApiModel):
+    """Win rate of the final policy against the initial policy, judged by a position-debiased AI judge."""
+
+    judge: LabelerSpec | None = Field(None, description="The AI judge. Default: the labeler.")
+    samples: int = Field(200, ge=1, le=1_000_000, description="Held-out prompts to judge. Default 200.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=32768, description="Response length for evaluation. Default: rl.maxNewTokens."
+    )
+    policy: PathStr | None = Field(
+        None,
+        description="The trained policy (model dir or LoRA adapter dir) to evaluate when this job has no rl stage.",
+    )
+
+
+class ResourceSpec(ApiModel):
+    """Compute for one stage's pod. Requests equal limits, so stage pods are Guaranteed QoS."""
+
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="GPUs per pod; more than one runs the stage under accelerate launch, one process per GPU.",
+    )
+    cpu: Quantity | None = Field(None, description="CPU, e.g. 8 or 7500m.")
+    memory: Quantity | None = Field(None, description="Memory, e.g. 64Gi.")
+    ephemeral_storage: Quantity | None = Field(None, description="Local scratch disk, e.g. 50Gi.")
+
+
+class StageResources(ApiModel):
+    """Resources per stage; each stage's fields override 'default' field by field."""
+
+    default: ResourceSpec = Field(
+        default_factory=lambda: ResourceSpec(gpus=1),
+        description="Applies to every stage unless overridden. Default: 1 GPU.",
+    )
+    label: ResourceSpec | None = Field(None, description="Overrides for the label stage.")
+    reward: ResourceSpec | None = Field(None, description="Overrides for the reward stage.")
+    rl: ResourceSpec | None = Field(None, description="Overrides for the rl stage.")
+    evaluate: ResourceSpec | None = Field(None, description="Overrides for the evaluate stage.")
+
+    def for_stage(self, stage: str) -> ResourceSpec:
+        override = getattr(self, stage)
+        merged = self.default.model_dump()
+        if override is not None:
+            merged.update({k: v for k, v in override.model_dump().items() if v is not None})
+        if merged.get("gpus") is None:
+            merged["gpus"] = 0
+        return ResourceSpec.model_validate(merged)
+
+
+class PVCRef(ApiModel):
+    """An existing PersistentVolumeClaim."""
+
+    claim_name: K8sName = Field(description="Name of a PersistentVolumeClaim in the job's namespace.")
+
+
+class StorageSpec(ApiModel):
+    """The workspace volume that stages share artifacts through. Either an existing claim, or a size for a new one."""
+
+    persistent_volume_claim: PVCRef | None = Field(
+        None, description="Use this existing claim (it must allow the stages' pods to mount it)."
+    )
+    size: Quantity | None = Field(
+        None,
+        description="Create a claim of this size, owned by the job. Default 20Gi when no claim is given.",
+    )
+    storage_class_name: ShortStr | None = Field(
+        None, description="StorageClass of the created claim. Default: the cluster default."
+    )
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"],  # type: ignore[arg-type]
+        min_length=1,
+        max_length=3,
+        description="Access modes of the created claim. Default [ReadWriteOnce]; stages run one at a time.",
+    )
+    sub_path: Annotated[str, Field(max_length=MAX_PATH, pattern=r"^[^/].*$")] | None = Field(
+        None, description="Mount this sub-directory of the volume as the workspace root."
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!(has(self.persistentVolumeClaim) && has(self.size))",
+            message="storage: set either persistentVolumeClaim (an existing claim) or size (a new claim), not both",
+            field_path=".size",
+            check=lambda s: not (s.persistent_volume_claim is not None and s.size is not None),
+        ),
+    )
+
+
+class RunPolicy(ApiModel):
+    """How the job is run: retries, deadlines, clean-up, suspension and queueing."""
+
+    backoff_limit: int = Field(
+        2, ge=0, le=100, description="Retries of a failed stage pod before the job fails. Default 2."
+    )
+    backoff_seconds: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="Delay before the first retry; it doubles each retry, capped at 10 minutes. Default 10.",
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job with reason DeadlineExceeded after this long running."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this long after it succeeds or fails. Mutable."
+    )
+    suspend: bool = Field(
+        False,
+        description="Stop running stage Jobs, keeping artifacts; false resumes at the current stage. Mutable.",
+    )
+    queue_name: K8sName | None = Field(
+        None, description="Kueue LocalQueue; stage Jobs get the kueue.x-k8s.io/queue-name label."
+    )
+    priority_class_name: ShortStr | None = Field(None, description="PriorityClass of the stage pods.")
+
+
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: ShortStr | None = Field(
+        None, description="Taint key; empty with operator Exists tolerates everything."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal. Default Equal.")
+    value: Annotated[str, Field(max_length=MAX_SHORT)] | None = Field(
+        None, description="Taint value to match with Equal."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the stage container (core/v1 EnvVar)."""
+
+    name: ShortStr = Field(description="Variable name.")
+    value: Text | None = Field(
+        None, description="Literal value. Put secrets in valueFrom.secretKeyRef, never here."
+    )
+    value_from: KubeObject | None = Field(
+        None, description="A core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef..."
+    )
+
+
+class VolumeMount(ApiModel):
+    """Where an extra volume is mounted in the stage container (core/v1 VolumeMount)."""
+
+    name: ShortStr = Field(description="Name of a volume in podTemplate.volumes.")
+    mount_path: PathStr = Field(description="Absolute path in the container.")
+    read_only: bool | None = Field(None, description="Mount read-only.")
+    sub_path: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(
+        None, description="Sub-path within the volume."
+    )
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object by name in the same namespace."""
+
+    name: K8sName = Field(description="Name of the referenced object.")
+
+
+class PodTemplateOverrides(ApiModel):
+    """Additions to every stage pod. The operator's own labels, security context and workspace mount always win."""
+
+    labels: StringMap | None = Field(None, description="Extra pod labels.")
+    annotations: StringMap | None = Field(None, description="Extra pod annotations.")
+    node_selector: StringMap | None = Field(None, description="Node selector, e.g. a GPU product label.")
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=MAX_LIST, description="Tolerations, e.g. for tainted GPU nodes."
+    )
+    affinity: KubeObject | None = Field(None, description="A core/v1 Affinity.")
+    service_account_name: K8sName | None = Field(
+        None, description="ServiceAccount of the stage pods. Default: the operator's trainer ServiceAccount."
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        None, max_length=MAX_LIST, description="Secrets for pulling the trainer image."
+    )
+    env: list[EnvVar] | None = Field(None, max_length=MAX_LIST, description="Extra environment variables.")
+    volumes: list[KubeObject] | None = Field(
+        None, max_length=MAX_LIST, description="Extra core/v1 Volumes (each needs a name)."
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        None, max_length=MAX_LIST, description="Mounts of the extra volumes."
+    )
+
+
+def _has_stage(spec: RLAIFJobSpec, stage: str) -> bool:
+    return stage in spec.stages
+
+
+def _rl_has_reward_source(s: RLAIFJobSpec) -> bool:
+    if "rl" not in s.stages or s.rl.reward != "rewardModel":
+        return True
+    return "reward" in s.stages or (s.reward_model is not None and s.reward_model.path is not None)
+
+
+class RLAIFJobSpec(ApiModel):
+    """Desired state of an RLAIF run: the stages to run, their models and data, and how to run them."""
+
+    policy: PolicySpec = Field(description="The language model being aligned.")
+    dataset: DatasetSpec = Field(description="Prompts and optional given pairs or labels.")
+    labeler: LabelerSpec | None = Field(
+        None, description="The AI labeler. Required by the label stage and by rl.reward: direct."
+    )
+    reward_model: RewardModelSpec = Field(default_factory=RewardModelSpec, description="The reward model.")
+    rl: RLSpec = Field(default_factory=RLSpec, description="Policy optimization.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Final evaluation.")
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(STAGE_ORDER),  # type: ignore[arg-type]
+        min_length=1,
+        max_length=4,
+        description="Stages to run, a subsequence of [label, reward, rl, evaluate] in that order. Default: all four.",
+    )
+    image: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(
+        None, description="Trainer container image. Default: the operator's configured trainer image."
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Random seed for sampling, shuffling and initialization. Default 0.",
+    )
+    resources: StageResources = Field(default_factory=StageResources, description="Compute per stage.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="The shared workspace volume.")
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Retries, deadlines, suspension and queueing."
+    )
+    pod_template: PodTemplateOverrides | None = Field(None, description="Additions to every stage pod.")
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.stages == ['label', 'reward', 'rl', 'evaluate'].filter(s, s in self.stages)",
+            message="stages must be a non-empty subsequence of [label, reward, rl, evaluate], in that order and without repeats",
+            field_path=".stages",
+            check=lambda s: s.stages == [st for st in STAGE_ORDER if st in s.stages],
+        ),
+        CelRule(
+            rule="!('label' in self.stages) || has(self.labeler)",
+            message="labeler is required when stages include label",
+            field_path=".labeler",
+            check=lambda s: not _has_stage(s, "label") or s.labeler is not None,
+        ),
+        CelRule(
+            rule="!('rl' in self.stages) || self.rl.reward != 'direct' || has(self.labeler)",
+            message="labeler is required when rl.reward is direct (d-RLAIF scores responses with the labeler)",
+            field_path=".labeler",
+            check=lambda s: not _has_stage(s, "rl") or s.rl.reward != "direct" or s.labeler is not None,
+        ),
+        CelRule(
+            rule=(
+                "!('rl' in self.stages) || self.rl.reward != 'rewardModel' || 'reward' in self.stages"
+                " || has(self.rewardModel.path)"
+            ),
+            message="rl.reward rewardModel needs the reward stage in stages, or a trained model in rewardModel.path",
+            field_path=".rl.reward",
+            check=_rl_has_reward_source,
+        ),
+        CelRule(
+            rule="!('reward' in self.stages) || 'label' in self.stages || has(self.dataset.labels)",
+            message="the reward stage needs labels: include the label stage, or give dataset.labels",
+            field_path=".dataset.labels",
+            check=lambda s: (
+                not _has_stage(s, "reward") or _has_stage(s, "label") or s.dataset.labels is not None
+            ),
+        ),
+        CelRule(
+            rule="!('evaluate' in self.stages) || has(self.labeler) || has(self.evaluation.judge)",
+            message="the evaluate stage needs a judge: set evaluation.judge or labeler",
+            field_path=".evaluation.judge",
+            check=lambda s: (
+                not _has_stage(s, "evaluate") or s.labeler is not None or s.evaluation.judge is not None
+            ),
+        ),
+        CelRule(
+            rule="!('evaluate' in self.stages) || 'rl' in self.stages || has(self.evaluation.policy)",
+            message="the evaluate stage needs a policy to evaluate: include the rl stage, or set evaluation.policy",
+            field_path=".evaluation.policy",
+            check=lambda s: (
+                not _has_stage(s, "evaluate") or _has_stage(s, "rl") or s.evaluation.policy is not None
+            ),
+        ),
+    )
+
+    def judge(self) -> LabelerSpec | None:
+        return self.evaluation.judge or self.labeler
+
+
+class ObjectMeta(BaseModel):
+    """The subset of metadata the trainer needs; the API server owns the rest."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field("local", description="Name of the job.")
+    namespace: str = Field("default", description="Namespace of the job.")
+
+
+class RLAIFJob(ApiModel):
+    """RLAIFJob aligns a language model with Reinforcement Learning from AI Feedback (Lee et al. 2023): AI preference labeling, reward-model training, RL policy optimization, then evaluation, one batch/v1 Job per stage."""
+
+    api_version: Literal["rlaif.dev/v1alpha1"] = Field(
+        "rlaif.dev/v1alpha1", description="rlaif.dev/v1alpha1."
+    )
+    kind: Literal["RLAIFJob"] = Field("RLAIFJob", description="RLAIFJob.")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: RLAIFJobSpec = Field(description="Desired state of the run.")
+    status: RLAIFJobStatus | None = Field(None, description="Observed state, written by the operator.")
+
+
+def load_job(path: str | Path) -> RLAIFJob:
+    """Read and validate an RLAIFJob manifest (YAML). Raises pydantic.ValidationError naming the field."""
+    import yaml
+
+    with open(path) as handle:
+        document = yaml.safe_load(handle)
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected an RLAIFJob mapping, got {type(document).__name__}")
+    metadata = document.get("metadata") or {}
+    document["metadata"] = {
+        k: v for k, v in metadata.items() if k in ("name", "namespace", "labels", "annotations")
+    }
+    document.pop("status", None)
+    return RLAIFJob.model_validate(document)

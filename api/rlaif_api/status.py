@@ -1,0 +1,157 @@
+"""The RLAIFJob status, written by the operator only, and the :class:`Reason` of every condition and event."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from rlaif_api.contract import Phase, Stage
+from rlaif_api.types import ApiModel, KubeObject
+
+
+class Reason(str, Enum):
+    """Every CamelCase reason the operator writes into a condition or an Event. They are an API:
+    ``kubectl wait``, the Argo CD health check and alerts match on them, so they only ever grow."""
+
+    # The Running condition while a stage makes progress, and the job-level outcomes.
+    PENDING = "Pending"
+    STAGE_RUNNING = "StageRunning"
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"
+    BACKOFF_RETRY = "BackoffRetry"
+    ALL_STAGES_SUCCEEDED = "AllStagesSucceeded"
+    BAD_INPUT = "BadInput"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    SUSPENDED = "Suspended"
+    # Waiting: the job cannot start or continue until something outside it changes.
+    INVALID_SPEC = "InvalidSpec"
+    WORKSPACE_CLAIM_NOT_FOUND = "WorkspaceClaimNotFound"
+    NO_TRAINER_IMAGE = "NoTrainerImage"
+    STAGE_POD_WAITING = "StagePodWaiting"
+    STAGE_JOB_REFUSED = "StageJobRefused"
+    # Events only.
+    STAGE_STARTED = "StageStarted"
+    STAGE_SUCCEEDED = "StageSucceeded"
+    STAGE_FAILED = "StageFailed"
+    PHASE_CHANGED = "PhaseChanged"
+    RESUMED = "Resumed"
+    FAILED = "Failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The reasons that mean "waiting on something outside the job": the Running condition is False.
+WAIT_REASONS: frozenset[Reason] = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.WORKSPACE_CLAIM_NOT_FOUND,
+        Reason.NO_TRAINER_IMAGE,
+        Reason.STAGE_POD_WAITING,
+        Reason.STAGE_JOB_REFUSED,
+    }
+)
+
+ConditionType = Literal["Running", "Succeeded", "Failed", "Suspended", "Ready"]
+
+
+class Condition(ApiModel):
+    """A kstatus-compatible condition (metav1.Condition)."""
+
+    type: ConditionType = Field(description="Running, Succeeded, Failed, Suspended or Ready.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: Annotated[str, Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")] = (
+        Field("", description="CamelCase machine-readable reason for the last transition.")
+    )
+    message: Annotated[str, Field(max_length=32768)] = Field("", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The metadata.generation this condition was computed from."
+    )
+
+
+class StageStatus(ApiModel):
+    """Progress of one stage."""
+
+    state: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"] = Field(
+        "Pending", description="Pending, Running, Succeeded, Failed or Skipped."
+    )
+    job_name: str | None = Field(None, description="Name of the current or last batch/v1 Job of this stage.")
+    attempts: int = Field(0, ge=0, description="Pods started for this stage, retries included.")
+    start_time: str | None = Field(None, description="When the first attempt started (RFC 3339).")
+    completion_time: str | None = Field(
+        None, description="When the stage succeeded or finally failed (RFC 3339)."
+    )
+    next_retry_time: str | None = Field(
+        None, description="When the next attempt may start, during retry backoff (RFC 3339)."
+    )
+    message: Annotated[str, Field(max_length=32768)] | None = Field(
+        None, description="Last message, e.g. the failure reason."
+    )
+    metrics: KubeObject | None = Field(
+        None, description="Headline metrics from the stage's summary (its termination message)."
+    )
+
+
+class StagesStatus(ApiModel):
+    """Progress per stage."""
+
+    label: StageStatus | None = Field(None, description="The label stage.")
+    reward: StageStatus | None = Field(None, description="The reward stage.")
+    rl: StageStatus | None = Field(None, description="The rl stage.")
+    evaluate: StageStatus | None = Field(None, description="The evaluate stage.")
+
+
+class ArtifactsStatus(ApiModel):
+    """Where each stage left its output, as paths inside the workspace volume."""
+
+    labels: str | None = Field(None, description="Directory of the AI preference labels.")
+    reward_model: str | None = Field(None, description="Directory of the trained reward model.")
+    policy: str | None = Field(None, description="Directory of the trained policy (LoRA adapter).")
+    report: str | None = Field(None, description="Directory of the evaluation report and plots.")
+
+
+class ResultsStatus(ApiModel):
+    """Headline results, copied from the stages' summaries."""
+
+    win_rate_vs_initial: float | None = Field(
+        None, description="Win rate of the trained policy against the initial policy, by the AI judge."
+    )
+    win_rate_ci_low: float | None = Field(
+        None, description="Lower end of the win rate's 95% confidence interval."
+    )
+    win_rate_ci_high: float | None = Field(
+        None, description="Upper end of the win rate's 95% confidence interval."
+    )
+    labeler_position_consistency: float | None = Field(
+        None, description="Share of pairs the labeler judged the same way in both orders."
+    )
+    reward_model_accuracy: float | None = Field(
+        None, description="Held-out accuracy of the reward model on the AI labels."
+    )
+    final_reward: float | None = Field(None, description="Mean reward over the last RL steps.")
+    final_kl: float | None = Field(None, description="Mean KL to the initial policy over the last RL steps.")
+
+
+class RLAIFJobStatus(ApiModel):
+    """Observed state, written by the operator only."""
+
+    phase: Phase | None = Field(
+        None,
+        description="Summary of the conditions: Pending, Labeling, TrainingRewardModel, OptimizingPolicy, Evaluating, Succeeded, Failed or Suspended.",
+    )
+    current_stage: Stage | None = Field(None, description="The stage running or next to run.")
+    progress: str | None = Field(None, description="Stages done out of stages listed, e.g. 2/4.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The metadata.generation the status was computed from."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, description="Running, Succeeded, Failed, Suspended and Ready."
+    )
+    stages: StagesStatus | None = Field(None, description="Progress per stage.")
+    artifacts: ArtifactsStatus | None = Field(None, description="Where the artifacts are.")
+    results: ResultsStatus | None = Field(None, description="Headline results.")
+    start_time: str | None = Field(None, description="When the first stage started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")
