@@ -19,7 +19,7 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .builders import DEFAULT_TRAINER_METRICS_PORT
+    from .settings import DEFAULT_TRAINER_METRICS_PORT
 
     parser = argparse.ArgumentParser(
         prog="rlaif-operator",
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import kopf
 
-    from .builders import Settings
     from .metrics import Metrics
+    from .settings import Settings
 
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     kopf.configure(

@@ -24,6 +24,8 @@ from typing import Any
 from rlaif_trainer import spec as api
 from rlaif_trainer.spec import RLAIFJob, resolve_stage_configs
 
+from .settings import WORKSPACE_MOUNT, Settings
+
 LABEL_JOB = "rlaif.dev/job"
 LABEL_STAGE = "rlaif.dev/stage"
 LABEL_ATTEMPT = "rlaif.dev/attempt"
@@ -34,7 +36,6 @@ MANAGER = "rlaif-operator"
 
 CONTAINER_NAME = "trainer"
 CONFIG_DIR = "/etc/rlaif"
-WORKSPACE_MOUNT = "/workspace"
 TERMINATION_LOG = "/dev/termination-log"
 CONFIG_VOLUME = "rlaif-config"
 WORKSPACE_VOLUME = "rlaif-workspace"
@@ -46,22 +47,6 @@ DEFAULT_PVC_SIZE = "20Gi"
 MAX_NAME = 63  # a Job's name becomes its pods' job-name label value, so it must be a DNS label
 NONROOT_UID = 1000
 METRICS_PORT_NAME = "metrics"  # the chart's PodMonitor scrapes this port (trainer.podMonitor.portName)
-DEFAULT_TRAINER_METRICS_PORT = 9400
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Operator-wide configuration (command-line flags)."""
-
-    trainer_image: str | None = None
-    gpu_resource_name: str = "nvidia.com/gpu"
-    trainer_service_account: str | None = None
-    default_queue_name: str | None = None
-    workspace_root: str = WORKSPACE_MOUNT
-    max_backoff_seconds: float = 600.0
-    wait_requeue_seconds: float = 30.0
-    default_tolerations: tuple[dict[str, Any], ...] = ()
-    trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT  # 0: stage pods serve no metrics
 
 
 @dataclass(frozen=True)

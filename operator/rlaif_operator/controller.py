@@ -31,20 +31,14 @@ from typing import Any
 
 from rlaif_trainer import spec as api
 
-from .builders import ANNOTATION_JOB_NAME, Settings, stage_job_name
+from .builders import ANNOTATION_JOB_NAME, stage_job_name
 from .kube import RETRYABLE, ApiError, KubeClient, collection_path, object_collection
 from .metrics import Metrics
-from .reconcile import (
-    EventSpec,
-    JobInfo,
-    Observed,
-    Plan,
-    PodInfo,
-    backoff_delay,
-    fmt_time,
-    merge_patch,
-    reconcile,
-)
+from .observe import JobInfo, Observed, PodInfo
+from .plan import EventSpec, Plan
+from .reconcile import reconcile
+from .settings import Settings
+from .timing import backoff_delay, fmt_time
 
 log = logging.getLogger("rlaif_operator")
 
@@ -565,3 +559,24 @@ def pod_owner_key(body: Mapping[str, Any]) -> Key | None:
 
 
 __all__ = ["Controller", "Indexes", "job_owner_key", "pod_owner_key", "retry_delay", "stage_job_name"]
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: changed keys, ``None`` for
+    removed ones, lists replaced whole. Sending only the difference keeps status writes small and
+    leaves fields written by anyone else untouched."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = (
+                merge_patch(old[key], value)
+                if isinstance(value, dict) and isinstance(old[key], dict)
+                else value
+            )
+    return patch

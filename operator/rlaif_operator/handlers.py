@@ -36,11 +36,12 @@ import kopf
 
 from rlaif_trainer import spec as api
 
-from .builders import LABEL_STAGE, Settings
+from .builders import LABEL_STAGE
 from .controller import Controller, Indexes, job_owner_key, pod_owner_key
 from .kube import KubeClient
 from .metrics import Metrics
-from .reconcile import summarize_job, summarize_pod
+from .observe import summarize_job, summarize_pod
+from .settings import Settings
 
 log = logging.getLogger("rlaif_operator")
 PREFIX = "rlaif.dev"

@@ -173,7 +173,8 @@ def test_operator_deployment_passes_restricted(cluster: Cluster, restricted_name
 def test_stage_job_passes_restricted(cluster: Cluster, restricted_namespace, gpus):
     """A stage Job from the operator's own builder (GPU requests included) passes "restricted"."""
     builders = pytest.importorskip("rlaif_operator.builders")
-    from rlaif_trainer.spec import load_job
+    from rlaif_api import load_job
+    from rlaif_operator.settings import Settings
     from tests.integration.test_chart_support import ROOT
 
     job = load_job(ROOT / "examples" / "minimal.yaml")
@@ -182,7 +183,7 @@ def test_stage_job_passes_restricted(cluster: Cluster, restricted_namespace, gpu
     owner = builders.Owner(
         name=job.metadata.name, namespace=restricted_namespace, uid="00000000-0000-0000-0000-000000000001"
     )
-    settings = builders.Settings(
+    settings = Settings(
         trainer_image="ghcr.io/rlaif-dev/rlaif-trainer:0.1.0",
         trainer_service_account="rlaif-trainer",
         default_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),

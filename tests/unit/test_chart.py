@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rlaif_operator.builders import DEFAULT_TRAINER_METRICS_PORT, METRICS_PORT_NAME
+from rlaif_operator.builders import METRICS_PORT_NAME
+from rlaif_operator.settings import DEFAULT_TRAINER_METRICS_PORT
 from tests.cluster import binaries
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,11 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from rlaif_operator.builders import Settings
-from rlaif_operator.reconcile import JobInfo, Observed, Plan, PodInfo, fmt_time, reconcile, summarize_job
+from rlaif_operator.observe import JobInfo, Observed, PodInfo, summarize_job
+from rlaif_operator.plan import Plan
+from rlaif_operator.reconcile import reconcile
+from rlaif_operator.settings import Settings
+from rlaif_operator.timing import fmt_time
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 UID = "uid-1234"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from rlaif_api import RLAIFJob, StageConfig
 from rlaif_operator import builders as b
-from rlaif_trainer.spec import RLAIFJob, StageConfig
 from tests.unit.operator.sim import SPEC, UID
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

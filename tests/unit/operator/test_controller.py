@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from rlaif_operator.builders import Settings
-from rlaif_operator.controller import Controller, Indexes, retry_delay
+from rlaif_operator.controller import Controller, Indexes, merge_patch, retry_delay
 from rlaif_operator.kube import ApiError
 from rlaif_operator.metrics import Metrics
-from tests.unit.operator.sim import make_body
+from rlaif_operator.settings import Settings
+from tests.unit.operator.sim import Sim, make_body
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -188,7 +188,7 @@ def test_echo_of_our_own_status_write_is_recognised() -> None:
 
 
 def test_child_events_that_change_nothing_the_core_sees_are_not_queued() -> None:
-    from rlaif_operator.reconcile import PodInfo
+    from rlaif_operator.observe import PodInfo
 
     ctrl = controller(FakeClient())
     pending = PodInfo(name="p", job_name="demo-label-1")
@@ -305,3 +305,45 @@ def test_a_new_spec_retries_a_refused_stage_job_at_once() -> None:
     assert (
         len(client.posts("/jobs")) == 2 and "/apis/batch/v1/namespaces/ns/jobs/demo-label-1" in client.objects
     )
+
+
+def test_merge_patch_contains_changes_and_nulls_for_removed_keys() -> None:
+    old = {
+        "phase": "Labeling",
+        "stages": {"label": {"state": "Pending", "nextRetryTime": "t"}},
+        "conditions": [1, 2],
+    }
+    new = {
+        "phase": "Labeling",
+        "stages": {"label": {"state": "Running"}},
+        "conditions": [1, 3],
+        "progress": "0/4",
+    }
+    patch = merge_patch(old, new)
+    assert patch == {
+        "stages": {"label": {"state": "Running", "nextRetryTime": None}},
+        "conditions": [1, 3],
+        "progress": "0/4",
+    }
+    assert merge_patch(new, new) == {}
+
+
+def test_merge_patch_applied_reproduces_new() -> None:
+    def apply(target: dict, patch: dict) -> dict:
+        out = copy.deepcopy(target)
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            elif isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = apply(out[k], v)
+            else:
+                out[k] = v
+        return out
+
+    sim = Sim()
+    sim.step()
+    before = copy.deepcopy(sim.status())
+    sim.finish("demo-label-1", 1)
+    sim.step()
+    after = sim.status()
+    assert apply(before, merge_patch(before, after)) == after

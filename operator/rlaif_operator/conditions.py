@@ -1,0 +1,89 @@
+"""The five status conditions (kstatus-compatible, each with ``observedGeneration``) for a phase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from rlaif_trainer.spec import PHASE_OF_STAGE, Condition, RLAIFJobStatus, StageStatus
+
+from .observe import truncate
+
+CONDITION_TYPES = ("Running", "Succeeded", "Failed", "Suspended", "Ready")
+
+
+def set_conditions(
+    old: list[Condition], wanted: dict[str, tuple[bool, str, str]], now: str, generation: int | None
+) -> list[Condition]:
+    """metav1.Condition semantics: lastTransitionTime changes only when the status flips."""
+    by_type = {c.type: c for c in old}
+    out = []
+    for ctype in CONDITION_TYPES:
+        status_bool, reason, message = wanted[ctype]
+        status = "True" if status_bool else "False"
+        prev = by_type.get(ctype)  # type: ignore[call-overload]
+        ltt = prev.last_transition_time if prev is not None and prev.status == status else now
+        out.append(
+            Condition(
+                type=ctype,
+                status=status,
+                reason=reason,
+                message=truncate(message, 32768),
+                last_transition_time=ltt,
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+def conditions_for(phase: str, reason: str, message: str) -> dict[str, tuple[bool, str, str]]:
+    """The five conditions for a phase; ``reason``/``message`` explain the phase (CamelCase reason)."""
+    settled = phase in ("Succeeded", "Failed", "Suspended")
+    active = phase in PHASE_OF_STAGE.values() and reason not in WAIT_REASONS
+    return {
+        "Running": (active, phase if settled else reason, "" if settled else message),
+        "Succeeded": (
+            phase == "Succeeded",
+            reason if phase == "Succeeded" else phase,
+            message if phase == "Succeeded" else "",
+        ),
+        "Failed": (
+            phase == "Failed",
+            reason if phase == "Failed" else phase,
+            message if phase == "Failed" else "",
+        ),
+        "Suspended": (
+            phase == "Suspended",
+            reason if phase == "Suspended" else phase,
+            message if phase == "Suspended" else "",
+        ),
+        "Ready": (phase == "Succeeded", reason, message),
+    }
+
+
+WAIT_REASONS = frozenset(
+    {"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage", "StagePodWaiting", "StageJobRefused"}
+)
+
+
+def parse_status(raw: dict[str, Any] | None) -> RLAIFJobStatus:
+    if not raw:
+        return RLAIFJobStatus()
+    try:
+        return RLAIFJobStatus.model_validate(raw)
+    except ValidationError:
+        return RLAIFJobStatus()
+
+
+def stage_status(status: RLAIFJobStatus, stage: str) -> StageStatus | None:
+    return getattr(status.stages, stage) if status.stages is not None else None
+
+
+def condition(status: RLAIFJobStatus, ctype: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == ctype), None)
+
+
+def is_true(status: RLAIFJobStatus, ctype: str) -> bool:
+    cond = condition(status, ctype)
+    return cond is not None and cond.status == "True"

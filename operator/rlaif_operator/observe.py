@@ -1,0 +1,284 @@
+"""What the reconcile core knows of the world, parsed from raw API objects (pure).
+
+:func:`summarize_job` and :func:`summarize_pod` reduce a stage Job and a stage pod to the few
+fields a pass reads (the watch handlers store only these), and :func:`stage_view` turns the Jobs
+and pods of one stage into numbered attempts with an outcome each: active, queued, succeeded,
+failed, permanent (the trainer's bad-input exit code) or deleting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlaif_trainer import spec as api
+from rlaif_trainer.errors import EXIT_BAD_INPUT
+from rlaif_trainer.spec import STAGE_ORDER, StageStatus
+
+from .builders import CONTAINER_NAME, LABEL_ATTEMPT, LABEL_STAGE
+from .timing import parse_time
+
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the core needs to know about one stage Job."""
+
+    name: str
+    stage: str
+    attempt: int
+    owner_uid: str | None = None
+    created: str | None = None
+    started: str | None = None  # status.startTime: set by the Job controller, again on unsuspend
+    suspended: bool = False
+    complete: bool = False
+    failed: bool = False
+    failed_message: str | None = None
+    finished_at: str | None = None
+    deleting: bool = False
+
+    def for_queueing(self) -> JobInfo:
+        """What a watch event must change to be worth a pass: the Job controller's first status
+        update only sets startTime, which a pass reads but never acts on at once."""
+        return dataclasses.replace(self, started=None)
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the core needs to know about one stage pod."""
+
+    name: str
+    job_name: str
+    phase: str = "Pending"
+    exit_code: int | None = None
+    message: str | None = None
+    reason: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    waiting: str | None = None  # why the pod is stuck before running, e.g. "ImagePullBackOff: ..."
+
+
+def summarize_job(body: dict[str, Any]) -> JobInfo | None:
+    """A stage Job's essentials, or None when it is not a stage Job (no stage/attempt labels)."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    stage = labels.get(LABEL_STAGE)
+    if stage not in STAGE_ORDER:
+        return None
+    try:
+        attempt = int(labels.get(LABEL_ATTEMPT) or meta.get("name", "").rsplit("-", 1)[-1])
+    except ValueError:
+        return None
+    owner_uid = next(
+        (
+            ref.get("uid")
+            for ref in meta.get("ownerReferences") or []
+            if ref.get("kind") == api.KIND and ref.get("controller")
+        ),
+        None,
+    )
+    status = body.get("status") or {}
+    complete = failed = False
+    failed_message = finished_at = None
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            complete = True
+            finished_at = finished_at or cond.get("lastTransitionTime")
+        elif cond.get("type") in ("Failed", "FailureTarget"):
+            failed = True
+            failed_message = cond.get("message") or cond.get("reason")
+            finished_at = finished_at or cond.get("lastTransitionTime")
+    return JobInfo(
+        name=meta.get("name", ""),
+        stage=str(stage),
+        attempt=attempt,
+        owner_uid=owner_uid,
+        created=meta.get("creationTimestamp"),
+        started=status.get("startTime"),
+        suspended=bool((body.get("spec") or {}).get("suspend")),
+        complete=complete,
+        failed=failed,
+        failed_message=failed_message,
+        finished_at=status.get("completionTime") or finished_at,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+# A container waits for these on its way to running; anything else (ImagePullBackOff,
+# CreateContainerConfigError for a missing Secret, ...) needs a person, so status says it.
+NORMAL_WAITING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
+    """A stage pod's essentials: phase and the trainer container's termination state."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+    if not job_name:
+        job_name = next(
+            (r.get("name") for r in meta.get("ownerReferences") or [] if r.get("kind") == "Job"), None
+        )
+    if not job_name:
+        return None
+    status = body.get("status") or {}
+    exit_code = message = reason = started = finished = waiting = None
+    statuses = status.get("containerStatuses") or []
+    chosen = next((s for s in statuses if s.get("name") == CONTAINER_NAME), statuses[0] if statuses else None)
+    stuck = ((chosen or {}).get("state") or {}).get("waiting") or {}
+    if stuck.get("reason") and stuck["reason"] not in NORMAL_WAITING_REASONS:
+        waiting = f"{stuck['reason']}: {stuck['message']}" if stuck.get("message") else stuck["reason"]
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            waiting = f"Unschedulable: {cond.get('message') or 'no node fits the pod'}"
+    if chosen is not None:
+        terminated = (chosen.get("state") or {}).get("terminated") or (chosen.get("lastState") or {}).get(
+            "terminated"
+        )
+        if terminated:
+            exit_code = terminated.get("exitCode")
+            message = terminated.get("message")
+            reason = terminated.get("reason")
+            started = terminated.get("startedAt")
+            finished = terminated.get("finishedAt")
+    return PodInfo(
+        name=meta.get("name", ""),
+        job_name=job_name,
+        phase=status.get("phase") or "Pending",
+        exit_code=exit_code,
+        message=message,
+        reason=reason or status.get("reason"),
+        started_at=started or status.get("startTime"),
+        finished_at=finished,
+        waiting=truncate(waiting, 512)
+        if waiting and (status.get("phase") or "Pending") == "Pending"
+        else None,
+    )
+
+
+@dataclass
+class Observed:
+    """The children of one RLAIFJob, as the operator's caches see them."""
+
+    jobs: list[JobInfo] = field(default_factory=list)
+    pods: dict[str, list[PodInfo]] = field(default_factory=dict)  # by stage Job name
+    claims: frozenset[str] | None = None  # PVC names in the namespace; None when unknown
+    # stage Job name -> (the API server's refusal, seconds until it is tried again)
+    refused: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    job_name: str
+    outcome: str  # active | queued | succeeded | failed | permanent | deleting
+    exit_code: int | None = None
+    error: str | None = None
+    summary: dict[str, Any] | None = None
+    started: str | None = None
+    finished: str | None = None
+    job_started: str | None = None  # when the Job controller last started the Job
+
+    @property
+    def terminal(self) -> bool:
+        return self.outcome in ("succeeded", "failed", "permanent")
+
+    def duration(self) -> float | None:
+        start, end = parse_time(self.started), parse_time(self.finished)
+        if start is None or end is None:
+            return None
+        return max((end - start).total_seconds(), 0.0)
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    if not message:
+        return None
+    try:
+        value = json.loads(message.strip().splitlines()[-1] if message.strip() else message)
+    except (ValueError, IndexError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def truncate(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def attempt_of(job: JobInfo, pods: list[PodInfo]) -> Attempt:
+    terminal = [p for p in pods if p.phase in ("Succeeded", "Failed")]
+    pod = terminal[-1] if terminal else (pods[-1] if pods else None)
+    summary = parse_summary(pod.message) if pod else None
+    started = job.created or (pod.started_at if pod else None)
+    finished = (pod.finished_at if pod and pod.finished_at else None) or job.finished_at
+
+    def error_text() -> str:
+        if summary and summary.get("error"):
+            return truncate(str(summary["error"]))
+        if pod and pod.message:
+            return truncate(pod.message.strip())
+        if pod and pod.exit_code is not None:
+            return f"exit code {pod.exit_code}" + (f" ({pod.reason})" if pod.reason else "")
+        return truncate(job.failed_message or "the stage pod failed")
+
+    base: dict[str, Any] = {
+        "number": job.attempt,
+        "job_name": job.name,
+        "started": started,
+        "finished": finished,
+        "job_started": job.started,
+    }
+    if (pod is not None and pod.phase == "Succeeded") or (
+        job.complete and not (pod and pod.phase == "Failed")
+    ):
+        return Attempt(outcome="succeeded", summary=summary, exit_code=0, **base)
+    if job.deleting:
+        return Attempt(outcome="deleting", **base)
+    if pod is not None and pod.phase == "Failed":
+        outcome = "permanent" if pod.exit_code == EXIT_BAD_INPUT else "failed"
+        return Attempt(outcome=outcome, exit_code=pod.exit_code, error=error_text(), summary=summary, **base)
+    if job.failed:
+        return Attempt(outcome="failed", error=error_text(), **base)
+    if job.suspended:
+        return Attempt(outcome="queued", **base)
+    return Attempt(outcome="active", **base)
+
+
+@dataclass
+class StageView:
+    stage: str
+    attempts: list[Attempt]
+    highest: int  # highest attempt number ever started (children or status)
+    succeeded: Attempt | None = None
+    permanent: Attempt | None = None
+    failures: list[Attempt] = field(default_factory=list)
+    live: list[Attempt] = field(default_factory=list)  # active or queued
+    sticky_success: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.sticky_success or self.succeeded is not None
+
+
+def stage_view(stage: str, jobs: list[JobInfo], observed: Observed, old: StageStatus | None) -> StageView:
+    attempts = sorted((attempt_of(j, observed.pods.get(j.name, [])) for j in jobs), key=lambda a: a.number)
+    highest = max([a.number for a in attempts] + [old.attempts if old else 0])
+    view = StageView(stage=stage, attempts=attempts, highest=highest)
+    view.sticky_success = old is not None and old.state == "Succeeded"
+    for a in attempts:
+        if a.outcome == "succeeded":
+            view.succeeded = a
+        elif a.outcome == "permanent":
+            view.permanent = view.permanent or a
+        elif a.outcome == "failed":
+            view.failures.append(a)
+        elif a.outcome in ("active", "queued"):
+            view.live.append(a)
+    return view

@@ -1,0 +1,39 @@
+"""The plan one reconcile pass returns: what to create, delete and write, and which events to post."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """One finished attempt, for the metrics."""
+
+    stage: str
+    result: str  # succeeded | failed
+    duration_seconds: float | None
+
+
+@dataclass
+class Plan:
+    ensure: list[dict[str, Any]] = field(default_factory=list)  # create if absent (ConfigMap, PVC)
+    create: list[dict[str, Any]] = field(default_factory=list)  # stage Jobs
+    delete: list[str] = field(default_factory=list)  # stage Job names
+    status: dict[str, Any] | None = None  # the whole new status (wire form); None: unchanged
+    events: list[EventSpec] = field(default_factory=list)
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    requeue_after: float | None = None
+    delete_self: bool = False
+    phase: str = "Pending"
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
