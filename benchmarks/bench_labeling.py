@@ -77,9 +77,10 @@ def main() -> None:
 
     import torch
 
-    from rlaif_trainer.labelers.hf import HFPairwiseLabeler, single_token_id
-    from rlaif_trainer.models import load_causal_lm
-    from rlaif_trainer.spec import FewShotExample
+    from rlaif_api import FewShotExample
+    from rlaif_trainer.feedback.hf import HFPairwiseLabeler
+    from rlaif_trainer.feedback.prefix import single_token_id
+    from rlaif_trainer.modeling.loading import load_causal_lm
 
     torch.set_num_threads(args.threads)
     model, tok = load_causal_lm(args.model, device=args.device)

@@ -96,8 +96,8 @@ def _peak_mem_mb(device: str) -> float:
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from rlaif_trainer.models import load_reward_model
-    from rlaif_trainer.reward import encode_response
+    from rlaif_trainer.modeling.loading import load_reward_model
+    from rlaif_trainer.reward_model.batching import encode_response
 
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.method == "ours":
         from accelerate import Accelerator
 
-        from rlaif_trainer.reward import train_reward_model
+        from rlaif_trainer.reward_model.training import train_reward_model
 
         acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
         train_reward_model(

@@ -4,7 +4,7 @@ Both sides train the same LoRA adapter (same rank, targets, learning rate) on th
 GRPO (group-normalised advantages, one optimisation pass per batch, k3 KL with the same beta, the
 reference being the adapter-disabled base), sample the same number of prompts x completions per
 step at the same temperature and length limit, and get the same rule-based reward (brevity, from
-``rlaif_trainer.labelers.rules``), so the comparison is of the RL machinery, not of a reward model.
+``rlaif_trainer.feedback.rules``), so the comparison is of the RL machinery, not of a reward model.
 
 Reported per side (the first ``--warmup`` steps excluded): mean step time, its split into
 generation and the rest (reward + reference + policy forward/backward + optimizer), and generated
@@ -41,7 +41,7 @@ PROMPTS = [
 
 
 def _reward_text(text: str) -> float:
-    from rlaif_trainer.labelers.rules import brevity_score
+    from rlaif_trainer.feedback.rules import brevity_score
 
     return brevity_score("", text)
 
@@ -57,9 +57,9 @@ def _model_path(name: str, workdir: Path) -> str:
 def bench_ours(args: argparse.Namespace, model_path: str, workdir: Path) -> dict[str, Any]:
     import torch
 
-    from rlaif_trainer.models import load_causal_lm
-    from rlaif_trainer.rl.trainer import RLTrainer
-    from rlaif_trainer.spec import RLAIFJob, resolve_stage_configs
+    from rlaif_api import RLAIFJob, resolve_stage_configs
+    from rlaif_trainer.modeling.loading import load_causal_lm
+    from rlaif_trainer.rl.loop import RLTrainer
 
     prompts = workdir / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
@@ -77,7 +77,7 @@ def bench_ours(args: argparse.Namespace, model_path: str, workdir: Path) -> dict
                     },
                 },
                 "dataset": {"prompts": str(prompts), "evalPrompts": str(prompts)},
-                "labeler": {"provider": "python", "callable": "rlaif_trainer.labelers.rules:prefer_shorter"},
+                "labeler": {"provider": "python", "callable": "rlaif_trainer.feedback.rules:prefer_shorter"},
                 "rl": {
                     "algorithm": "grpo",
                     "reward": "direct",
@@ -130,7 +130,7 @@ def bench_trl(args: argparse.Namespace, model_path: str, workdir: Path) -> dict[
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlaif_trainer.models import load_causal_lm
+    from rlaif_trainer.modeling.loading import load_causal_lm
 
     model, tok = load_causal_lm(model_path, device="cpu", dtype=torch.float32)
     n_rows = args.batch_size * (args.steps + 1)

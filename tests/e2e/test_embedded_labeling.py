@@ -80,9 +80,9 @@ def _pairs() -> list[dict]:
 
 
 def _run(tmp_path: Path, mode: str) -> tuple[dict, list[dict]]:
-    from rlaif_trainer import label
-    from rlaif_trainer.models import EMBEDDED_DEFAULT
-    from rlaif_trainer.spec import RLAIFJob, resolve_stage_configs
+    from rlaif_api import RLAIFJob, resolve_stage_configs
+    from rlaif_trainer.modeling.embedded import EMBEDDED_DEFAULT
+    from rlaif_trainer.stages import label
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     pairs = tmp_path / "pairs.jsonl"
@@ -113,7 +113,7 @@ def _run(tmp_path: Path, mode: str) -> tuple[dict, list[dict]]:
 def test_embedded_model_labels_16_pairs_in_both_modes(tmp_path: Path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
-    from rlaif_trainer.label import compare_labelings
+    from rlaif_trainer.feedback.compare import compare_labelings
 
     truth = {r["id"]: r["relevant_is_a"] for r in _pairs()}
     results = {}

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rlaif_trainer import spec as api
+import rlaif_api as api
 from tests.api_cases import INVALID_CASES, base_job, example_jobs
 from tests.cluster import Cluster, ClusterError
 

@@ -3,52 +3,44 @@
 In a cluster the operator runs ``rlaif-train <stage> --config /etc/rlaif/<stage>.json`` in each stage
 pod. The stage's summary (at most 4 KiB of JSON) goes to ``--termination-log`` so the operator can
 copy it into the RLAIFJob's status; the exit code says whether a failure is worth retrying
-(see :mod:`rlaif_trainer.errors`). With ``--metrics-port`` the stage serves Prometheus metrics
+(the stage contract, :mod:`rlaif_api.contract`). With ``--metrics-port`` the stage serves Prometheus metrics
 (:mod:`rlaif_trainer.metrics`) while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlaif_trainer import argtypes
-from rlaif_trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInputError
-from rlaif_trainer.spec import STAGE_ORDER, StageConfig
+from rlaif_api import StageConfig, argtypes
+from rlaif_api.contract import (
+    ENV_LOG_LEVEL,
+    ENV_METRICS_PORT,
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    FLAG_CONFIG,
+    FLAG_METRICS_PORT,
+    FLAG_NO_PROGRESS,
+    FLAG_TERMINATION_LOG,
+    STAGE_ORDER,
+    STAGES,
+    TERMINATION_LOG,
+    compact_summary,
+)
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.stages import StageOutcome, failure
+from rlaif_trainer.stages import run_stage as run_registered_stage
 
 if TYPE_CHECKING:
     from rlaif_trainer.metrics import TrainerMetrics
 
 log = logging.getLogger("rlaif_trainer")
-
-TERMINATION_MESSAGE_LIMIT = 4096
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-STAGE_MODULES = {
-    "label": "rlaif_trainer.label",
-    "reward": "rlaif_trainer.reward",
-    "rl": "rlaif_trainer.rl",
-    "evaluate": "rlaif_trainer.evaluate",
-}
-
-
-def compact_summary(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-    """One JSON line of at most ``limit`` bytes: the kubelet truncates longer termination messages,
-    which would leave the operator unparseable JSON. Keys are dropped from the end until it fits."""
-    items = list(summary.items())
-    while items:
-        text = json.dumps(dict(items), separators=(",", ":"), default=str)
-        if len(text.encode()) <= limit:
-            return text
-        items.pop()
-    return "{}"
 
 
 def _is_main_process() -> bool:
@@ -60,7 +52,7 @@ def _write_termination_log(path: str | None, summary: dict[str, Any]) -> None:
     if not path or not _is_main_process():
         return
     target = Path(path)
-    if path == DEFAULT_TERMINATION_LOG and not target.parent.exists():
+    if path == TERMINATION_LOG and not target.parent.exists():
         return
     try:
         target.write_text(compact_summary(summary))
@@ -93,32 +85,30 @@ def run_stage(
             recorder.close()
 
 
-def _run_stage(stage: str, config_path: str, termination_log: str | None, progress: bool) -> int:
+def _load_config(stage: str, config_path: str) -> StageConfig:
     try:
-        try:
-            config = StageConfig.from_file(config_path)
-        except FileNotFoundError as err:
-            raise BadInputError(f"config file {config_path} does not exist") from err
-        except ValueError as err:
-            raise BadInputError(f"config file {config_path} is invalid: {err}") from err
-        if config.stage != stage:
-            raise BadInputError(f"config file {config_path} is for stage {config.stage!r}, not {stage!r}")
-        module = importlib.import_module(STAGE_MODULES[stage])
-        summary = module.run(config, progress=progress)
-    except BadInputError as err:
-        log.error("bad input, not retrying: %s", err)
-        _write_termination_log(termination_log, {"stage": stage, "error": str(err), "permanent": True})
-        return EXIT_BAD_INPUT
+        config = StageConfig.from_file(config_path)
+    except FileNotFoundError as err:
+        raise BadInputError(f"config file {config_path} does not exist") from err
+    except ValueError as err:
+        raise BadInputError(f"config file {config_path} is invalid: {err}") from err
+    if config.stage != stage:
+        raise BadInputError(f"config file {config_path} is for stage {config.stage!r}, not {stage!r}")
+    return config
+
+
+def _run_stage(stage: str, config_path: str, termination_log: str | None, progress: bool) -> int:
+    outcome: StageOutcome
+    try:
+        config = _load_config(stage, config_path)
     except Exception as err:
-        traceback.print_exc()
-        _write_termination_log(
-            termination_log, {"stage": stage, "error": f"{type(err).__name__}: {err}", "permanent": False}
-        )
-        return EXIT_RETRYABLE
-    _write_termination_log(termination_log, {"stage": stage, **summary})
-    if _is_main_process():
-        print(compact_summary({"stage": stage, **summary}))
-    return EXIT_OK
+        outcome = failure(stage, err)
+    else:
+        outcome = run_registered_stage(stage, config, progress=progress)
+    _write_termination_log(termination_log, outcome.message)
+    if outcome.ok and _is_main_process():
+        print(compact_summary(outcome.message))
+    return outcome.exit_code
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -128,12 +118,12 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from rlaif_trainer.pipeline import run_pipeline
 
-    run_pipeline(args.job, args.workspace, stages=args.stages, progress=not args.no_progress)
-    return EXIT_OK
+    result = run_pipeline(args.job, args.workspace, stages=args.stages, progress=not args.no_progress)
+    return int(result["exit_code"])
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from rlaif_trainer.spec import load_job, resolve_stage_configs
+    from rlaif_api import load_job, resolve_stage_configs
 
     status = EXIT_OK
     for path in args.jobs:
@@ -151,22 +141,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch_model(args: argparse.Namespace) -> int:
-    from rlaif_trainer.models import ensure_embedded_default
+    from rlaif_trainer.modeling.embedded import ensure_embedded_default
 
     print(ensure_embedded_default())
     return EXIT_OK
 
 
 def _cmd_compare_labels(args: argparse.Namespace) -> int:
-    from rlaif_trainer import label
+    from rlaif_trainer.feedback import compare
 
-    first, second = label.read_labels(args.first), label.read_labels(args.second)
-    report = label.compare_labelings(first, second, top=args.top)
+    first, second = compare.read_labels(args.first), compare.read_labels(args.second)
+    report = compare.compare_labelings(first, second, top=args.top)
     report["first"]["path"], report["second"]["path"] = args.first, args.second
     if args.plot:
         from rlaif_trainer.plots import plot_label_comparison
 
-        joined = label.join_labelings(first, second)
+        joined = compare.join_labelings(first, second)
         names = [
             f"{side} ({report[side]['mode']})" if report[side]["mode"] else side
             for side in ("first", "second")
@@ -187,7 +177,7 @@ def _cmd_compare_labels(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(label.format_comparison(report))
+        print(compare.format_comparison(report))
         if args.plot:
             print(f"\nplot: {report['plot']}")
     return EXIT_OK
@@ -199,33 +189,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reinforcement Learning from AI Feedback: run one stage from its config, or a whole RLAIFJob locally.",
     )
     parser.add_argument(
-        "--log-level", default=os.environ.get("RLAIF_LOG_LEVEL", "INFO"), help="logging level (default INFO)"
+        "--log-level", default=os.environ.get(ENV_LOG_LEVEL, "INFO"), help="logging level (default INFO)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    stage_help = {
-        "label": "AI preference labeling: sample candidate pairs if needed, then soft-label them",
-        "reward": "train the reward model on the soft labels",
-        "rl": "optimize the policy against the reward with a KL penalty",
-        "evaluate": "win rate of the trained policy against the initial one, by the AI judge",
-    }
-    for stage, text in stage_help.items():
-        p = sub.add_parser(stage, help=text, description=text)
+    for stage, contract in STAGES.items():
+        p = sub.add_parser(stage, help=contract.help, description=contract.help)
         p.add_argument(
-            "--config",
+            FLAG_CONFIG,
             required=True,
             help="the stage's resolved config JSON (see `rlaif-train validate --show-config`)",
         )
         p.add_argument(
-            "--termination-log",
-            default=DEFAULT_TERMINATION_LOG,
-            help=f"where to write the JSON summary for the operator (default {DEFAULT_TERMINATION_LOG}; '' to skip)",
+            FLAG_TERMINATION_LOG,
+            default=TERMINATION_LOG,
+            help=f"where to write the JSON summary for the operator (default {TERMINATION_LOG}; '' to skip)",
         )
-        p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+        p.add_argument(FLAG_NO_PROGRESS, action="store_true", help="no progress bars (e.g. in CI logs)")
         p.add_argument(
-            "--metrics-port",
+            FLAG_METRICS_PORT,
             type=argtypes.port,
-            default=os.environ.get("RLAIF_METRICS_PORT", "0"),
+            default=os.environ.get(ENV_METRICS_PORT, "0"),
             metavar="PORT",
             help="serve Prometheus metrics on this port at /metrics while the stage runs (default $RLAIF_METRICS_PORT or 0: off)",
         )

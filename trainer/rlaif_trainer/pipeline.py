@@ -15,7 +15,6 @@ writes ``pipeline_summary.json`` next to the artifacts.
 from __future__ import annotations
 
 import gc
-import importlib
 import json
 import logging
 import sys
@@ -24,20 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlaif_api.contract import EXIT_OK, STAGE_ORDER, STAGES
 from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.stages import run_stage
 
 log = logging.getLogger(__name__)
 
 __all__ = ["format_summary_table", "run_pipeline"]
-
-STAGE_MODULES = {
-    "label": "rlaif_trainer.label",
-    "reward": "rlaif_trainer.reward",
-    "rl": "rlaif_trainer.rl",
-    "evaluate": "rlaif_trainer.evaluate",
-}
-#: The artifact directory whose ``DONE`` marker says a stage has finished.
-STAGE_ARTIFACT = {"label": "labels", "reward": "reward_model", "rl": "policy", "evaluate": "eval"}
 
 
 def _first(summary: dict[str, Any], *keys: str) -> Any:
@@ -114,7 +106,7 @@ def run_pipeline(
     """Run the job's stages (or the subset ``stages``) in order; return the pipeline summary."""
     from pydantic import ValidationError
 
-    from rlaif_trainer.spec import STAGE_ORDER, load_job, resolve_stage_configs
+    from rlaif_api import load_job, resolve_stage_configs
 
     path = Path(job_yaml_path)
     if not path.is_file():
@@ -138,20 +130,28 @@ def run_pipeline(
         (job_dir / "configs").mkdir(exist_ok=True)
         (job_dir / "configs" / f"{stage}.json").write_text(cfg.to_json())
 
+    exit_code = EXIT_OK
     rows: list[dict[str, Any]] = []
     summaries: dict[str, dict[str, Any]] = {}
     t_all = time.perf_counter()
     for stage in selected:
         cfg = configs[stage]
-        artifact = Path(getattr(cfg.artifacts, STAGE_ARTIFACT[stage]))
+        artifact = Path(getattr(cfg.artifacts, STAGES[stage].artifact))
         already = (artifact / "DONE").exists()
         log.info("pipeline: stage %s%s", stage, " (already done, skipping)" if already else "")
         if progress and not already:
             print(f"==> {stage}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        module = importlib.import_module(STAGE_MODULES[stage])
-        summary = module.run(cfg, progress=progress)
+        outcome = run_stage(stage, cfg, progress=progress)
         wall = time.perf_counter() - t0
+        if not outcome.ok:  # as in a pod: the exit code says whether a rerun could succeed
+            exit_code = outcome.exit_code
+            rows.append(
+                {"stage": stage, "status": "failed", "wall_s": wall, "headline": outcome.message["error"]}
+            )
+            break
+        summary = outcome.summary
+        assert summary is not None  # set on success
         summaries[stage] = summary
         rows.append(
             {
@@ -165,6 +165,7 @@ def run_pipeline(
 
     result = {
         "job": job.metadata.name,
+        "exit_code": exit_code,
         "namespace": job.metadata.namespace,
         "workspace": str(job_dir),
         "stages": rows,
@@ -177,9 +178,3 @@ def run_pipeline(
     if print_table:
         print(table, flush=True)
     return result
-
-
-if __name__ == "__main__":  # python -m rlaif_trainer.pipeline job.yaml [--workspace DIR]
-    from rlaif_trainer.cli import main
-
-    raise SystemExit(main(["pipeline", *sys.argv[1:]]))

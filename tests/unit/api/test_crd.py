@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+import rlaif_api as api
 from rlaif_operator import crd
-from rlaif_trainer import spec as api
 
 ROOT = Path(__file__).resolve().parents[3]
 COMMITTED = ROOT / "crds" / crd.CRD_FILENAME

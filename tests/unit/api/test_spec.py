@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from rlaif_trainer import spec as api
+import rlaif_api as api
 from tests.api_cases import INVALID_CASES, base_job, example_jobs
 
 

@@ -18,7 +18,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_and_tokenizer(tiny_model_dir: Path):
     """The tiny model loaded once (fp32, CPU) with its tokenizer; treat as read-only."""
-    from rlaif_trainer.models import load_causal_lm
+    from rlaif_trainer.modeling.loading import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
     model.eval()
@@ -27,7 +27,7 @@ def tiny_model_and_tokenizer(tiny_model_dir: Path):
 
 def make_stage_config(workdir: Path, stage: str, spec: dict):
     """A resolved StageConfig for ``stage`` from a camelCase spec dict (relative paths under ``workdir``)."""
-    from rlaif_trainer import spec as api
+    import rlaif_api as api
 
     job = api.RLAIFJob.model_validate({"metadata": {"name": "t", "namespace": "ns"}, "spec": spec})
     return api.resolve_stage_configs(job, workdir / "ws", base_dir=workdir)[stage]

@@ -11,8 +11,8 @@ def main(model_dir: str, out: str) -> None:
     import torch
     from accelerate import Accelerator
 
-    from rlaif_trainer.models import load_reward_model
-    from rlaif_trainer.reward import train_reward_model
+    from rlaif_trainer.modeling.loading import load_reward_model
+    from rlaif_trainer.reward_model.training import train_reward_model
 
     torch.set_num_threads(1)
     acc = Accelerator(cpu=True)

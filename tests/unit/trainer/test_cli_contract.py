@@ -7,6 +7,7 @@ the CLI's handling of their outcomes, which the real stages are tested for elsew
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+import rlaif_api as api
+from rlaif_api.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, compact_summary
 from rlaif_trainer import cli
-from rlaif_trainer import spec as api
-from rlaif_trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInputError
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.stages import REGISTRY
 from tests.api_cases import base_job
 
 
@@ -33,7 +36,7 @@ def label_config(tmp_path: Path) -> Path:
 def fake_stage(monkeypatch: pytest.MonkeyPatch):
     module = types.ModuleType("fake_stage")
     monkeypatch.setitem(sys.modules, "fake_stage", module)
-    monkeypatch.setitem(cli.STAGE_MODULES, "label", "fake_stage")
+    monkeypatch.setitem(REGISTRY, "label", dataclasses.replace(REGISTRY["label"], module="fake_stage"))
     return module
 
 
@@ -92,7 +95,7 @@ def test_missing_or_mismatched_config_is_bad_input(fake_stage, label_config: Pat
 
 def test_summary_is_cut_to_four_kib():
     summary = {"stage": "rl", "final_reward": 0.5, "history": ["x" * 100] * 100}
-    text = cli.compact_summary(summary)
+    text = compact_summary(summary)
     assert len(text.encode()) <= 4096
     assert json.loads(text) == {"stage": "rl", "final_reward": 0.5}
 

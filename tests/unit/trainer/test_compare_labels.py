@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlaif_trainer import cli, label
-from rlaif_trainer.errors import EXIT_BAD_INPUT, EXIT_OK, BadInputError
+from rlaif_api.contract import EXIT_BAD_INPUT, EXIT_OK
+from rlaif_trainer import cli
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.feedback import compare
+from rlaif_trainer.stages import label
 
 from .conftest import write_jsonl
 
@@ -44,7 +47,7 @@ def _records(
 
 
 def test_agreement_counts_ties_as_no_preference():
-    report = label.compare_labelings(_records(FIRST_P), _records(SECOND_P, mode="pointwise"))
+    report = compare.compare_labelings(_records(FIRST_P), _records(SECOND_P, mode="pointwise"))
     # preferences A A B B A against A B B B -: the tie leaves 4 decided pairs, 3 of them agree
     assert report["common"] == 5
     assert (report["agree"], report["disagree"]) == (3, 1)
@@ -55,7 +58,7 @@ def test_agreement_counts_ties_as_no_preference():
 
 def test_ties_on_both_sides_and_all_ties():
     first, second = _records([0.5, 0.5, 0.9]), _records([0.5, 0.2, 0.5])
-    report = label.compare_labelings(first, second)
+    report = compare.compare_labelings(first, second)
     assert report["no_preference"] == {"first": 2, "second": 2, "either": 3}
     assert (report["agree"], report["disagree"], report["agreement"]) == (0, 0, None)
     # mode_agreement reads 0.5 as "prefers B", so it calls the first two pairs agreements
@@ -65,51 +68,51 @@ def test_ties_on_both_sides_and_all_ties():
 def test_agreement_matches_mode_agreement_without_ties():
     rng = np.random.default_rng(0)
     a, b = rng.uniform(0.01, 0.99, 50).tolist(), rng.uniform(0.01, 0.99, 50).tolist()
-    report = label.compare_labelings(_records(a), _records(b))
+    report = compare.compare_labelings(_records(a), _records(b))
     assert report["agreement"] == pytest.approx(label.mode_agreement(a, b), abs=1e-4)
     assert report["agree"] + report["disagree"] == 50
 
 
 def test_correlations():
-    report = label.compare_labelings(_records(FIRST_P), _records(SECOND_P))
+    report = compare.compare_labelings(_records(FIRST_P), _records(SECOND_P))
     assert report["pearson"] == pytest.approx(np.corrcoef(FIRST_P, SECOND_P)[0, 1], abs=1e-4)
     # ranks 5 4 2 1 3 against 5 2 1 3 4: sum of squared rank differences 10, 1 - 6*10/(5*24)
     assert report["spearman"] == pytest.approx(0.5, abs=1e-4)
 
-    monotone = label.compare_labelings(_records([0.1, 0.2, 0.4, 0.9]), _records([0.01, 0.04, 0.16, 0.81]))
+    monotone = compare.compare_labelings(_records([0.1, 0.2, 0.4, 0.9]), _records([0.01, 0.04, 0.16, 0.81]))
     assert monotone["spearman"] == 1.0 and 0.9 < monotone["pearson"] < 1.0
-    reversed_ = label.compare_labelings(_records([0.1, 0.2, 0.4]), _records([0.9, 0.6, 0.5]))
+    reversed_ = compare.compare_labelings(_records([0.1, 0.2, 0.4]), _records([0.9, 0.6, 0.5]))
     assert reversed_["spearman"] == -1.0
 
 
 def test_spearman_gives_tied_values_their_average_rank():
-    report = label.compare_labelings(_records([0.1, 0.3, 0.3, 0.8]), _records([0.2, 0.4, 0.6, 0.7]))
+    report = compare.compare_labelings(_records([0.1, 0.3, 0.3, 0.8]), _records([0.2, 0.4, 0.6, 0.7]))
     assert report["spearman"] == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1], abs=1e-4)
 
 
 def test_correlation_is_none_when_a_side_is_constant():
-    report = label.compare_labelings(_records([0.1, 0.1, 0.1]), _records([0.2, 0.6, 0.9]))
+    report = compare.compare_labelings(_records([0.1, 0.1, 0.1]), _records([0.2, 0.6, 0.9]))
     assert report["pearson"] is None and report["spearman"] is None
-    assert label.compare_labelings(_records([0.3]), _records([0.7]))["pearson"] is None
+    assert compare.compare_labelings(_records([0.3]), _records([0.7]))["pearson"] is None
 
 
 def test_largest_differences_are_ordered_and_limited():
     first = _records([0.9, 0.5, 0.2, 0.6, 0.4], ids=["e", "d", "c", "b", "a"])
     second = _records([0.1, 0.5, 0.3, 0.3, 0.7], ids=["e", "d", "c", "b", "a"])
-    report = label.compare_labelings(first, second, top=3)
+    report = compare.compare_labelings(first, second, top=3)
     diffs = report["largest_differences"]
     # |diff| 0.8, then 0.3 twice (ties broken by id: a before b), then 0.1 and 0 left out
     assert [d["id"] for d in diffs] == ["e", "a", "b"]
     assert [d["difference"] for d in diffs] == [0.8, 0.3, 0.3]
     assert diffs[0] == {"id": "e", "p_a_first": 0.9, "p_a_second": 0.1, "difference": 0.8, "prefers": "A/B"}
     assert [d["prefers"] for d in diffs[1:]] == ["B/A", "A/B"]
-    assert label.compare_labelings(first, second, top=0)["largest_differences"] == []
+    assert compare.compare_labelings(first, second, top=0)["largest_differences"] == []
 
 
 def test_summaries_are_over_the_common_pairs_and_counts_per_side():
     first = _records([0.9, 0.2, 0.6], consistent=[True, False, False], ids=["x", "y", "only1"])
     second = _records([0.8, 0.1, 0.7, 0.4], mode="pointwise", consistent=[True] * 4, ids=["y", "x", "z", "w"])
-    report = label.compare_labelings(first, second)
+    report = compare.compare_labelings(first, second)
     assert report["common"] == 2
     assert report["first"]["pairs"] == 3 and report["second"]["pairs"] == 4
     assert report["first"]["consistency_rate"] == 0.5  # x and y only; "only1" is left out
@@ -121,24 +124,24 @@ def test_summaries_are_over_the_common_pairs_and_counts_per_side():
 
 def test_no_common_ids_or_different_pairs_under_one_id_are_errors():
     with pytest.raises(BadInputError, match="share no pair id"):
-        label.compare_labelings(_records([0.6], ids=["a"]), _records([0.6], ids=["b"]))
+        compare.compare_labelings(_records([0.6], ids=["a"]), _records([0.6], ids=["b"]))
     second = _records([0.6, 0.4])
     second[1]["response_b"] = "another response"
     with pytest.raises(BadInputError, match=r"pair 'id1' has a different response_b"):
-        label.compare_labelings(_records([0.6, 0.4]), second)
+        compare.compare_labelings(_records([0.6, 0.4]), second)
     # records without the pair's text (a user's labels file) are matched on id alone
     bare = [{"id": "id0", "p_a": 0.7}, {"id": "id1", "p_a": 0.3}]
-    assert label.compare_labelings(_records([0.6, 0.4]), bare)["agreement"] == 1.0
+    assert compare.compare_labelings(_records([0.6, 0.4]), bare)["agreement"] == 1.0
 
 
 def test_read_labels_from_a_file_or_a_stage_directory(tmp_path: Path):
     rows = _records(FIRST_P)
     write_jsonl(tmp_path / "run" / "labels" / "labels.jsonl", rows)
-    from_dir = label.read_labels(tmp_path / "run" / "labels")
-    from_file = label.read_labels(tmp_path / "run" / "labels" / "labels.jsonl")
+    from_dir = compare.read_labels(tmp_path / "run" / "labels")
+    from_file = compare.read_labels(tmp_path / "run" / "labels" / "labels.jsonl")
     assert from_dir == from_file == rows
     write_jsonl(tmp_path / "ints.jsonl", [{"id": 7, "p_a": 1}])
-    assert label.read_labels(tmp_path / "ints.jsonl") == [{"id": "7", "p_a": 1.0}]
+    assert compare.read_labels(tmp_path / "ints.jsonl") == [{"id": "7", "p_a": 1.0}]
 
 
 @pytest.mark.parametrize(
@@ -161,18 +164,18 @@ def test_read_labels_names_the_file_and_line(tmp_path: Path, lines: list[str], m
     path = tmp_path / "labels.jsonl"
     path.write_text("".join(line + "\n" for line in lines))
     with pytest.raises(BadInputError, match=message):
-        label.read_labels(path)
+        compare.read_labels(path)
 
 
 def test_read_labels_missing_inputs(tmp_path: Path):
     with pytest.raises(BadInputError, match=r"labels file .*nope\.jsonl does not exist"):
-        label.read_labels(tmp_path / "nope.jsonl")
+        compare.read_labels(tmp_path / "nope.jsonl")
     (tmp_path / "labels").mkdir()
     with pytest.raises(BadInputError, match=r"labels directory .*labels holds no labels\.jsonl$"):
-        label.read_labels(tmp_path / "labels")
+        compare.read_labels(tmp_path / "labels")
     (tmp_path / "labels.partial").mkdir()
     with pytest.raises(BadInputError, match=r"the label stage has not finished"):
-        label.read_labels(tmp_path / "labels")
+        compare.read_labels(tmp_path / "labels")
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from rlaif_trainer.evaluate import hard_outcomes, length_controlled  # noqa: E402
-from rlaif_trainer.spec import RLAIFJob, resolve_stage_configs  # noqa: E402
+from rlaif_api import RLAIFJob, resolve_stage_configs  # noqa: E402
+from rlaif_trainer.feedback.lengthstats import hard_outcomes, length_controlled  # noqa: E402
 
 PROMPTS = [
     f"Summarize: item {i} of the list is about the river, the park and the city council." for i in range(12)
@@ -67,7 +67,7 @@ def _config(tmp_path: Path, model_dir: Path, *, judge: str = "prefer_shorter"):
             "spec": {
                 "policy": {"model": str(model_dir), "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
                 "dataset": {"prompts": str(prompts), "evalPrompts": str(prompts)},
-                "labeler": {"provider": "python", "callable": f"rlaif_trainer.labelers.rules:{judge}"},
+                "labeler": {"provider": "python", "callable": f"rlaif_trainer.feedback.rules:{judge}"},
                 "rl": {"maxNewTokens": 12},
                 "evaluation": {"samples": 10, "policy": str(tmp_path / "policy")},
                 "stages": ["evaluate"],
@@ -104,7 +104,7 @@ def _save_adapter(tmp_path: Path, model_dir: Path, *, perturb: bool) -> Path:
 
 def test_an_untrained_adapter_ties_with_the_initial_policy(tmp_path, tiny_model_dir, monkeypatch):
     """Zero LoRA deltas + common random numbers: identical responses, every pair a tie, win rate 0.5."""
-    from rlaif_trainer.evaluate import run
+    from rlaif_trainer.stages.evaluate import run
 
     monkeypatch.setenv("RLAIF_DEVICE", "cpu")
     _save_adapter(tmp_path, tiny_model_dir, perturb=False)
@@ -119,8 +119,8 @@ def test_an_untrained_adapter_ties_with_the_initial_policy(tmp_path, tiny_model_
 
 
 def test_evaluate_writes_report_samples_and_plot(tmp_path, tiny_model_dir, monkeypatch):
-    from rlaif_trainer.evaluate import run
-    from rlaif_trainer.labelers.rules import prefer_shorter
+    from rlaif_trainer.feedback.rules import prefer_shorter
+    from rlaif_trainer.stages.evaluate import run
 
     monkeypatch.setenv("RLAIF_DEVICE", "cpu")
     _save_adapter(tmp_path, tiny_model_dir, perturb=True)

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rlaif_trainer import cli, label
-from rlaif_trainer.data import JsonlAppender
-from rlaif_trainer.errors import EXIT_BAD_INPUT, BadInputError
-from rlaif_trainer.labelers.python import PythonLabeler
+from rlaif_api.contract import EXIT_BAD_INPUT
+from rlaif_trainer import cli
+from rlaif_trainer.data.records import JsonlAppender
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.feedback.labeling import label_pairs
+from rlaif_trainer.feedback.python import PythonLabeler
+from rlaif_trainer.stages import label
 
 from .conftest import make_stage_config, write_jsonl
 
@@ -45,14 +48,14 @@ def test_resume_skips_labelled_pairs(tmp_path: Path):
     out = tmp_path / "labels.jsonl"
     pairs = _pairs(10)
     with pytest.raises(Crash):
-        label.label_pairs(PythonLabeler(pref), pairs, out, chunk_size=2, progress=False)
+        label_pairs(PythonLabeler(pref), pairs, out, chunk_size=2, progress=False)
     done_first = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     assert done_first == ["id0", "id1", "id2", "id3"]
     # a torn last line from a crash mid-write is dropped on restart
     with open(out, "a") as fh:
         fh.write('{"id": "id4", "p_a"')
     calls.clear()
-    records, timing = label.label_pairs(
+    records, timing = label_pairs(
         PythonLabeler(lambda p, a, b: calls.append(p) or 0.7), pairs, out, chunk_size=2, progress=False
     )
     assert sorted(set(calls)) == sorted(f"prompt {i}" for i in range(4, 10))  # only the unlabelled ones
@@ -120,7 +123,7 @@ def test_label_stage_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir
 
 
 def test_candidates_are_seeded_and_resumable(tmp_path: Path, tiny_model_and_tokenizer):
-    from rlaif_trainer.candidates import generate_candidates
+    from rlaif_trainer.feedback.candidates import generate_candidates
 
     model, tok = tiny_model_and_tokenizer
     prompts = [{"id": f"q{i}", "prompt": f"Tell me about {i}.", "source": f"p:{i}"} for i in range(5)]

@@ -7,16 +7,17 @@ import types
 
 import pytest
 
-from rlaif_trainer.judge import wilson_interval, win_rate, win_rate_from_probs
-from rlaif_trainer.labelers import Labeler, build_labeler
-from rlaif_trainer.labelers.python import PythonLabeler
-from rlaif_trainer.labelers.rules import brevity_score, prefer_shorter
-from rlaif_trainer.spec import LabelerSpec
+from rlaif_api import LabelerSpec
+from rlaif_trainer.feedback.base import Labeler
+from rlaif_trainer.feedback.build import build_labeler
+from rlaif_trainer.feedback.python import PythonLabeler
+from rlaif_trainer.feedback.rules import brevity_score, prefer_shorter
+from rlaif_trainer.feedback.winrate import wilson_interval, win_rate, win_rate_from_probs
 
 
 def test_prefer_shorter_through_build_labeler():
     lab = build_labeler(
-        LabelerSpec(provider="python", callable="rlaif_trainer.labelers.rules:prefer_shorter")
+        LabelerSpec(provider="python", callable="rlaif_trainer.feedback.rules:prefer_shorter")
     )
     assert isinstance(lab, Labeler)
     res = lab.preference(["p", "p"], ["one two", "a b c d e f g h"], ["one two three four five six", "x"])
@@ -76,7 +77,7 @@ def test_wilson_interval_and_win_rate_stats():
 
 def test_judge_win_rate_with_a_rule_labeler():
     lab = build_labeler(
-        LabelerSpec(provider="python", callable="rlaif_trainer.labelers.rules:prefer_shorter")
+        LabelerSpec(provider="python", callable="rlaif_trainer.feedback.rules:prefer_shorter")
     )
     prompts = ["p"] * 20
     policy = ["short answer"] * 15 + [" ".join(["long"] * 30)] * 5

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from rlaif_trainer import prompts as P
-from rlaif_trainer.labelers import PairwiseLabelerBase, PreferenceResult, combine_orders
-from rlaif_trainer.labelers.hf import HFPairwiseLabeler, HFPointwiseLabeler, PrefixScorer, single_token_id
+from rlaif_trainer.feedback import prompts as P
+from rlaif_trainer.feedback.base import PairwiseLabelerBase, PreferenceResult, combine_orders
+from rlaif_trainer.feedback.hf import HFPairwiseLabeler, HFPointwiseLabeler
+from rlaif_trainer.feedback.prefix import PrefixScorer, single_token_id
 
 PROMPTS = [
     "Summarize: The city council approved a new park near the river on Monday.",

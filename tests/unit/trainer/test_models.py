@@ -13,17 +13,17 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from rlaif_trainer import models
+from rlaif_api import LoraSpec
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.models import (
+from rlaif_trainer.modeling import embedded as models
+from rlaif_trainer.modeling import loading
+from rlaif_trainer.modeling.embedded import (
     EMBEDDED_DEFAULT,
     EmbeddedModelUnavailable,
     find_embedded_gguf,
-    load_causal_lm,
-    load_reward_model,
     resolve_model_path,
 )
-from rlaif_trainer.spec import LoraSpec
+from rlaif_trainer.modeling.loading import load_causal_lm, load_reward_model
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ROOT = Path(__file__).resolve().parents[3]
@@ -207,9 +207,9 @@ def test_gguf_found_in_a_readonly_cache(tmp_path: Path, empty_cache: Path, monke
 def test_transformers_floor_accepts_the_dtype_keyword():
     """``from_pretrained(..., dtype=...)`` needs transformers >= 4.56 (earlier releases only know
     ``torch_dtype``, huggingface/transformers#39782), so pyproject must not allow anything older."""
-    source = Path(models.__file__).read_text()
+    source = Path(loading.__file__).read_text()
     if not re.search(r"from_pretrained\([^)]*\bdtype=", source):
-        pytest.skip("models.py no longer passes dtype= to from_pretrained")
+        pytest.skip("modeling/loading.py no longer passes dtype= to from_pretrained")
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
         "trainer"
     ]

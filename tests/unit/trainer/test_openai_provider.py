@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from rlaif_trainer import prompts as P
+from rlaif_api import LabelerSpec
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.labelers import LabelerError, build_labeler
-from rlaif_trainer.labelers.openai import CompletionsClient, OpenAIPairwiseLabeler, OpenAIPointwiseLabeler
-from rlaif_trainer.spec import LabelerSpec
+from rlaif_trainer.feedback import prompts as P
+from rlaif_trainer.feedback.base import LabelerError
+from rlaif_trainer.feedback.build import build_labeler
+from rlaif_trainer.feedback.openai import CompletionsClient, OpenAIPairwiseLabeler, OpenAIPointwiseLabeler
 
 SECRET = "sk-test-secret-value-123"
 

@@ -13,16 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlaif_trainer import reward
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.models import load_reward_model
-from rlaif_trainer.reward import (
-    bradley_terry_loss,
-    length_grouped_batches,
-    soft_label_loss,
-    split_pairs,
-    train_reward_model,
-)
+from rlaif_trainer.modeling.loading import load_reward_model
+from rlaif_trainer.reward_model.batching import length_grouped_batches, split_pairs
+from rlaif_trainer.reward_model.losses import bradley_terry_loss, soft_label_loss
+from rlaif_trainer.reward_model.scorer import load_reward_scorer
+from rlaif_trainer.reward_model.training import train_reward_model
+from rlaif_trainer.stages import reward
 
 from .conftest import make_stage_config, write_jsonl
 
@@ -141,7 +138,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tm
 
 
 def test_lora_reward_model_trains_adapters_and_head(tiny_model_dir: Path):
-    from rlaif_trainer.spec import LoraSpec
+    from rlaif_api import LoraSpec
 
     torch.manual_seed(0)
     model, tok = load_reward_model(
@@ -182,7 +179,7 @@ def test_reward_stage_end_to_end_and_scorer(tmp_path: Path, tiny_model_dir: Path
     assert summary["eval_pairs"] == 4 and summary["train_pairs"] == 16 and summary["steps"] == 8
     out = Path(cfg.artifacts.reward_model)
     assert (out / "DONE").is_file() and (out / "config.json").is_file() and not (out / "checkpoint").exists()
-    scorer = reward.load_reward_scorer(out, device="cpu")
+    scorer = load_reward_scorer(out, device="cpu")
     good, bad = scorer(["question 1", "question 1"], ["good answer", "bad"])
     assert good > bad
     assert reward.run(cfg, progress=False)["resumed"] is True

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rlaif_trainer.rl import algorithms as alg  # noqa: E402
+from rlaif_trainer.rl import losses as alg  # noqa: E402
 
 
 def t(x):

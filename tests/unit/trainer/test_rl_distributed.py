@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
-from rlaif_trainer.spec import RLAIFJob, resolve_stage_configs
+from rlaif_api import RLAIFJob, resolve_stage_configs
 
 
 def _accelerate() -> str | None:
@@ -37,7 +37,7 @@ def test_two_gloo_processes_train_and_checkpoint_once(tmp_path: Path, tiny_model
             "spec": {
                 "policy": {"model": str(tiny_model_dir), "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
                 "dataset": {"prompts": str(prompts)},
-                "labeler": {"provider": "python", "callable": "rlaif_trainer.labelers.rules:prefer_shorter"},
+                "labeler": {"provider": "python", "callable": "rlaif_trainer.feedback.rules:prefer_shorter"},
                 "rl": {
                     "algorithm": "rloo",
                     "reward": "direct",

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from rlaif_trainer.spec import RLAIFJob, StageConfig, resolve_stage_configs  # noqa: E402
+from rlaif_api import RLAIFJob, StageConfig, resolve_stage_configs  # noqa: E402
 
 PROMPTS = [
     "Summarize: The city council approved a new park near the river on Monday.",
@@ -25,7 +25,7 @@ PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Question: What is the capital of France?",
 ]
-SHORTER = "rlaif_trainer.labelers.rules:prefer_shorter"
+SHORTER = "rlaif_trainer.feedback.rules:prefer_shorter"
 
 
 def make_config(
@@ -69,10 +69,13 @@ def make_config(
 
 
 def make_trainer(config: StageConfig, model_dir: Path, **kwargs):
-    from rlaif_trainer.models import load_causal_lm
-    from rlaif_trainer.rl.trainer import RLTrainer
+    from rlaif_trainer.modeling.loading import load_causal_lm
+    from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import build_reward_fn
 
     model, tok = load_causal_lm(str(model_dir), device="cpu")
+    if "reward_fn" not in kwargs:
+        kwargs["reward_factory"] = build_reward_fn
     return RLTrainer(config, model=model, tokenizer=tok, progress=False, device="cpu", **kwargs)
 
 
@@ -155,7 +158,7 @@ def test_resume_reproduces_the_uninterrupted_next_step(tmp_path, tiny_model_dir,
 
 
 def _mean_words(trainer, n_rounds: int = 6) -> float:
-    from rlaif_trainer.rl.policy import format_prompts, generate
+    from rlaif_trainer.modeling.generation import format_prompts, generate
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
@@ -193,7 +196,7 @@ def test_learning_rl_moves_the_policy_towards_a_rule_based_preference(
     # LoRA on the output layer too: the tiny random model's logits are near-uniform, and
     # attention-only adapters would need many more steps to move them.
     lora = {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["q_proj", "v_proj", "lm_head"]}
-    labeler = {"provider": "python", "callable": f"rlaif_trainer.labelers.rules:{rule}"}
+    labeler = {"provider": "python", "callable": f"rlaif_trainer.feedback.rules:{rule}"}
     cfg = make_config(tmp_path, tiny_model_dir, rl=rl, lora=lora, labeler=labeler, seed=3)
     trainer = make_trainer(cfg, tiny_model_dir)
     before = _mean_words(trainer)
@@ -211,7 +214,7 @@ def test_learning_rl_moves_the_policy_towards_a_rule_based_preference(
 
 def test_direct_reward_comes_from_the_frozen_labeler_and_is_in_range(tmp_path, tiny_model_dir):
     """d-RLAIF with an hf labeler on the policy's own model: scores in [-1, 1], from the initial weights."""
-    from rlaif_trainer.rl.trainer import build_reward_fn
+    from rlaif_trainer.stages.rl import build_reward_fn
 
     labeler = {"provider": "hf", "mode": "pairwise"}
     cfg = make_config(tmp_path, tiny_model_dir, labeler=labeler)
@@ -229,7 +232,7 @@ def test_direct_reward_comes_from_the_frozen_labeler_and_is_in_range(tmp_path, t
 
 
 def test_d_rlaif_reward_is_in_range_and_monotone_in_the_score_probabilities():
-    from rlaif_trainer.scoring import expected_score, normalize_score
+    from rlaif_trainer.feedback.scoring import expected_score, normalize_score
 
     def reward(probs):
         return normalize_score(expected_score(probs), 10)
@@ -253,7 +256,7 @@ def test_d_rlaif_reward_is_in_range_and_monotone_in_the_score_probabilities():
 
 
 def test_run_writes_the_artifact_atomically_and_skips_when_done(tmp_path, tiny_model_dir, monkeypatch):
-    from rlaif_trainer.rl import run
+    from rlaif_trainer.stages.rl import run
 
     monkeypatch.setenv("RLAIF_DEVICE", "cpu")
     cfg = make_config(tmp_path, tiny_model_dir, rl={"steps": 3, "checkpointEvery": 2})

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from rlaif_trainer import prompts as P
-from rlaif_trainer.scoring import DirectScorer, expected_score, normalize_score
+from rlaif_trainer.feedback import prompts as P
+from rlaif_trainer.feedback.scoring import DirectScorer, expected_score, normalize_score
 
 PROMPTS = ["What is the capital of France?", "Give me a recipe for pancakes.", "Explain why the sky is blue."]
 RESPONSES = ["Paris.", "Mix flour, eggs and milk, then fry.", "I like turtles and long walks."]
@@ -68,7 +68,7 @@ def test_nine_point_scale_and_prefix_cache_equivalence(tiny_model_and_tokenizer)
 
 
 def test_hf_pairwise_labeler_score_is_the_direct_score(tiny_model_and_tokenizer):
-    from rlaif_trainer.labelers.hf import HFPairwiseLabeler
+    from rlaif_trainer.feedback.hf import HFPairwiseLabeler
 
     model, tok = tiny_model_and_tokenizer
     lab = HFPairwiseLabeler(model, tok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import sys
@@ -17,9 +18,10 @@ pytest.importorskip("prometheus_client")
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import rlaif_api as api
+from rlaif_api.contract import EXIT_OK
 from rlaif_trainer import cli, metrics
-from rlaif_trainer import spec as api
-from rlaif_trainer.errors import EXIT_OK
+from rlaif_trainer.stages import REGISTRY
 from tests.api_cases import base_job
 
 from .conftest import make_stage_config, write_jsonl
@@ -126,7 +128,7 @@ def test_own_registry_and_nothing_recorded_without_a_recorder() -> None:
 # -- the CLI --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", list(cli.STAGE_MODULES))
+@pytest.mark.parametrize("stage", list(REGISTRY))
 def test_stage_help_lists_metrics_port(stage: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args([stage, "--help"])
@@ -164,7 +166,7 @@ def test_stage_command_serves_metrics_while_the_stage_runs(
     module = types.ModuleType("fake_stage")
     module.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_stage", module)
-    monkeypatch.setitem(cli.STAGE_MODULES, "label", "fake_stage")
+    monkeypatch.setitem(REGISTRY, "label", dataclasses.replace(REGISTRY["label"], module="fake_stage"))
     argv = [
         "label",
         "--config",
@@ -218,8 +220,8 @@ def test_rl_steps_update_reward_kl_and_throughput(
 
 
 def test_label_batches_update_samples_and_progress(tmp_path: Path, recorder: metrics.TrainerMetrics) -> None:
-    from rlaif_trainer.label import label_pairs
-    from rlaif_trainer.labelers.python import PythonLabeler
+    from rlaif_trainer.feedback.labeling import label_pairs
+    from rlaif_trainer.feedback.python import PythonLabeler
 
     pairs = [{"id": f"id{i}", "prompt": f"p{i}", "response_a": "a", "response_b": "bb"} for i in range(10)]
     out = tmp_path / "labels.jsonl"
@@ -248,8 +250,8 @@ def test_reward_steps_update_loss_tokens_and_progress(
     tiny_model_dir: Path, recorder: metrics.TrainerMetrics
 ) -> None:
     torch = pytest.importorskip("torch")
-    from rlaif_trainer.models import load_reward_model
-    from rlaif_trainer.reward import train_reward_model
+    from rlaif_trainer.modeling.loading import load_reward_model
+    from rlaif_trainer.reward_model.training import train_reward_model
 
     torch.manual_seed(0)
     model, tok = load_reward_model(str(tiny_model_dir), device="cpu", dtype=torch.float32)
@@ -279,7 +281,7 @@ def test_evaluate_judged_batches_update_samples(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, recorder: metrics.TrainerMetrics
 ) -> None:
     pytest.importorskip("peft")
-    from rlaif_trainer.evaluate import evaluate
+    from rlaif_trainer.stages.evaluate import evaluate
     from tests.unit.trainer.test_evaluate import _save_adapter
 
     monkeypatch.setenv("RLAIF_DEVICE", "cpu")
@@ -291,7 +293,7 @@ def test_evaluate_judged_batches_update_samples(
         {
             "policy": {"model": str(tiny_model_dir), "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
             "dataset": {"prompts": "prompts.jsonl", "evalPrompts": "prompts.jsonl"},
-            "labeler": {"provider": "python", "callable": "rlaif_trainer.labelers.rules:prefer_shorter"},
+            "labeler": {"provider": "python", "callable": "rlaif_trainer.feedback.rules:prefer_shorter"},
             "rl": {"maxNewTokens": 4},
             "evaluation": {"samples": 3, "policy": str(tmp_path / "policy")},
             "stages": ["evaluate"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,21 +17,14 @@ from typing import Any
 from rlaif_trainer.errors import BadInputError
 
 __all__ = [
-    "DONE",
     "JsonlAppender",
     "claim_id",
-    "finalize_dir",
-    "is_done",
     "pair_id",
-    "partial_dir",
     "probability_field",
-    "read_done",
     "read_jsonl",
     "read_pairs",
     "read_prompts",
 ]
-
-DONE = "DONE"
 
 
 def read_jsonl(
@@ -182,35 +174,3 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def partial_dir(final: str | os.PathLike[str]) -> Path:
-    f = Path(final)
-    return f.with_name(f.name + ".partial")
-
-
-def is_done(final: str | os.PathLike[str]) -> bool:
-    return (Path(final) / DONE).is_file()
-
-
-def read_done(final: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        data = json.loads((Path(final) / DONE).read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def finalize_dir(
-    work: str | os.PathLike[str], final: str | os.PathLike[str], summary: dict[str, Any]
-) -> Path:
-    """Rename ``work`` to ``final`` (replacing an unfinished ``final``), then write ``DONE``."""
-    w, f = Path(work), Path(final)
-    if f.exists():
-        shutil.rmtree(f)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(w, f)
-    tmp = f / (DONE + ".tmp")
-    tmp.write_text(json.dumps(summary, sort_keys=True, default=str))
-    os.replace(tmp, f / DONE)
-    return f

@@ -13,7 +13,7 @@ Only one of the two may be given; the missing one raises a clear error when used
 ``positionDebias`` (the default) a preference function is called in both orders and averaged, so
 a function that ignores order gives ``consistent`` pairs and an order-sensitive one is debiased like
 an LLM labeler. Values outside the ranges are clipped. Example, shipped with the trainer:
-:func:`rlaif_trainer.labelers.rules.prefer_shorter`.
+:func:`rlaif_trainer.feedback.rules.prefer_shorter`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlaif_trainer.labelers import PairwiseLabelerBase
+from rlaif_trainer.feedback.base import PairwiseLabelerBase
 
 __all__ = ["PythonLabeler", "resolve_callable", "with_score"]
 

@@ -50,9 +50,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from rlaif_trainer import prompts as P
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.labelers import LabelerError, PairwiseLabelerBase, PointwiseLabelerBase
+from rlaif_trainer.feedback import prompts as P
+from rlaif_trainer.feedback.base import LabelerError, PairwiseLabelerBase, PointwiseLabelerBase
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """d-RLAIF over an endpoint: scores 1-9 (single tokens in common tokenizers), normalised to [-1, 1]."""
-        from rlaif_trainer.scoring import expected_score, normalize_score
+        from rlaif_trainer.feedback.scoring import expected_score, normalize_score
 
         scale = 9
         head = P.score_head(self.preamble, scale=scale)

@@ -20,25 +20,16 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from rlaif_trainer.data import JsonlAppender
+from rlaif_trainer.data.records import JsonlAppender
 from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.modeling.chat import chat_prompt_ids
 
-__all__ = ["batch_seed", "chat_prompt_ids", "generate_candidates"]
+__all__ = ["batch_seed", "generate_candidates"]
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
     h = hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()
     return int.from_bytes(h[:4], "little")
-
-
-def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of ``prompt`` as a user turn (chat template when the tokenizer has one)."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(prompt, add_special_tokens=True))
 
 
 def generate_candidates(

@@ -25,86 +25,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rlaif_trainer import metrics as prom
 from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.feedback.lengthstats import length_controlled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "hard_outcomes", "length_controlled", "run"]
-
-#: Length-difference buckets (tokens, trained − initial): shorter, similar, longer.
-BUCKET_EDGE = 5
+__all__ = ["evaluate", "run"]
 
 
 # --------------------------------------------------------------------------------------------------
 # statistics (pure, tested against hand computations)
 # --------------------------------------------------------------------------------------------------
-
-
-def hard_outcomes(p: Sequence[float]) -> list[float]:
-    """1 where the trained policy wins (p > 0.5), 0 where it loses, 0.5 on an exact tie."""
-    return [1.0 if x > 0.5 else 0.0 if x < 0.5 else 0.5 for x in p]
-
-
-def length_controlled(p: Sequence[float], length_diff: Sequence[float]) -> dict[str, Any]:
-    """Win rate at equal length (OLS intercept of outcome on length difference) and by bucket.
-
-    ``length_diff[i]`` is (trained − initial) response length in tokens for prompt ``i``.
-    """
-    import numpy as np
-
-    y = np.asarray(hard_outcomes(p), dtype=float)
-    x = np.asarray(length_diff, dtype=float)
-    n = y.size
-    out: dict[str, Any] = {
-        "method": "OLS of the win (1/0.5/0) on the length difference (tokens, trained − initial); "
-        "the intercept is the win rate at equal length",
-        "mean_length_diff": float(x.mean()) if n else float("nan"),
-    }
-    if n >= 3 and float(x.var()) > 0:
-        X = np.stack([np.ones(n), x], axis=1)
-        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-        resid = y - X @ beta
-        dof = n - 2
-        sigma2 = float(resid @ resid) / dof
-        cov = sigma2 * np.linalg.inv(X.T @ X)
-        se_a = math.sqrt(max(cov[0, 0], 0.0))
-        se_b = math.sqrt(max(cov[1, 1], 0.0))
-        a, b = float(beta[0]), float(beta[1])
-        out.update(
-            win_rate_at_equal_length=a,
-            win_rate_at_equal_length_ci95=[a - 1.96 * se_a, a + 1.96 * se_a],
-            slope_per_token=b,
-            slope_per_token_ci95=[b - 1.96 * se_b, b + 1.96 * se_b],
-        )
-    else:
-        # No spread in lengths: nothing to regress out.
-        wr = float(y.mean()) if n else float("nan")
-        se = float(y.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        out.update(
-            win_rate_at_equal_length=wr,
-            win_rate_at_equal_length_ci95=[wr - 1.96 * se, wr + 1.96 * se],
-            slope_per_token=None,
-            slope_per_token_ci95=None,
-        )
-    buckets = []
-    for name, sel in (
-        (f"trained shorter by >= {BUCKET_EDGE}", x <= -BUCKET_EDGE),
-        (f"within {BUCKET_EDGE - 1} tokens", np.abs(x) < BUCKET_EDGE),
-        (f"trained longer by >= {BUCKET_EDGE}", x >= BUCKET_EDGE),
-    ):
-        k = int(sel.sum())
-        buckets.append({"bucket": name, "n": k, "win_rate": float(y[sel].mean()) if k else None})
-    out["buckets"] = buckets
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,7 +64,7 @@ class _Policies:
     """The trained and initial policies, sharing one copy of the base weights when the trained one is LoRA."""
 
     def __init__(self, spec, policy_path: Path, device) -> None:
-        from rlaif_trainer.models import load_causal_lm
+        from rlaif_trainer.modeling.loading import load_causal_lm
 
         adapter = _adapter_dir(policy_path)
         base, self.tokenizer = load_causal_lm(spec.policy.model, device=device)
@@ -163,7 +102,7 @@ def _sample(
 ):
     import torch
 
-    from rlaif_trainer.rl.policy import format_prompts, generate
+    from rlaif_trainer.modeling.generation import format_prompts, generate
 
     texts: list[str] = []
     lengths: list[int] = []
@@ -212,7 +151,7 @@ def evaluate(
     ``judge_fn(prompts, trained, initial) -> [PreferenceResult]`` (A = trained) overrides the
     configured judge (tests).
     """
-    from rlaif_trainer.rl.prompts import split_prompts
+    from rlaif_trainer.data.prompts import split_prompts
 
     spec = config.spec
     _, held_out = split_prompts(spec)
@@ -251,7 +190,8 @@ def evaluate(
     if judge_fn is None:
         if judge_spec is None:
             raise BadInputError("the evaluate stage needs a judge: set evaluation.judge or labeler")
-        from rlaif_trainer.labelers import JUDGE_API_KEY_ENV, build_labeler
+        from rlaif_trainer.feedback.base import JUDGE_API_KEY_ENV
+        from rlaif_trainer.feedback.build import build_labeler
 
         shares = judge_spec.provider == "hf" and judge_spec.model in (None, spec.policy.model)
         if shares:
@@ -285,7 +225,7 @@ def evaluate(
         )
     t_judge = time.perf_counter() - t1
 
-    from rlaif_trainer.judge import win_rate_from_probs
+    from rlaif_trainer.feedback.winrate import win_rate_from_probs
 
     p = [float(r.p_a) for r in results]
     stats = win_rate_from_probs(p, [getattr(r, "consistent", None) for r in results])
@@ -344,7 +284,7 @@ def summary_of(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
 
 def run(config, *, progress: bool = True) -> dict[str, Any]:
     """The ``evaluate`` stage: write ``<eval>/`` atomically with a DONE marker; return the summary."""
-    from rlaif_trainer.data import finalize_dir, is_done, partial_dir, read_done
+    from rlaif_trainer.data.artifacts import finalize_dir, is_done, partial_dir, read_done
 
     out = Path(config.artifacts.eval)
     if is_done(out):

@@ -39,15 +39,15 @@ import numpy as np
 import torch
 
 from rlaif_trainer import metrics as prom
-from rlaif_trainer.data import partial_dir
+from rlaif_trainer.data.artifacts import partial_dir
+from rlaif_trainer.data.prompts import split_prompts
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.rl import algorithms as alg
-from rlaif_trainer.rl.policy import Generation, format_prompts, generate, response_logprobs
-from rlaif_trainer.rl.prompts import split_prompts
+from rlaif_trainer.modeling.generation import Generation, format_prompts, generate, response_logprobs
+from rlaif_trainer.rl import losses as alg
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RLTrainer", "RewardFn", "build_reward_fn", "run"]
+__all__ = ["RLTrainer", "RewardFn"]
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -98,41 +98,6 @@ def _gather_objects(obj: Any, world: int) -> list[Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def build_reward_fn(config, policy_model=None, tokenizer=None, device=None) -> RewardFn:
-    """The reward for ``(prompts, responses)``: the trained reward model, or the labeler's direct score.
-
-    With ``direct`` and an ``hf`` labeler on the policy's own base model, the labeler reuses the
-    policy's weights with the adapters disabled (the frozen initial model), so no second copy is loaded.
-    """
-    spec = config.spec
-    if spec.rl.reward == "direct":
-        from rlaif_trainer.labelers import build_labeler
-
-        lab = spec.labeler
-        if lab is None:
-            raise BadInputError("rl.reward is direct but the job has no labeler")
-        shares = (
-            lab.provider == "hf" and policy_model is not None and (lab.model in (None, spec.policy.model))
-        )
-        if shares:
-            labeler = build_labeler(lab, model=policy_model, tokenizer=tokenizer)
-
-            def direct_shared(prompts: list[str], responses: list[str]) -> list[float]:
-                with policy_model.disable_adapter():
-                    return [float(s) for s in labeler.score(prompts, responses)]
-
-            return direct_shared
-        labeler = build_labeler(lab)
-        return lambda prompts, responses: [float(s) for s in labeler.score(prompts, responses)]
-
-    from rlaif_trainer.reward import load_reward_scorer
-
-    path = spec.reward_model.path or config.artifacts.reward_model
-    if not Path(path).exists():
-        raise BadInputError(f"reward model not found at {path}: run the reward stage or set rewardModel.path")
-    return load_reward_scorer(path, device=device)
-
-
 # --------------------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------------------
@@ -175,6 +140,7 @@ class RLTrainer:
         model=None,
         tokenizer=None,
         reward_fn: RewardFn | None = None,
+        reward_factory: Callable[..., RewardFn] | None = None,
         work_dir: str | Path | None = None,
         progress: bool = True,
         device: str | torch.device | None = None,
@@ -208,7 +174,7 @@ class RLTrainer:
 
         _seed_everything(self.seed + self.rank)
         if model is None or tokenizer is None:
-            from rlaif_trainer.models import load_causal_lm
+            from rlaif_trainer.modeling.loading import load_causal_lm
 
             model, tokenizer = load_causal_lm(self.spec.policy.model, device=str(self.device))
         self.tokenizer = tokenizer
@@ -229,7 +195,12 @@ class RLTrainer:
             ],
             weight_decay=0.0,
         )
-        self.reward_fn = reward_fn or build_reward_fn(config, self.model, self.tokenizer, self.device)
+        if reward_fn is None:
+            if reward_factory is None:
+                raise ValueError("RLTrainer needs a reward_fn or a reward_factory")
+            # Built after the policy, so that a reward sharing the policy's weights can use them.
+            reward_fn = reward_factory(config, self.model, self.tokenizer, self.device)
+        self.reward_fn = reward_fn
         self.step = 0
         self.resumed_from: int | None = None
 
@@ -641,46 +612,3 @@ class RLTrainer:
             )
         )
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-
-
-def _finish_atomically(trainer: RLTrainer, final_dir: Path, summary: dict[str, Any]) -> None:
-    """Final files into the work dir (checkpoints dropped), rename it to the artifact dir, then DONE."""
-    from rlaif_trainer.data import finalize_dir
-
-    work = trainer.work_dir
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    trainer.save_final(work, summary)
-    finalize_dir(work, final_dir, summary)
-
-
-def _init_distributed() -> None:
-    """Join the process group when launched by ``accelerate launch`` / torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _dist():
-        try:
-            from accelerate import PartialState
-
-            PartialState()  # initialises torch.distributed (gloo on CPU, nccl on GPU)
-        except Exception:  # pragma: no cover - accelerate is a trainer dependency
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
-
-
-def run(config, *, progress: bool = True) -> dict[str, Any]:
-    """The ``rl`` stage: train, checkpoint/resume, and write ``<policy>/`` atomically with a DONE marker."""
-    from rlaif_trainer.data import is_done, read_done
-
-    final_dir = Path(config.artifacts.policy)
-    if is_done(final_dir):
-        return {**read_done(final_dir), "skipped": True}
-    _init_distributed()
-    t0 = time.perf_counter()
-    trainer = RLTrainer(config, progress=progress)
-    trainer.train()
-    in_sync = trainer.replicas_in_sync()
-    summary = trainer.summary(time.perf_counter() - t0)
-    summary["replicas_in_sync"] = in_sync
-    if trainer.is_main:
-        _finish_atomically(trainer, final_dir, summary)
-    if trainer.world > 1:
-        torch.distributed.barrier()
-    return summary

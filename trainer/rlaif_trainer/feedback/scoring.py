@@ -27,8 +27,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from rlaif_trainer import prompts as P
-from rlaif_trainer.labelers.hf import PrefixScorer
+from rlaif_trainer.feedback import prompts as P
+from rlaif_trainer.feedback.prefix import PrefixScorer
 
 __all__ = ["DirectScorer", "expected_score", "normalize_score"]
 

@@ -1,6 +1,6 @@
 """Rule-based labelers for the ``python`` provider, for demos and tests.
 
-``labeler: {provider: python, callable: "rlaif_trainer.labelers.rules:prefer_shorter"}`` prefers the
+``labeler: {provider: python, callable: "rlaif_trainer.feedback.rules:prefer_shorter"}`` prefers the
 shorter response (by words); its ``score`` rewards brevity. Deterministic and instant, so RL tests
 can check that the policy learns (responses get shorter).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from rlaif_trainer.labelers.python import with_score
+from rlaif_trainer.feedback.python import with_score
 
 __all__ = ["brevity_score", "prefer_longer", "prefer_shorter"]
 

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from rlaif_trainer.labelers import Labeler
+from rlaif_trainer.feedback.base import Labeler
 
 __all__ = ["wilson_interval", "win_rate", "win_rate_from_probs"]
 

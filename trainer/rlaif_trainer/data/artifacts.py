@@ -1,0 +1,52 @@
+"""Stage artifacts, written atomically: work happens in ``<dir>.partial/`` (kept across restarts
+so that a resumed stage continues where it stopped), which is renamed to ``<dir>/`` when the stage
+finishes, and a ``DONE`` marker (holding the stage summary as JSON) is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+#: The label stage's output file in its artifact directory, read by the reward stage.
+LABELS_FILE = "labels.jsonl"
+#: The sampled candidate pairs in the candidates artifact directory.
+CANDIDATES_FILE = "candidates.jsonl"
+
+
+DONE = "DONE"
+
+
+def partial_dir(final: str | os.PathLike[str]) -> Path:
+    f = Path(final)
+    return f.with_name(f.name + ".partial")
+
+
+def is_done(final: str | os.PathLike[str]) -> bool:
+    return (Path(final) / DONE).is_file()
+
+
+def read_done(final: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(final) / DONE).read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def finalize_dir(
+    work: str | os.PathLike[str], final: str | os.PathLike[str], summary: dict[str, Any]
+) -> Path:
+    """Rename ``work`` to ``final`` (replacing an unfinished ``final``), then write ``DONE``."""
+    w, f = Path(work), Path(final)
+    if f.exists():
+        shutil.rmtree(f)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(w, f)
+    tmp = f / (DONE + ".tmp")
+    tmp.write_text(json.dumps(summary, sort_keys=True, default=str))
+    os.replace(tmp, f / DONE)
+    return f

@@ -1,0 +1,1 @@
+"""The reward model: pair losses, batching, training, and the scorer that RL uses."""

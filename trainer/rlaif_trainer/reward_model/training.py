@@ -1,0 +1,247 @@
+"""Reward-model training: data-parallel with accelerate, checkpointed and resumable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlaif_trainer import metrics as prom
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.reward_model.batching import encode_response, length_grouped_batches
+from rlaif_trainer.reward_model.losses import pair_loss, soft_label_loss
+from rlaif_trainer.reward_model.scorer import _rewards
+
+log = logging.getLogger(__name__)
+
+
+def _evaluate(
+    model: Any,
+    data: list[tuple[list[int], list[int], float]],
+    pad: int,
+    device: Any,
+    loss_fn: Any,
+    batch_size: int,
+    accelerator: Any,
+) -> dict[str, float]:
+    import torch
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = data[rank::world]
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    counted = torch.zeros((), device=device)
+    n = torch.zeros((), device=device)
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(mine), batch_size):
+            chunk = mine[s : s + batch_size]
+            r = _rewards(model, [c[0] for c in chunk] + [c[1] for c in chunk], pad, device)
+            ra, rb = r[: len(chunk)], r[len(chunk) :]
+            p = torch.tensor([c[2] for c in chunk], device=device, dtype=torch.float32)
+            loss_sum += soft_label_loss(ra, rb, p).sum()
+            decided = p != 0.5
+            correct += (((ra > rb) == (p > 0.5)) & decided).sum()
+            counted += decided.sum()
+            n += len(chunk)
+    model.train()
+    tot = accelerator.reduce(torch.stack([loss_sum, correct, counted, n]), reduction="sum")
+    t_loss, t_correct, t_counted, t_n = (float(x) for x in tot)
+    return {
+        "eval_loss": t_loss / t_n if t_n else float("nan"),
+        "accuracy": t_correct / t_counted if t_counted else float("nan"),
+        "eval_pairs": int(t_n),
+    }
+
+
+def _optimizer_step(
+    model: Any,
+    opt: Any,
+    acc: Any,
+    loss_fn: Any,
+    mine: Sequence[tuple[list[int], list[int], float]],
+    per_process: float,
+    pad: int,
+    device: Any,
+) -> Any:
+    """One optimizer step on this process's pairs; returns their summed loss, detached.
+
+    A function of its own so that the step's tensors die when it returns rather than living
+    through the next forward pass, and the gradients are freed right after the update rather than
+    before the next backward: on the embedded model that lowers peak RSS by about 1 GiB.
+    """
+    import torch
+
+    r = _rewards(model, [m[0] for m in mine] + [m[1] for m in mine], pad, device)
+    p = torch.tensor([m[2] for m in mine], device=device, dtype=torch.float32)
+    per = loss_fn(r[: len(mine)], r[len(mine) :], p)
+    acc.backward(per.sum() / per_process)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return per.detach().sum()
+
+
+def train_reward_model(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[dict[str, Any]],
+    evaluation: Sequence[dict[str, Any]] = (),
+    *,
+    loss: str = "soft",
+    epochs: int = 1,
+    learning_rate: float = 1e-5,
+    batch_size: int = 8,
+    max_length: int = 512,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 100,
+    max_steps: int | None = None,
+    accelerator: Any = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` (a one-output sequence classifier) on labelled pairs; returns metrics.
+
+    ``train``/``evaluation`` are ``{"prompt", "response_a", "response_b", "p_a"}`` records.
+    ``batch_size`` is the global number of pairs per optimizer step across processes.
+    ``on_step(step, loss)`` is called on every process with the global mean loss of each step.
+    """
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    world, rank = acc.num_processes, acc.process_index
+    if batch_size < world:
+        raise BadInputError(f"rewardModel.batchSize={batch_size} is smaller than the {world} processes")
+    loss_fn = pair_loss(loss)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def enc(rows: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[int], float]]:
+        return [
+            (
+                encode_response(tokenizer, r["prompt"], r["response_a"], max_length),
+                encode_response(tokenizer, r["prompt"], r["response_b"], max_length),
+                float(r["p_a"]),
+            )
+            for r in rows
+        ]
+
+    rows = [r for r in train if not (loss == "bradleyTerry" and float(r["p_a"]) == 0.5)]
+    data = enc(rows)
+    eval_data = enc(evaluation)
+    if not data:
+        raise BadInputError("no training pairs (after dropping exact ties for bradleyTerry)")
+    lengths = [max(len(a), len(b)) for a, b, _ in data]  # both are padded to the longer one
+    tokens = [len(a) + len(b) for a, b, _ in data]
+    steps_per_epoch = len(length_grouped_batches(lengths, batch_size, seed=seed, epoch=0, min_batch=world))
+    total_steps = steps_per_epoch * epochs
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:  # the fused kernel avoids foreach's parameter-sized temporaries (peak memory)
+        opt = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        opt = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    model, opt = acc.prepare(model, opt)
+    device = acc.device
+    model.train()
+
+    step = 0
+    ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir is not None else None
+    if ckpt is not None and (ckpt / "trainer_state.json").is_file():
+        acc.load_state(str(ckpt))
+        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        log.info("reward: resumed from step %d", step)
+    resumed_from = step
+
+    losses: list[float] = []
+    pairs_done = 0
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="reward",
+        unit="step",
+        disable=not (progress and acc.is_main_process),
+    )
+    global_step = 0
+    if acc.is_main_process:
+        prom.record_progress(step / max(total_steps, 1))
+    for epoch in range(epochs):
+        batches = length_grouped_batches(lengths, batch_size, seed=seed, epoch=epoch, min_batch=world)
+        for batch in batches:
+            if global_step >= total_steps:
+                break
+            if global_step < step:
+                global_step += 1
+                continue
+            t_step = time.perf_counter()
+            local_sum = _optimizer_step(
+                model,
+                opt,
+                acc,
+                loss_fn,
+                [data[i] for i in batch[rank::world]],
+                len(batch) / world,
+                pad,
+                device,
+            )
+            glob = acc.reduce(local_sum, reduction="sum") / len(batch)
+            lv = float(glob)
+            losses.append(lv)
+            pairs_done += len(batch)
+            global_step += 1
+            step = global_step
+            if on_step is not None:
+                on_step(step, lv)
+            if acc.is_main_process:
+                prom.record_step(
+                    samples=len(batch),
+                    seconds=time.perf_counter() - t_step,
+                    tokens=sum(tokens[i] for i in batch),
+                    loss=lv,
+                    progress=step / total_steps,
+                )
+            bar.update(1)
+            bar.set_postfix(loss=f"{lv:.4f}")
+            if ckpt is not None and (step % checkpoint_every == 0) and step < total_steps:
+                _save_checkpoint(acc, ckpt, step)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    metrics: dict[str, Any] = {
+        "loss": round(sum(losses[-steps_per_epoch:]) / len(losses[-steps_per_epoch:]), 6) if losses else None,
+        "steps": step,
+        "resumed_from_step": resumed_from,
+        "train_pairs": len(data),
+        "samples_per_s": round(pairs_done / seconds, 3) if seconds > 0 and pairs_done else None,
+        "processes": world,
+    }
+    if eval_data:
+        ev = _evaluate(model, eval_data, pad, device, loss_fn, max(1, batch_size // world), acc)
+        metrics.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in ev.items()})
+    else:
+        metrics.update({"accuracy": None, "eval_loss": None, "eval_pairs": 0})
+    metrics["model"] = acc.unwrap_model(model)
+    return metrics
+
+
+def _save_checkpoint(acc: Any, ckpt: Path, step: int) -> None:
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if acc.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        os.replace(tmp, ckpt)
+    acc.wait_for_everyone()

@@ -1,0 +1,147 @@
+"""The ``label`` stage: candidate pairs (given, or sampled from the policy), then AI preference labels.
+
+Inputs (from the resolved :class:`rlaif_trainer.spec.StageConfig`):
+
+* ``dataset.pairs`` (given pairs, see :func:`rlaif_trainer.data.read_pairs`), or else
+  ``dataset.prompts``: the training prompts (the held-out split is excluded exactly as in
+  :func:`rlaif_trainer.rl.prompts.split_prompts`), from which :mod:`rlaif_trainer.candidates`
+  samples two responses each with ``rl.temperature``, ``rl.top_p`` and ``rl.max_new_tokens``;
+* ``labeler``: the labeler (:func:`rlaif_trainer.labelers.build_labeler`). An ``hf`` labeler that
+  names the policy's checkpoint reuses the policy model already in memory.
+
+Output: ``<artifacts.labels>/labels.jsonl``, one labelled pair per line, append-only and keyed by
+``id`` (a restarted stage skips pairs already labelled)::
+
+    {"id": "p0000003-1a2b3c4d5e", "prompt": "...", "response_a": "...", "response_b": "...",
+     "p_a": 0.62,            # soft label: probability that response_a is preferred (debiased)
+     "p_a_ab": 0.71,         # P(a preferred) with a shown first
+     "p_a_ba": 0.53,         # P(a preferred) with a shown second (absent without positionDebias)
+     "consistent": true,     # both orders picked the same response (pointwise: always true)
+     "mode": "pairwise", "labeler": "<provider>:<model or callable>",
+     "source": "/data/prompts.jsonl:4",
+     "rationale_ab": "...", "rationale_ba": "...",        # chain-of-thought only
+     "details": {"logodds_a": [...], "logodds_b": [...]}}  # pointwise: per-principle log-odds
+
+The ``reward`` stage reads ``id``, ``prompt``, ``response_a``, ``response_b`` and ``p_a``; a
+``dataset.labels`` file given by the user needs only those. ``DONE`` holds the stage summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rlaif_trainer.data.artifacts import (
+    CANDIDATES_FILE,
+    LABELS_FILE,
+    finalize_dir,
+    is_done,
+    partial_dir,
+    read_done,
+)
+from rlaif_trainer.data.prompts import train_prompt_records
+from rlaif_trainer.data.records import (
+    read_pairs,
+)
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.feedback.build import build_labeler
+from rlaif_trainer.feedback.labeling import label_pairs, summarize
+
+log = logging.getLogger(__name__)
+
+__all__ = ["mode_agreement", "run"]
+
+
+def labeler_name(spec: Any) -> str:
+    ref = spec.callable if spec.provider == "python" else spec.model
+    return f"{spec.provider}:{ref}"
+
+
+def mode_agreement(p_a_first: list[float], p_a_second: list[float]) -> float:
+    """Share of pairs where two labelings (e.g. pairwise and pointwise) pick the same response."""
+    if len(p_a_first) != len(p_a_second) or not p_a_first:
+        raise ValueError("need two equally long, non-empty lists")
+    return sum((a > 0.5) == (b > 0.5) for a, b in zip(p_a_first, p_a_second, strict=True)) / len(p_a_first)
+
+
+# --------------------------------------------------------------------------------------------------
+# comparing two labelings of the same pairs (``rlaif-train compare-labels``)
+# --------------------------------------------------------------------------------------------------
+
+
+def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
+    """Run the label stage; returns the summary (also stored in ``<labels>/DONE``)."""
+    spec = config.spec
+    art = config.artifacts
+    if is_done(art.labels):
+        log.info("labels already complete in %s", art.labels)
+        return {**read_done(art.labels), "resumed": True}
+    if spec.labeler is None:
+        raise BadInputError("the label stage needs spec.labeler")
+    lspec = spec.labeler
+
+    policy_model = policy_tok = None
+    if spec.dataset.pairs:
+        pairs = read_pairs(spec.dataset.pairs)
+        cand_summary: dict[str, Any] = {"source": "dataset.pairs"}
+    elif is_done(art.candidates):
+        pairs = read_pairs(Path(art.candidates) / CANDIDATES_FILE, what="candidates file")
+        cand_summary = {"source": "candidates"}
+    else:
+        from rlaif_trainer.feedback.candidates import generate_candidates
+        from rlaif_trainer.modeling.loading import load_causal_lm
+
+        prompts = train_prompt_records(spec)
+        policy_model, policy_tok = load_causal_lm(spec.policy.model)
+        work = partial_dir(art.candidates)
+        t0 = time.perf_counter()
+        pairs = generate_candidates(
+            policy_model,
+            policy_tok,
+            prompts,
+            work / CANDIDATES_FILE,
+            temperature=spec.rl.temperature,
+            top_p=spec.rl.top_p,
+            max_new_tokens=spec.rl.max_new_tokens,
+            batch_size=lspec.batch_size,
+            seed=config.seed,
+            max_prompt_length=spec.policy.max_prompt_length,
+            progress=progress,
+        )
+        cand_summary = {
+            "source": "sampled",
+            "prompts": len(prompts),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        finalize_dir(work, art.candidates, cand_summary)
+
+    reuse = lspec.provider == "hf" and policy_model is not None and lspec.model in (None, spec.policy.model)
+    labeler = build_labeler(
+        lspec, model=policy_model if reuse else None, tokenizer=policy_tok if reuse else None
+    )
+    if not reuse:
+        policy_model = policy_tok = None  # free the policy if the labeler is another model
+
+    work = partial_dir(art.labels)
+    records, timing = label_pairs(
+        labeler,
+        pairs,
+        work / LABELS_FILE,
+        chunk_size=max(lspec.batch_size * 4, 16),
+        progress=progress,
+        extra={"labeler": labeler_name(lspec)},
+    )
+    summary: dict[str, Any] = {
+        **summarize(records),
+        "mode": lspec.mode,
+        "provider": lspec.provider,
+        "labelled_now": int(timing["labelled_now"]),
+        "pairs_per_s": round(timing["labelled_now"] / timing["seconds"], 3)
+        if timing["seconds"] > 0 and timing["labelled_now"]
+        else None,
+        "candidates": cand_summary.get("source"),
+    }
+    finalize_dir(work, art.labels, summary)
+    return summary

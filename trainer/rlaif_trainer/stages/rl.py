@@ -1,0 +1,95 @@
+"""The ``rl`` stage: the RL loop (:mod:`rlaif_trainer.rl.loop`) with the reward source the job names."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.rl.loop import RewardFn, RLTrainer, _dist
+
+log = logging.getLogger(__name__)
+
+
+def build_reward_fn(config, policy_model=None, tokenizer=None, device=None) -> RewardFn:
+    """The reward for ``(prompts, responses)``: the trained reward model, or the labeler's direct score.
+
+    With ``direct`` and an ``hf`` labeler on the policy's own base model, the labeler reuses the
+    policy's weights with the adapters disabled (the frozen initial model), so no second copy is loaded.
+    """
+    spec = config.spec
+    if spec.rl.reward == "direct":
+        from rlaif_trainer.feedback.build import build_labeler
+
+        lab = spec.labeler
+        if lab is None:
+            raise BadInputError("rl.reward is direct but the job has no labeler")
+        shares = (
+            lab.provider == "hf" and policy_model is not None and (lab.model in (None, spec.policy.model))
+        )
+        if shares:
+            labeler = build_labeler(lab, model=policy_model, tokenizer=tokenizer)
+
+            def direct_shared(prompts: list[str], responses: list[str]) -> list[float]:
+                with policy_model.disable_adapter():
+                    return [float(s) for s in labeler.score(prompts, responses)]
+
+            return direct_shared
+        labeler = build_labeler(lab)
+        return lambda prompts, responses: [float(s) for s in labeler.score(prompts, responses)]
+
+    from rlaif_trainer.reward_model.scorer import load_reward_scorer
+
+    path = spec.reward_model.path or config.artifacts.reward_model
+    if not Path(path).exists():
+        raise BadInputError(f"reward model not found at {path}: run the reward stage or set rewardModel.path")
+    return load_reward_scorer(path, device=device)
+
+
+def _finish_atomically(trainer: RLTrainer, final_dir: Path, summary: dict[str, Any]) -> None:
+    """Final files into the work dir (checkpoints dropped), rename it to the artifact dir, then DONE."""
+    from rlaif_trainer.data.artifacts import finalize_dir
+
+    work = trainer.work_dir
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    trainer.save_final(work, summary)
+    finalize_dir(work, final_dir, summary)
+
+
+def _init_distributed() -> None:
+    """Join the process group when launched by ``accelerate launch`` / torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _dist():
+        try:
+            from accelerate import PartialState
+
+            PartialState()  # initialises torch.distributed (gloo on CPU, nccl on GPU)
+        except Exception:  # pragma: no cover - accelerate is a trainer dependency
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+
+
+def run(config, *, progress: bool = True) -> dict[str, Any]:
+    """The ``rl`` stage: train, checkpoint/resume, and write ``<policy>/`` atomically with a DONE marker."""
+    from rlaif_trainer.data.artifacts import is_done, read_done
+
+    final_dir = Path(config.artifacts.policy)
+    if is_done(final_dir):
+        return {**read_done(final_dir), "skipped": True}
+    _init_distributed()
+    t0 = time.perf_counter()
+    trainer = RLTrainer(config, reward_factory=build_reward_fn, progress=progress)
+    trainer.train()
+    in_sync = trainer.replicas_in_sync()
+    summary = trainer.summary(time.perf_counter() - t0)
+    summary["replicas_in_sync"] = in_sync
+    if trainer.is_main:
+        _finish_atomically(trainer, final_dir, summary)
+    if trainer.world > 1:
+        torch.distributed.barrier()
+    return summary
