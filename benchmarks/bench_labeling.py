@@ -5,7 +5,7 @@ few-shot exemplar, the pair, "Preferred Response="), on the same model and threa
 
 * **naive**: one ``generate(max_new_tokens=1, output_scores=True)`` call per pair and order on the
   full prompt text: no batching, no prefix reuse (what a straightforward implementation does);
-* **hf labeler**: :class:`rlaif_trainer.labelers.hf.HFPairwiseLabeler`: length-sorted batches,
+* **hf labeler**: :class:`rlaif_trainer.feedback.hf.HFPairwiseLabeler`: length-sorted batches,
   the shared head's KV cache computed once, the LM head run on the last position only.
 
 Reports pairs/s of each, the speed-up, and the largest difference between the two methods' soft

@@ -4,7 +4,7 @@ Both train ``AutoModelForSequenceClassification`` (one output) from the same che
 hard-labelled pairs, tokenized identically (our chat-template encoding, handed to TRL pre-tokenized
 as ``chosen_ids``/``rejected_ids``), with the same batch size, learning rate, AdamW and precision:
 
-* **ours**: :func:`rlaif_trainer.reward.train_reward_model` with ``loss="bradleyTerry"``
+* **ours**: :func:`rlaif_trainer.reward_model.training.train_reward_model` with ``loss="bradleyTerry"``
   (dynamic padding, length-grouped batches);
 * **trl-matched**: ``trl.RewardTrainer`` with gradient checkpointing off and fp32 on the CPU
   (bf16 mixed precision on a GPU, like ours);

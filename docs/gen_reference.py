@@ -1,7 +1,7 @@
 """Generate docs/reference.md, the RLAIFJob field reference, from the CRD's field descriptions.
 
 The CRD (crds/rlaif.dev_rlaifjobs.yaml) is itself generated from the pydantic models in
-trainer/rlaif_trainer/spec.py, so a description written once in the model reaches ``kubectl
+api/rlaif_api/spec.py, so a description written once in the model reaches ``kubectl
 explain``, the CRD and this page. Run from the repository root:
 
     python docs/gen_reference.py            # rewrite docs/reference.md

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from rlaif_trainer import argtypes
+from rlaif_api import argtypes
 
 from . import __version__
 

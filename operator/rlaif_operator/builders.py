@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rlaif_trainer import spec as api
-from rlaif_trainer.spec import RLAIFJob, resolve_stage_configs
+import rlaif_api as api
+from rlaif_api import RLAIFJob, contract, resolve_stage_configs
 
 from .settings import WORKSPACE_MOUNT, Settings
 
@@ -36,13 +36,13 @@ MANAGER = "rlaif-operator"
 
 CONTAINER_NAME = "trainer"
 CONFIG_DIR = "/etc/rlaif"
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG = contract.TERMINATION_LOG
 CONFIG_VOLUME = "rlaif-config"
 WORKSPACE_VOLUME = "rlaif-workspace"
 SHM_VOLUME = "rlaif-dshm"
 RESERVED_VOLUMES = frozenset({CONFIG_VOLUME, WORKSPACE_VOLUME, SHM_VOLUME})
-API_KEY_ENV = "RLAIF_LABELER_API_KEY"  # rlaif_trainer.labelers.API_KEY_ENV
-JUDGE_API_KEY_ENV = "RLAIF_JUDGE_API_KEY"  # rlaif_trainer.labelers.JUDGE_API_KEY_ENV
+API_KEY_ENV = contract.ENV_LABELER_API_KEY
+JUDGE_API_KEY_ENV = contract.ENV_JUDGE_API_KEY
 DEFAULT_PVC_SIZE = "20Gi"
 MAX_NAME = 63  # a Job's name becomes its pods' job-name label value, so it must be a DNS label
 NONROOT_UID = 1000
@@ -204,12 +204,19 @@ def _resources(job: RLAIFJob, stage: str, settings: Settings) -> tuple[dict[str,
 
 def stage_command(stage: str, gpus: int, metrics_port: int = 0) -> list[str]:
     config = f"{CONFIG_DIR}/{stage}.json"
-    args = [stage, "--config", config, "--termination-log", TERMINATION_LOG, "--no-progress"]
+    args = [
+        stage,
+        contract.FLAG_CONFIG,
+        config,
+        contract.FLAG_TERMINATION_LOG,
+        TERMINATION_LOG,
+        contract.FLAG_NO_PROGRESS,
+    ]
     if metrics_port:
-        args += ["--metrics-port", str(metrics_port)]
+        args += [contract.FLAG_METRICS_PORT, str(metrics_port)]
     if gpus > 1:
-        return ["accelerate", "launch", "--num_processes", str(gpus), "-m", "rlaif_trainer.cli", *args]
-    return ["rlaif-train", *args]
+        return ["accelerate", "launch", "--num_processes", str(gpus), "-m", contract.TRAINER_MODULE, *args]
+    return [contract.TRAINER_COMMAND, *args]
 
 
 def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:
@@ -252,12 +259,12 @@ def build_stage_job(
     resources, gpus = _resources(job, stage, settings)
 
     env: list[dict[str, Any]] = [
-        {"name": "RLAIF_STAGE", "value": stage},
-        {"name": "RLAIF_JOB", "value": owner.name},
-        {"name": "RLAIF_ATTEMPT", "value": str(attempt)},
+        {"name": contract.ENV_STAGE, "value": stage},
+        {"name": contract.ENV_JOB, "value": owner.name},
+        {"name": contract.ENV_ATTEMPT, "value": str(attempt)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": f"{WORKSPACE_MOUNT}/.cache/huggingface"},
-        {"name": "RLAIF_CACHE_DIR", "value": f"{WORKSPACE_MOUNT}/.cache/rlaif"},
+        {"name": contract.ENV_CACHE_DIR, "value": f"{WORKSPACE_MOUNT}/.cache/rlaif"},
     ]
     if spec.labeler is not None and spec.labeler.api_key_secret_ref is not None:
         env.append(_secret_env(API_KEY_ENV, spec.labeler.api_key_secret_ref))

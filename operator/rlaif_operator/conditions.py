@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rlaif_trainer.spec import PHASE_OF_STAGE, Condition, RLAIFJobStatus, StageStatus
+from rlaif_api import PHASE_OF_STAGE, Condition, RLAIFJobStatus, StageStatus
 
 from .observe import truncate
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from rlaif_trainer import spec as api
+import rlaif_api as api
 
 from .builders import ANNOTATION_JOB_NAME, stage_job_name
 from .kube import RETRYABLE, ApiError, KubeClient, collection_path, object_collection

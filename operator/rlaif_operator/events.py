@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlaif_trainer.spec import RLAIFJobStatus, StageStatus
+from rlaif_api import RLAIFJobStatus, StageStatus
 
 from .conditions import WAIT_REASONS, condition, stage_status
 from .observe import StageView, truncate

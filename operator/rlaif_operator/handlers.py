@@ -34,7 +34,7 @@ from typing import Any
 
 import kopf
 
-from rlaif_trainer import spec as api
+import rlaif_api as api
 
 from .builders import LABEL_STAGE
 from .controller import Controller, Indexes, job_owner_key, pod_owner_key

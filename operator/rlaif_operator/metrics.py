@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from rlaif_trainer.spec import PHASE_OF_STAGE
+from rlaif_api import PHASE_OF_STAGE
 
 PHASES = ("Pending", *PHASE_OF_STAGE.values(), "Succeeded", "Failed", "Suspended")
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)

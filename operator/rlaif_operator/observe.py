@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlaif_trainer import spec as api
-from rlaif_trainer.errors import EXIT_BAD_INPUT
-from rlaif_trainer.spec import STAGE_ORDER, StageStatus
+import rlaif_api as api
+from rlaif_api import STAGE_ORDER, StageStatus
+from rlaif_api.contract import EXIT_BAD_INPUT
 
 from .builders import CONTAINER_NAME, LABEL_ATTEMPT, LABEL_STAGE
 from .timing import parse_time

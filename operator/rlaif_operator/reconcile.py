@@ -22,15 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rlaif_trainer import spec as api
-from rlaif_trainer.spec import (
-    PHASE_OF_STAGE,
-    RESULT_KEYS,
-    STAGE_ORDER,
-    RLAIFJob,
-    RLAIFJobStatus,
-    StageStatus,
-)
+import rlaif_api as api
+from rlaif_api import PHASE_OF_STAGE, RESULT_KEYS, STAGE_ORDER, RLAIFJob, RLAIFJobStatus, StageStatus
 
 from .builders import Owner, build_configmap, build_pvc, build_stage_job, stage_job_name, wants_pvc
 from .conditions import (

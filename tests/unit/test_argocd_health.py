@@ -60,7 +60,7 @@ def test_cases_cover_every_health_status_the_script_returns():
 
 def test_fixtures_are_valid_rlaifjobs():
     """The fixtures' specs and statuses validate against the API models, so they stay realistic."""
-    spec = pytest.importorskip("rlaif_trainer.spec")
+    spec = pytest.importorskip("rlaif_api")
     for case in CASES:
         obj = yaml.safe_load((ARGOCD / case["inputPath"]).read_text())
         spec.RLAIFJobSpec.model_validate(obj["spec"])

@@ -6,10 +6,7 @@ A stage raises :class:`BadInputError` when its input itself is wrong; the CLI tu
 
 from __future__ import annotations
 
-# Transitional re-export for the operator, which still imports the exit codes from here.
-from rlaif_api.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE
-
-__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_RETRYABLE", "BadInputError"]
+__all__ = ["BadInputError"]
 
 
 class BadInputError(Exception):

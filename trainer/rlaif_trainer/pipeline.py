@@ -1,7 +1,7 @@
 """``rlaif-train pipeline <rlaifjob.yaml>``: run a whole RLAIFJob locally, without Kubernetes.
 
-The manifest is validated with the same rules as the API server (:func:`rlaif_trainer.spec.load_job`)
-and resolved with the same code the operator uses (:func:`rlaif_trainer.spec.resolve_stage_configs`),
+The manifest is validated with the same rules as the API server (:func:`rlaif_api.load_job`)
+and resolved with the same code the operator uses (:func:`rlaif_api.resolve_stage_configs`),
 relative paths anchored at the YAML file's directory. The listed stages then run in order in this
 process, each with the config its pod would get, writing under
 ``<workspace>/<namespace>/<job>/{candidates,labels,reward_model,policy,eval}/``.

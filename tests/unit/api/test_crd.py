@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import rlaif_api as api
-from rlaif_operator import crd
+from rlaif_api import crd
 
 ROOT = Path(__file__).resolve().parents[3]
 COMMITTED = ROOT / "crds" / crd.CRD_FILENAME

@@ -1,4 +1,4 @@
-"""The stage contract of ``rlaif-train`` (DESIGN.md §3): summary JSON in the termination log, at most
+"""The stage contract of ``rlaif-train`` (rlaif_api.contract): summary JSON in the termination log, at most
 4 KiB, exit 0 on success, 65 on bad input, 1 on anything retryable.
 
 The stage bodies are replaced by small functions registered as a module here: what is under test is

@@ -10,7 +10,7 @@ Every labeler implements the :class:`Labeler` protocol:
 
 ``score(prompts, responses) -> list[float]``
     A direct reward in [-1, 1] (d-RLAIF, §2.3): for pairwise labelers the probability-weighted
-    1-10 score of :mod:`rlaif_trainer.scoring`; for pointwise labelers the mean over principles
+    1-10 score of :mod:`rlaif_trainer.feedback.scoring`; for pointwise labelers the mean over principles
     of ``2·P(Yes | Yes or No) - 1``.
 
 Modes
@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from rlaif_api.contract import ENV_JUDGE_API_KEY, ENV_LABELER_API_KEY
+
 __all__ = [
     "API_KEY_ENV",
     "JUDGE_API_KEY_ENV",
@@ -51,9 +53,9 @@ __all__ = [
 ]
 
 #: Environment variable the operator sets from ``labeler.apiKeySecretRef`` (the key is never logged).
-API_KEY_ENV = "RLAIF_LABELER_API_KEY"
+API_KEY_ENV = ENV_LABELER_API_KEY
 #: The same for ``evaluation.judge.apiKeySecretRef``.
-JUDGE_API_KEY_ENV = "RLAIF_JUDGE_API_KEY"
+JUDGE_API_KEY_ENV = ENV_JUDGE_API_KEY
 
 
 class LabelerError(RuntimeError):

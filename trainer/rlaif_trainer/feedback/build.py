@@ -15,7 +15,7 @@ def build_labeler(
     api_key_env: str = API_KEY_ENV,
     device: Any = None,
 ) -> Labeler:
-    """Build the labeler a :class:`rlaif_trainer.spec.LabelerSpec` describes.
+    """Build the labeler a :class:`rlaif_api.LabelerSpec` describes.
 
     For ``hf``, pass ``model``/``tokenizer`` to reuse an already-loaded model (e.g. when the
     labeler is the same checkpoint as the policy); otherwise ``spec.model`` is loaded.

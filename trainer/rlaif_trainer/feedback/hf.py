@@ -1,7 +1,7 @@
 """The ``hf`` provider: a local causal LM scores next-token log-probabilities.
 
 :class:`PrefixScorer` is the engine. Every labeler prompt is ``head + body + tail``
-(:class:`rlaif_trainer.prompts.PromptParts`); the head (chat header, preamble, few-shot exemplars)
+(:class:`rlaif_trainer.feedback.prompts.PromptParts`); the head (chat header, preamble, few-shot exemplars)
 is the same for every item. Its token ids are computed once and its keys/values are computed once
 per head and reused for every batch (*prefix caching*); each batch then runs only the items'
 bodies and tails, right-padded, at positions ``len(head) ..``. Items are sorted by length before

@@ -1,7 +1,7 @@
 """The ``openai`` provider: any OpenAI-compatible endpoint that returns logprobs.
 
 Works with vLLM, TGI's OpenAI API and OpenAI itself. Each prompt is the plain-text labeler prompt
-(:mod:`rlaif_trainer.prompts`; no chat template here, the server's tokenizer is not known). Two APIs,
+(:mod:`rlaif_trainer.feedback.prompts`; no chat template here, the server's tokenizer is not known). Two APIs,
 chosen by ``labeler.api``; the prompt text, the answer extraction and the retry policy are the same:
 
 ``completions`` (default)::

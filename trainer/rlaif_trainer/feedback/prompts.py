@@ -31,7 +31,7 @@ Pointwise prompt (one response, one yes/no principle; RLBFF-style binary feedbac
                                                  ← assistant turn; next token "Yes" or "No"
 
 Direct (d-RLAIF) score prompt: the score preamble, the prompt and response, then
-``Score (1-10)=``; see :mod:`rlaif_trainer.scoring`.
+``Score (1-10)=``; see :mod:`rlaif_trainer.feedback.scoring`.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class PythonLabeler(PairwiseLabelerBase):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         if self.score_fn is None:
             raise NotImplementedError(
-                f"{self.name} has no score function: attach one with rlaif_trainer.labelers.python.with_score, "
+                f"{self.name} has no score function: attach one with rlaif_trainer.feedback.python.with_score, "
                 "or give an object with a score(prompt, response) method"
             )
         fn = self.score_fn

@@ -1,6 +1,6 @@
 """The d-RLAIF scorer (Lee et al. 2023, §2.3): the labeler LLM's score is the reward.
 
-The model sees the score prompt (:func:`rlaif_trainer.prompts.score_head` / ``score_body``, ending
+The model sees the score prompt (:func:`rlaif_trainer.feedback.prompts.score_head` / ``score_body``, ending
 ``Score (1-10)=``). The reward is the probability-weighted score ``E = Σ_i i·P(i)`` over the score
 tokens 1..N (N = 10 by default), normalised to [-1, 1] as ``2·(E − 1)/(N − 1) − 1``.
 
@@ -17,7 +17,7 @@ These probabilities are renormalised over the N candidates. For "1".."10" this n
 pass per item: the score prompt with "1" appended, reading the distribution at the last two
 positions. ``scale=9`` (scores 1-9, all single tokens) is offered as the simpler alternative.
 
-The pointwise ``P(Yes)`` score of :class:`rlaif_trainer.labelers.PointwiseLabelerBase.score` is the
+The pointwise ``P(Yes)`` score of :class:`rlaif_trainer.feedback.base.PointwiseLabelerBase.score` is the
 other direct reward on offer (``labeler.mode: pointwise``).
 """
 

@@ -11,7 +11,7 @@ Model names
 ``load_causal_lm`` / ``load_reward_model`` pick the device automatically (CUDA when available, else
 CPU), use bf16 on a GPU and fp32 on the CPU, set a pad token, and optionally wrap the model in a
 peft LoRA adapter (``lora`` is any object with ``r``, ``alpha``, ``dropout``, ``target_modules``,
-e.g. ``rlaif_trainer.spec.LoraSpec``).
+e.g. ``rlaif_api.LoraSpec``).
 
 The embedded default model
 --------------------------
@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlaif_api.contract import ENV_CACHE_DIR, ENV_READONLY_CACHE_DIRS
 from rlaif_trainer.errors import BadInputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,8 +113,8 @@ class EmbeddedModelUnavailable(BadInputError):
 
 def cache_dir() -> Path:
     """The project's cache root (``$RLAIF_CACHE_DIR`` or ``${XDG_CACHE_HOME:-~/.cache}/rlaif-operator``)."""
-    if os.environ.get("RLAIF_CACHE_DIR"):
-        return Path(os.environ["RLAIF_CACHE_DIR"]).expanduser()
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "rlaif-operator"
 
@@ -121,7 +122,7 @@ def cache_dir() -> Path:
 def readonly_cache_dirs() -> list[Path]:
     """Extra cache roots from ``$RLAIF_READONLY_CACHE_DIRS`` (``os.pathsep``-separated), searched after
     :func:`cache_dir` and never written to. Empty entries are ignored."""
-    raw = os.environ.get("RLAIF_READONLY_CACHE_DIRS", "")
+    raw = os.environ.get(ENV_READONLY_CACHE_DIRS, "")
     return [Path(entry).expanduser() for entry in raw.split(os.pathsep) if entry.strip()]
 
 

@@ -7,7 +7,7 @@ One step (``rl.batch_size`` prompts across all processes, ``rl.samples_per_promp
 2. **reward** each response: the reward model trained by the reward stage, or ``direct`` (d-RLAIF):
    the labeler LLM's score in [-1, 1];
 3. **reference** log-probs from the same weights with the LoRA adapters disabled (one model copy);
-4. **update** with the configured algorithm (see :mod:`rlaif_trainer.rl.algorithms` for the exact
+4. **update** with the configured algorithm (see :mod:`rlaif_trainer.rl.losses` for the exact
    objective, advantages and KL estimator of each).
 
 Reproducibility and restarts: prompts for step ``s`` are a deterministic function of ``(seed, s)``;

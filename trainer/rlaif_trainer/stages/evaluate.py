@@ -8,7 +8,7 @@ judge (``evaluation.judge``, default the labeler) is the position-debiased AI la
 preference ``p`` that the trained policy's response is better is turned into
 
 * ``win_rate``: the share of prompts where ``p > 0.5`` (a tie, ``p == 0.5``, counts half), with
-  a 95% Wilson score interval (:func:`rlaif_trainer.judge.win_rate_from_probs`);
+  a 95% Wilson score interval (:func:`rlaif_trainer.feedback.winrate.win_rate_from_probs`);
 * ``soft_win_rate``: the mean of ``p``, with a normal 95% interval;
 * ``length_controlled``: RL tends to lengthen responses, and judges tend to like length, so the
   per-prompt outcome is regressed on the length difference (tokens, trained − initial): the

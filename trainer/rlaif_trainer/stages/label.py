@@ -1,12 +1,12 @@
 """The ``label`` stage: candidate pairs (given, or sampled from the policy), then AI preference labels.
 
-Inputs (from the resolved :class:`rlaif_trainer.spec.StageConfig`):
+Inputs (from the resolved :class:`rlaif_api.StageConfig`):
 
-* ``dataset.pairs`` (given pairs, see :func:`rlaif_trainer.data.read_pairs`), or else
+* ``dataset.pairs`` (given pairs, see :func:`rlaif_trainer.data.records.read_pairs`), or else
   ``dataset.prompts``: the training prompts (the held-out split is excluded exactly as in
-  :func:`rlaif_trainer.rl.prompts.split_prompts`), from which :mod:`rlaif_trainer.candidates`
+  :func:`rlaif_trainer.data.prompts.split_prompts`), from which :mod:`rlaif_trainer.feedback.candidates`
   samples two responses each with ``rl.temperature``, ``rl.top_p`` and ``rl.max_new_tokens``;
-* ``labeler``: the labeler (:func:`rlaif_trainer.labelers.build_labeler`). An ``hf`` labeler that
+* ``labeler``: the labeler (:func:`rlaif_trainer.feedback.build.build_labeler`). An ``hf`` labeler that
   names the policy's checkpoint reuses the policy model already in memory.
 
 Output: ``<artifacts.labels>/labels.jsonl``, one labelled pair per line, append-only and keyed by

@@ -13,7 +13,7 @@ Loss (``rewardModel.loss``):
 * ``bradleyTerry``: hard labels (``p_a > 0.5`` means a wins; exact ties are dropped) with
   ``−log σ(r_win − r_lose)``.
 
-Data: ``<artifacts.labels>/labels.jsonl`` (see :mod:`rlaif_trainer.label`) or ``dataset.labels``.
+Data: ``<artifacts.labels>/labels.jsonl`` (see :mod:`rlaif_trainer.stages.label`) or ``dataset.labels``.
 A seeded shuffle holds out ``evalFraction`` of the pairs; accuracy is the share of held-out pairs
 (ties excluded) where ``sign(r_a − r_b)`` agrees with ``p_a > 0.5``.
 
