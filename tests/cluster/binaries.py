@@ -36,6 +36,7 @@ KUBE_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+KUEUE_VERSION = "v0.17.1"  # newest on the module proxy; own k8s.io v0.35 libs, within skew of 1.36
 
 
 def _kube_ldflags(version: str) -> tuple[str, ...]:
@@ -123,6 +124,19 @@ SPECS: dict[str, BinarySpec] = {
                 "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37",
             ),
             ("version",),
+        ),
+        # Optional: tests that request the `kueue` fixture start it (tests/cluster/kueue.py).
+        BinarySpec(
+            "kueue",
+            KUEUE_VERSION,
+            "kueue",
+            "sigs.k8s.io/kueue/cmd/kueue",
+            (
+                f"-X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}",
+                f"-X sigs.k8s.io/kueue/pkg/version.GitCommit={KUEUE_VERSION}",
+                "-X sigs.k8s.io/kueue/pkg/version.BuildDate=1970-01-01T00:00:00Z",
+            ),
+            ("--help",),  # the manager has no version flag; it logs gitVersion when it starts
         ),
     )
 }

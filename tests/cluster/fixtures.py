@@ -26,6 +26,7 @@ import pytest
 
 from .binaries import SPECS, BinaryError, ensure
 from .cluster import Cluster, ClusterError
+from .kueue import Kueue
 
 _binaries: dict[str, object] = {}
 
@@ -79,6 +80,22 @@ def cluster() -> Iterator[Cluster]:
         if kube_config is not None:
             kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old_default
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster) -> Iterator[Kueue]:
+    """Real Kueue on the session's control plane (tests/cluster/kueue.py), started by the first
+    test that asks for it; it then stays up for the session and only acts on labelled Jobs."""
+    k = Kueue(cluster)
+    try:
+        k.start()
+    except (BinaryError, ClusterError) as exc:
+        pytest.fail(f"Kueue unavailable: {exc}", pytrace=False)
+    print(f"\n[tests.cluster] kueue up in {k.startup_seconds:.1f}s")
+    try:
+        yield k
+    finally:
+        k.stop()
 
 
 def create_namespace(
