@@ -31,22 +31,23 @@ test: lint ## install, lint, then run every test (builds the Kubernetes test bin
 test-unit: $(VENV)/.installed-dev ## unit tests only (no control plane, no embedded model)
 	$(BIN)/pytest tests/unit -m "not slow" $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-dev ## ruff (lint and format) and mypy; `make format` fixes what ruff can
+lint: $(VENV)/.installed-dev ## ruff (lint and format), mypy and the import layering (.importlinter); `make format` fixes what ruff can
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(VENV)/.installed-dev ## apply ruff's formatting and its safe lint fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 crds: $(VENV)/.installed-dev ## regenerate the CRD (crds/ and the chart's copy) and the spec reference from the pydantic spec
-	$(BIN)/python -m rlaif_operator.crd -o crds/rlaif.dev_rlaifjobs.yaml
+	$(BIN)/python -m rlaif_api.crd -o crds/rlaif.dev_rlaifjobs.yaml
 	cp crds/rlaif.dev_rlaifjobs.yaml charts/rlaif-operator/files/crds/rlaif.dev_rlaifjobs.yaml
 	$(BIN)/python docs/gen_reference.py
 
 check-crds: $(VENV)/.installed-dev ## fail if crds/ is stale
-	$(BIN)/python -m rlaif_operator.crd -o crds/rlaif.dev_rlaifjobs.yaml --check
+	$(BIN)/python -m rlaif_api.crd -o crds/rlaif.dev_rlaifjobs.yaml --check
 
 cluster-binaries: $(VENV)/.installed-dev ## build or locate etcd, kube-*, kwok, kubectl, helm
 	$(BIN)/python -m tests.cluster build

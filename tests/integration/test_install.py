@@ -51,7 +51,9 @@ pytestmark = pytest.mark.integration
 # Stage pods on kwok: finish after 0.3 s with exit code 0 and a summary as termination message.
 KWOK_ANNOTATIONS = {
     "rlaif.dev/test-run-seconds": "0.3",
-    "rlaif.dev/test-termination-message": json.dumps({"ok": True, "accuracy": 0.75, "win_rate_vs_initial": 0.6}),
+    "rlaif.dev/test-termination-message": json.dumps(
+        {"ok": True, "accuracy": 0.75, "win_rate_vs_initial": 0.6}
+    ),
 }
 
 

@@ -17,7 +17,12 @@ SUMMARIES = {
     "label": {"stage": "label", "pairs": 100, "consistency_rate": 0.81},
     "reward": {"stage": "reward", "accuracy": 0.74},
     "rl": {"stage": "rl", "final_reward": 0.5, "final_kl": 0.02},
-    "evaluate": {"stage": "evaluate", "win_rate_vs_initial": 0.66, "win_rate_ci_low": 0.6, "win_rate_ci_high": 0.72},
+    "evaluate": {
+        "stage": "evaluate",
+        "win_rate_vs_initial": 0.66,
+        "win_rate_ci_low": 0.6,
+        "win_rate_ci_high": 0.72,
+    },
 }
 
 
