@@ -58,10 +58,14 @@ FROM ${PYTHON_IMAGE} AS operator
 LABEL org.opencontainers.image.title="rlaif-operator" \
       org.opencontainers.image.description="Kubernetes operator for RLAIFJob (rlaif.dev/v1alpha1)" \
       org.opencontainers.image.licenses="Apache-2.0"
+# USER: kopf names the operator by getpass.getuser(), which needs $USER (or $LOGNAME) when the uid
+# has no passwd entry; 65532 has none, and without it the operator crashes at start-up
+# ("KeyError: 'getpwuid(): uid not found: 65532'").
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    USER=rlaif-operator
 COPY --from=operator-venv /opt/venv /opt/venv
 # 65532 is the conventional "nonroot" uid of distroless images; the chart's securityContext matches.
 USER 65532:65532
@@ -90,10 +94,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     HOME=/tmp
 # torch from the base image satisfies the `trainer` extra's torch floor, so pip keeps it (and its
 # CUDA build). The constraint pins it: should a dependency ever need a newer torch, the build fails
-# here instead of pip silently adding a second, multi-GB torch from PyPI. The last check fails the
-# build if transformers disabled PyTorch (it does so, with only a log line, below its torch floor).
+# here instead of pip silently adding a second, multi-GB torch from PyPI. The pin is the installed
+# distribution's version, which is what pip compares: torch.__version__ can differ from it (PyPI's
+# torch 2.9.1 reports 2.9.1+cu128, and pip then finds no torch==2.9.1+cu128 to keep). The last check
+# fails the build if transformers disabled PyTorch (it does so, with only a log line, below its floor).
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-constraint.txt \
+    python -c "import importlib.metadata as m; print(f'torch=={m.version(\"torch\")}')" > /tmp/torch-constraint.txt \
  && pip install -c /tmp/torch-constraint.txt "$(ls /wheels/rlaif_operator-*.whl)[trainer]" \
  && rm /tmp/torch-constraint.txt \
  && python -c "import torch, transformers, peft, accelerate, gguf, rlaif_trainer.cli" \
@@ -105,12 +111,14 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
 # (set above) makes them read the baked copy from /opt/rlaif/cache instead of converting again, and
 # nothing is ever written there. The GGUF file (98 MB) stays too, named by RLAIF_EMBEDDED_GGUF, as
 # the local source should a conversion still be needed (e.g. RLAIF_READONLY_CACHE_DIRS overridden).
-# Readable by any uid, since the pod's runAsUser may differ from USER.
-ENV RLAIF_EMBEDDED_GGUF=/opt/rlaif/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+# Readable by any uid, since the pod's runAsUser may differ from USER. RLAIF_EMBEDDED_GGUF is set
+# only after the fetch: while set, it names the file fetch-model must read, which does not exist yet
+# (set before, the fetch fails with exit 65 "does not hold SmolLM2-135M-Instruct.Q4_1.gguf").
 RUN rlaif-train fetch-model \
- && test -f "$RLAIF_EMBEDDED_GGUF" \
+ && test -f /opt/rlaif/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
  && rm -rf /opt/rlaif/cache/wheels \
  && chmod -R a+rX /opt/rlaif
+ENV RLAIF_EMBEDDED_GGUF=/opt/rlaif/cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 USER 65532:65532
 # rlaif-train <stage> --metrics-port 9400 (the operator's default) serves Prometheus metrics here.
 EXPOSE 9400

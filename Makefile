@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help quickstart test test-unit lint format crds check-crds cluster cluster-binaries bench clean
+.PHONY: help quickstart test test-unit lint format crds check-crds cluster cluster-binaries node-deps images bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 quickstart: $(VENV)/.installed-trainer ## install, then run the main job (examples/quickstart.yaml) on CPU with the embedded model
 	$(BIN)/rlaif-train pipeline examples/quickstart.yaml --workspace runs/quickstart
 
-test: lint ## install, lint, then run every test (builds the Kubernetes test binaries on first use)
+test: lint node-deps ## install, lint, then run every test (builds the Kubernetes test binaries and the images on first use)
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-unit: $(VENV)/.installed-dev ## unit tests only (no control plane, no embedded model)
@@ -51,6 +51,12 @@ check-crds: $(VENV)/.installed-dev ## fail if crds/ is stale
 
 cluster-binaries: $(VENV)/.installed-dev ## build or locate etcd, kube-*, kwok, kubectl, helm
 	$(BIN)/python -m tests.cluster build
+
+node-deps: ## install the real test node's and the image build's system packages (apt-get; needs root, idempotent)
+	scripts/install-node-deps.sh
+
+images: $(VENV)/.installed-dev node-deps ## build the Dockerfile's operator and trainer images with buildah on local bases (cached)
+	$(BIN)/python -m tests.cluster images
 
 cluster: $(VENV)/.installed-dev ## start the local test control plane by hand (prints the kubeconfig path)
 	$(BIN)/python -m tests.cluster up

@@ -34,7 +34,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    cluster = Cluster(nodes=args.nodes, gpus_per_node=args.gpus, workdir=args.dir)
+    cluster = Cluster(nodes=args.nodes, gpus_per_node=args.gpus, workdir=args.dir, real_node=args.real_node)
 
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -63,6 +63,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["images"]:  # its own parser (tests/cluster/images.py)
+        from . import images
+
+        return images.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m tests.cluster",
         description="Local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, "
@@ -91,7 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="work dir to use and keep (default: a temp dir, removed on exit)",
     )
+    u.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start the real kubelet node rlaif-node-0 (containerd, kubelet, kube-proxy; needs root "
+        "and scripts/install-node-deps.sh)",
+    )
     u.set_defaults(func=_cmd_up)
+    sub.add_parser(
+        "images",
+        help="build the Dockerfile's operator and trainer images with buildah (see images --help)",
+        add_help=False,
+    )
     args = parser.parse_args(argv)
     return int(args.func(args))
 

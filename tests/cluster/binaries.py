@@ -102,6 +102,18 @@ SPECS: dict[str, BinarySpec] = {
             )
             for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
         ),
+        # The real node (tests/cluster/node.py): the same pinned k8s.io/kubernetes, in its own
+        # wrapper module so that adding it changed none of the control plane's cache keys.
+        *(
+            BinarySpec(
+                name,
+                KUBE_VERSION,
+                "kubelet",
+                f"k8s.io/kubernetes/cmd/{name}",
+                _kube_ldflags(KUBE_VERSION),
+            )
+            for name in ("kubelet", "kube-proxy")
+        ),
         BinarySpec(
             "kwok",
             KWOK_VERSION,
@@ -142,6 +154,8 @@ SPECS: dict[str, BinarySpec] = {
 }
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+# Built only when a test asks for the real node (tests/cluster/node.py).
+NODE = ("kubelet", "kube-proxy")
 
 
 class BinaryError(RuntimeError):

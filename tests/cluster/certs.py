@@ -144,8 +144,11 @@ def _sign(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def generate(directory: Path, *, service_ip: str = "10.0.0.1") -> CertBundle:
-    """Write a CA, serving and client certificates and the service-account key pair."""
+def generate(directory: Path, *, service_ip: str = "10.0.0.1", extra_ips: tuple[str, ...] = ()) -> CertBundle:
+    """Write a CA, serving and client certificates and the service-account key pair.
+
+    ``extra_ips``: more addresses for the apiserver's serving certificate (the real node's pods
+    reach it on the node bridge's address, see node.py)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _new_key()
     ca_name = _name("rlaif-test-ca")
@@ -195,7 +198,7 @@ def generate(directory: Path, *, service_ip: str = "10.0.0.1") -> CertBundle:
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ips=(*local_ips, service_ip),
+        ips=(*local_ips, service_ip, *extra_ips),
     )
     etcd = leaf("etcd", "etcd", server=True, client=True, dns=local_dns, ips=local_ips)
     etcd_client = leaf("etcd-client", "kube-apiserver-etcd-client", client=True)
@@ -228,3 +231,36 @@ def generate(directory: Path, *, service_ip: str = "10.0.0.1") -> CertBundle:
         service_account_key=sa_key_path,
         service_account_pub=sa_pub_path,
     )
+
+
+def issue(
+    ca: CertPair,
+    directory: Path,
+    stem: str,
+    cn: str,
+    orgs: tuple[str, ...] = (),
+    *,
+    server: bool = False,
+    client: bool = False,
+    dns: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+) -> CertPair:
+    """One more leaf certificate signed by an existing CA (the real node's kubelet and kube-proxy)."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _new_key()
+    cert = _sign(
+        subject=_name(cn, orgs),
+        public_key=key.public_key(),
+        issuer=ca_cert.subject,
+        issuer_key=ca_key,
+        server=server,
+        client=client,
+        dns=dns,
+        ips=ips,
+    )
+    pair = CertPair(directory / f"{stem}.crt", directory / f"{stem}.key")
+    _write_cert(pair.cert, cert)
+    _write_key(pair.key, key)
+    return pair

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from . import binaries, certs
+from .node import BRIDGE_IP, RealNode
 from .procs import Process
 
 STAGES_FILE = Path(__file__).resolve().parent / "stages.yaml"
@@ -149,6 +150,7 @@ class Cluster:
         startup_timeout: float = 120.0,
         bins: Mapping[str, Path] | None = None,
         verbosity: int = 1,
+        real_node: bool = False,
     ) -> None:
         self.node_count = nodes
         self.gpus_per_node = gpus_per_node
@@ -157,6 +159,12 @@ class Cluster:
         self.node_pods = node_pods
         self.startup_timeout = startup_timeout
         self.verbosity = verbosity
+        self.service_cidr = SERVICE_CIDR
+        # A real kubelet node (node.py) beside the kwok ones; the apiserver then listens on the
+        # node bridge's address so that pods reach it through the `kubernetes` Service.
+        self.real_node = real_node
+        self.node: RealNode | None = None
+        self.host = "127.0.0.1"
         self._given_dir = workdir
         self.keep_dir = keep_dir or workdir is not None
         self._bins = dict(bins) if bins else None
@@ -187,6 +195,8 @@ class Cluster:
                 return self
             t0 = time.monotonic()
             self.binaries = self._bins or binaries.ensure(binaries.CONTROL_PLANE)
+            if self.real_node:
+                self.binaries.update(binaries.ensure(binaries.NODE))
             _install_cleanup()
             attempts = 3
             for attempt in range(1, attempts + 1):
@@ -220,10 +230,20 @@ class Cluster:
             raise AssertionError("unreachable")
 
     def _start(self, t0: float) -> None:
-        self.pki = certs.generate(self.cert_dir, service_ip=SERVICE_IP)
+        if self.real_node:
+            self.node = RealNode(self)
+            self.node.prepare()
+            self.host = BRIDGE_IP
+        extra_ips = (BRIDGE_IP,) if self.real_node else ()
+        self.pki = certs.generate(self.cert_dir, service_ip=SERVICE_IP, extra_ips=extra_ips)
+        if self.real_node:  # the apiserver's identity towards the kubelet API (logs, exec)
+            self.kubelet_client = certs.issue(
+                self.pki.ca, self.cert_dir, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                ("system:masters",), client=True,
+            )  # fmt: skip
         ports = {k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
         self.ports = ports
-        self.server = f"https://127.0.0.1:{ports['apiserver']}"
+        self.server = f"https://{self.host}:{ports['apiserver']}"
         self.kubeconfig = write_kubeconfig(
             self.dir / "admin.kubeconfig", self.server, self.pki.ca.cert, self.pki.admin, "admin"
         )
@@ -276,12 +296,18 @@ class Cluster:
             lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
             deadline,
         )
+        if self.node is not None:
+            self.node.start(self.binaries, time.monotonic() + self.startup_timeout)
         self.started = True
         self.startup_seconds = time.monotonic() - t0
 
     def stop(self) -> None:
         """Stop every component (reverse start order) and remove the temp dir."""
         with self._lock:
+            if self.node is not None:
+                with contextlib.suppress(Exception):
+                    self.node.stop()  # drains its pods first, then kube-proxy, kubelet, containerd
+                self.node = None
             for name in reversed(list(self.procs)):
                 with contextlib.suppress(Exception):
                     self.procs[name].stop()
@@ -533,8 +559,8 @@ class Cluster:
             f"--etcd-cafile={p.ca.cert}",
             f"--etcd-certfile={p.etcd_client.cert}",
             f"--etcd-keyfile={p.etcd_client.key}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
             f"--secure-port={self.ports['apiserver']}",
             f"--cert-dir={self.cert_dir}",
             f"--tls-cert-file={p.apiserver.cert}",
@@ -546,7 +572,21 @@ class Cluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
+            # With a real node the apiserver advertises the bridge address and keeps the
+            # `kubernetes` Service endpoints itself (the default lease reconciler).
+            *(() if self.real_node else ("--endpoint-reconciler-type=none",)),
+            *(
+                (
+                    # Node names do not resolve here; dial the node's InternalIP, verified
+                    # against the harness CA, with a client certificate the kubelet accepts.
+                    "--kubelet-preferred-address-types=InternalIP,Hostname",
+                    f"--kubelet-certificate-authority={p.ca.cert}",
+                    f"--kubelet-client-certificate={self.kubelet_client.cert}",
+                    f"--kubelet-client-key={self.kubelet_client.key}",
+                )
+                if self.real_node
+                else ()
+            ),
             f"--requestheader-client-ca-file={p.ca.cert}",
             "--requestheader-allowed-names=front-proxy-client",
             "--requestheader-username-headers=X-Remote-User",

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .binaries import SPECS, BinaryError, ensure
+from . import images, node
+from .binaries import NODE, SPECS, BinaryError, ensure
 from .cluster import Cluster, ClusterError
 from .kueue import Kueue
 
@@ -37,17 +38,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     A cold build takes ~15 minutes on 2 cores; doing it here (with live progress on the
     terminal) keeps it out of the first test's pytest-timeout budget.
     """
-    if session.config.option.collectonly or not any(
-        "cluster" in getattr(item, "fixturenames", ()) for item in session.items
-    ):
+    if _binaries:  # imported by more than one conftest: each registers this hook
+        return
+    fixtures = [set(getattr(item, "fixturenames", ())) for item in session.items]
+    wants_node = any("node_cluster" in f for f in fixtures)
+    if session.config.option.collectonly or not any({"cluster", "node_cluster"} & f for f in fixtures):
         return
     capman = session.config.pluginmanager.getplugin("capturemanager")
     ctx = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
     with ctx:
         try:
-            _binaries["paths"] = ensure(list(SPECS))
+            # The real node's kubelet and kube-proxy only when a test asks for the real node.
+            _binaries["paths"] = ensure([n for n in SPECS if wants_node or n not in NODE])
         except BinaryError as exc:
             _binaries["error"] = exc
+        if wants_node and "error" not in _binaries:
+            _build_images()
 
 
 @pytest.fixture(scope="session")
@@ -136,3 +142,55 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
             cluster.start_apiserver()
         # Background deletion: the namespace controller and kwok clean up while tests go on.
         cluster.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def _build_images() -> None:
+    """The Dockerfile's operator and trainer images and the pause image (a cold build takes ~10
+    minutes: debootstrap, torch from PyPI, the trainer's dependencies and its baked model)."""
+    try:
+        log = images.cache_root() / "images" / "build.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[tests.cluster] building or locating the images (log: {log})", file=sys.stderr)
+        _images.update(images.build(("pause", "operator", "trainer"), log=log))
+    except images.ImageError as exc:
+        _image_error.append(exc)  # fails the real-node tests only, not the kwok ones
+
+
+_images: dict[str, images.Image] = {}
+_image_error: list[images.ImageError] = []
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[Cluster]:
+    """A control plane with the real kubelet node (no kwok nodes) and the project's images in its
+    containerd; ``node_cluster.images`` maps operator/trainer to their references."""
+    if "error" in _binaries:
+        pytest.fail(f"real test node unavailable: {_binaries['error']}", pytrace=False)
+    missing = node.missing_tools()
+    if missing:
+        pytest.fail(
+            f"real test node unavailable: {', '.join(missing)} missing; run scripts/install-node-deps.sh",
+            pytrace=False,
+        )
+    c = Cluster(nodes=0, real_node=True, startup_timeout=240)
+    try:
+        c.start()
+        assert c.node is not None
+        if not _images and not _image_error:
+            _build_images()
+        if _image_error:
+            raise _image_error[0]
+        images.import_into(
+            c.node, [_images["operator"], _images["trainer"]], log=c.dir / "logs" / "images.log"
+        )
+    except (BinaryError, ClusterError, images.ImageError, node.NodeError) as exc:
+        c.stop()
+        pytest.fail(f"real test node failed to start: {exc}", pytrace=False)
+    c.node.loaded.update(_images)
+    print(
+        f"\n[tests.cluster] real node {c.node.name} Ready in {c.startup_seconds:.1f}s, KUBECONFIG={c.kubeconfig}"
+    )
+    try:
+        yield c
+    finally:
+        c.stop()

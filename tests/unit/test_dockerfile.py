@@ -22,6 +22,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tests.cluster import images
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 TARGETS = {"operator": "rlaif-operator", "trainer": "rlaif-train"}
@@ -47,7 +49,8 @@ def _substitute(value: str, args: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, value)
 
 
-def parse(text: str) -> tuple[dict[str | None, Stage], list[Stage]]:
+def parse(text: str, build_args: dict[str, str] | None = None) -> tuple[dict[str | None, Stage], list[Stage]]:
+    """The stages, with ARG defaults substituted (``build_args`` override them, as --build-arg does)."""
     # fileobj keeps the parser read-only: with a path (or none, meaning ./Dockerfile) it writes.
     parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
     global_args: dict[str, str] = {}
@@ -58,7 +61,7 @@ def parse(text: str) -> tuple[dict[str | None, Stage], list[Stage]]:
             continue
         if kind == "ARG" and not stages:
             name, _, default = value.partition("=")
-            global_args[name.strip()] = default.strip().strip('"')
+            global_args[name.strip()] = (build_args or {}).get(name.strip(), default.strip().strip('"'))
             continue
         if kind == "FROM":
             parts = value.split()
@@ -76,6 +79,20 @@ def parse(text: str) -> tuple[dict[str | None, Stage], list[Stage]]:
 @pytest.fixture(scope="module")
 def dockerfile() -> tuple[dict[str | None, Stage], list[Stage]]:
     return parse(DOCKERFILE.read_text())
+
+
+# The variant the test cluster builds (tests/cluster/images.py, `make images`): the same Dockerfile
+# with locally made bases passed as build arguments instead of the Docker Hub images.
+LOCAL_BUILD_ARGS = {
+    "PYTHON_IMAGE": f"localhost/rlaif-base/python:{images.DEBIAN_PYTHON}-{images.DEBIAN_SUITE}-0123456789ab",
+    "TORCH_IMAGE": f"localhost/rlaif-base/torch:{images.TORCH_VERSION}-0123456789ab",
+}
+
+
+@pytest.fixture(scope="module", params=["gpu", "local"])
+def variant(request) -> tuple[str, tuple[dict[str | None, Stage], list[Stage]]]:
+    args = LOCAL_BUILD_ARGS if request.param == "local" else None
+    return request.param, parse(DOCKERFILE.read_text(), args)
 
 
 def _dependencies(name: str, by_name: dict[str | None, Stage]) -> list[Stage]:
@@ -261,9 +278,15 @@ def test_trainer_install_keeps_the_base_image_torch(dockerfile):
     by_name, _ = dockerfile
     runs = "\n".join(by_name["trainer"].all("RUN"))
     install = next(r for r in by_name["trainer"].all("RUN") if "[trainer]" in r)
-    assert re.search(r"pip install -c (\S+) ", install) and "torch.__version__" in install, (
+    assert re.search(r"pip install -c (\S+) ", install), (
         "the `trainer` install should pin the base image's torch with a constraints file"
     )
+    # pip compares the installed distribution's version; torch.__version__ may carry a local label
+    # the distribution lacks (PyPI's torch 2.9.1 says 2.9.1+cu128), and such a pin matches nothing.
+    assert re.search(r"""importlib\.metadata.*version\(\\?["']torch\\?["']\)""", install), (
+        "pin torch by importlib.metadata.version('torch'), not torch.__version__"
+    )
+    assert "torch.__version__" not in install
     assert "is_torch_available" in runs
 
 
@@ -323,3 +346,47 @@ def test_parser_catches_violations():
     floating = parse("ARG IMG=python:3-slim\nFROM ${IMG} AS operator\n")
     with pytest.raises(AssertionError, match="floats"):
         test_every_base_image_is_pinned(floating)
+
+
+def test_both_variants_keep_the_static_properties(variant):
+    """The GPU image users build and the local one the e2e tier builds: same targets, every base
+    pinned (the local tags carry a version and an input hash), non-root, declared entry points."""
+    name, parsed = variant
+    test_both_targets_exist(parsed)
+    test_every_base_image_is_pinned(parsed)
+    for target in TARGETS:
+        test_final_stage_runs_as_non_root(parsed, target)
+        test_entrypoint_is_a_declared_console_script(parsed, target)
+    test_operator_image_has_no_torch(parsed)
+    by_name, stages = parsed
+    bases = _external_images(by_name, stages)
+    if name == "local":
+        assert set(bases) == set(LOCAL_BUILD_ARGS.values()), bases
+    else:
+        assert not any(b.startswith("localhost/") for b in bases), bases
+
+
+def test_local_torch_base_satisfies_pyproject():
+    """The local trainer base installs torch==images.TORCH_VERSION from PyPI into a virtualenv first on
+    PATH (where the Dockerfile's trainer stage installs); that torch must satisfy the trainer extra."""
+    assert Version(images.TORCH_VERSION) in _trainer_requirement("torch").specifier
+    containerfile = images._TORCH_CONTAINERFILE
+    assert "torch==${TORCH_VERSION}" in containerfile and "--no-index" in containerfile
+    assert "ENV PATH=/opt/torch/bin:$PATH" in containerfile
+    # Same torch line as the GPU image's base, so both variants run the same torch.
+    gpu_by_name, _ = parse(DOCKERFILE.read_text())
+    assert _torch_in_base_image(gpu_by_name["trainer"].base) == Version(images.TORCH_VERSION)
+
+
+def test_embedded_gguf_variable_is_set_after_the_fetch(dockerfile):
+    """While RLAIF_EMBEDDED_GGUF is set, fetch-model reads the model from that path; set before the
+    fetch, it names a file that does not exist yet and the build fails (exit 65)."""
+    by_name, _ = dockerfile
+    instrs = by_name["trainer"].instructions
+    fetch = next(i for i, x in enumerate(instrs) if x["instruction"] == "RUN" and "fetch-model" in x["value"])
+    gguf_env = [
+        i for i, x in enumerate(instrs) if x["instruction"] == "ENV" and "RLAIF_EMBEDDED_GGUF" in x["value"]
+    ]
+    assert gguf_env and all(i > fetch for i in gguf_env), (
+        "set RLAIF_EMBEDDED_GGUF after `rlaif-train fetch-model`"
+    )
