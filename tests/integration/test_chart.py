@@ -17,7 +17,7 @@ import pytest
 
 from tests.cluster import Cluster
 from tests.cluster.fixtures import create_namespace
-from tests.integration.test_chart_support import (
+from tests.integration.chart_support import (
     CHART,
     MONITORING_CRDS,
     PSS_RESTRICTED,
@@ -175,7 +175,7 @@ def test_stage_job_passes_restricted(cluster: Cluster, restricted_namespace, gpu
     builders = pytest.importorskip("rlaif_operator.builders")
     from rlaif_api import load_job
     from rlaif_operator.settings import Settings
-    from tests.integration.test_chart_support import ROOT
+    from tests.integration.chart_support import ROOT
 
     job = load_job(ROOT / "examples" / "minimal.yaml")
     job.metadata.namespace = restricted_namespace
@@ -217,7 +217,7 @@ def test_rlaifjobs_in_the_docs_are_accepted_by_the_api_server(cluster: Cluster):
 
     import yaml
 
-    from tests.integration.test_chart_support import ROOT
+    from tests.integration.chart_support import ROOT
 
     cluster.kubectl(
         "apply",

@@ -26,7 +26,7 @@ import yaml
 
 from tests.cluster import Cluster
 from tests.cluster.fixtures import create_namespace
-from tests.integration.test_chart_support import (
+from tests.integration.chart_support import (
     CHART,
     PSS_RESTRICTED,
     ROOT,

@@ -17,7 +17,7 @@ import pytest
 
 from tests.cluster import Cluster
 from tests.cluster.kueue import API, QUEUE_LABEL, Kueue
-from tests.integration.test_operator_support import (
+from tests.integration.operator_support import (
     OperatorProcess,
     bind_claim,
     crd_installed,

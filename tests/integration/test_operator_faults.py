@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.cluster import Cluster
-from tests.integration.test_operator_support import (
+from tests.integration.operator_support import (
     OperatorProcess,
     bind_claim,
     condition,

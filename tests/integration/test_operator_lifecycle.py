@@ -8,7 +8,7 @@ import pytest
 
 from rlaif_operator.rbac import RBAC_RULES
 from tests.cluster import Cluster
-from tests.integration.test_operator_support import (
+from tests.integration.operator_support import (
     OperatorProcess,
     bind_claim,
     bind_role,

@@ -15,7 +15,7 @@ from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback import compare
 from rlaif_trainer.stages import label
 
-from .conftest import write_jsonl
+from ..conftest import write_jsonl
 
 FIRST_P = [0.9, 0.8, 0.3, 0.2, 0.6]
 SECOND_P = [0.7, 0.4, 0.1, 0.45, 0.5]

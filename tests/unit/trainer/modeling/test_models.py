@@ -26,7 +26,7 @@ from rlaif_trainer.modeling.embedded import (
 from rlaif_trainer.modeling.loading import load_causal_lm, load_reward_model
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture(autouse=True)

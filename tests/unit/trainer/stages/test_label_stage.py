@@ -17,7 +17,7 @@ from rlaif_trainer.feedback.labeling import label_pairs
 from rlaif_trainer.feedback.python import PythonLabeler
 from rlaif_trainer.stages import label
 
-from .conftest import make_stage_config, write_jsonl
+from ..conftest import make_stage_config, write_jsonl
 
 
 def _pairs(n: int) -> list[dict]:

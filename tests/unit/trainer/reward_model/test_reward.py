@@ -21,7 +21,7 @@ from rlaif_trainer.reward_model.scorer import load_reward_scorer
 from rlaif_trainer.reward_model.training import train_reward_model
 from rlaif_trainer.stages import reward
 
-from .conftest import make_stage_config, write_jsonl
+from ..conftest import make_stage_config, write_jsonl
 
 
 def test_soft_label_loss_equals_the_hand_computation():
