@@ -47,11 +47,16 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # The `operator` extra only: kopf, kubernetes and prometheus-client on top of pydantic and PyYAML.
-# The operator imports only rlaif_api (pydantic, no torch), which the wheel carries; the last check
-# fails the build if torch ever becomes a dependency of the operator image.
+# The operator imports only rlaif_api (pydantic, no torch; .importlinter checks), so the trainer
+# package the shared wheel also carries is removed with its console script: the image holds no
+# trainer code. The checks fail the build if the operator needs it, or if torch ever becomes a
+# dependency of the operator image.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install "$(ls /wheels/rlaif_operator-*.whl)[operator]" \
- && python -c "import rlaif_operator, rlaif_api" \
+ && rm -r "$(python -c 'import os, rlaif_trainer; print(os.path.dirname(rlaif_trainer.__file__))')" \
+ && rm /opt/venv/bin/rlaif-train \
+ && python -c "import rlaif_operator.handlers, rlaif_api.crd" \
+ && ! python -c "import rlaif_trainer" 2>/dev/null \
  && ! python -c "import torch" 2>/dev/null
 
 FROM ${PYTHON_IMAGE} AS operator

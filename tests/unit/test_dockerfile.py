@@ -196,6 +196,41 @@ def test_operator_image_has_no_torch(dockerfile):
     assert "torch" not in " ".join(s.base for s in deps)
 
 
+def _first_party_imports(package_dir: Path) -> dict[str, set[str]]:
+    """``{module file: top-level first-party packages it imports}``, function-level imports included."""
+    import ast
+
+    first_party = {"rlaif_api", "rlaif_operator", "rlaif_trainer"}
+    found: dict[str, set[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names & first_party
+    return found
+
+
+def test_operator_image_holds_no_trainer_code(dockerfile):
+    """The shared wheel carries both packages; the operator image removes the trainer's, and the
+    operator's import closure (its own modules and rlaif_api's) never reaches it."""
+    by_name, _ = dockerfile
+    runs = _run_text(_dependencies("operator", by_name))
+    assert re.search(r"rm -r .*rlaif_trainer", runs), "the operator venv must drop the rlaif_trainer package"
+    assert "rm /opt/venv/bin/rlaif-train" in runs, "the operator venv must drop the rlaif-train script"
+    assert '! python -c "import rlaif_trainer"' in runs, "the build must check rlaif_trainer is gone"
+    for root, allowed in (
+        ("operator/rlaif_operator", {"rlaif_operator", "rlaif_api"}),
+        ("api/rlaif_api", {"rlaif_api"}),
+    ):
+        for module, imported in _first_party_imports(ROOT / root).items():
+            assert imported <= allowed, (
+                f"{module} imports {sorted(imported - allowed)}, absent from the operator image"
+            )
+
+
 def test_trainer_image_is_cuda_torch_with_baked_model(dockerfile):
     by_name, _ = dockerfile
     deps = _dependencies("trainer", by_name)
