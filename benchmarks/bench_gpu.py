@@ -22,10 +22,11 @@ Sections (``--sections``, comma-separated):
 * ``rl``: the RL step at k = 4 (ours with GRPO and with RLOO, TRL's ``GRPOTrainer`` with GRPO): step
   time, generation tokens/s, training tokens/s (prompt + response tokens through the update),
   the generation share of the step, and MFU of the update (:func:`rl_update_flops`);
-* ``gen``: one rollout batch through each generation path (ours, HF ``generate`` with the dynamic
-  cache, with the static cache, with the static cache and ``torch.compile``), tokens/s each;
 * ``label``: pairs/s of the pairwise (both orders) and pointwise (two principles) HF labelers, with
-  the prefix cache on and off.
+  the prefix cache on and off;
+* ``gen`` (last: compiling can take minutes): one rollout batch through each generation path
+  (ours, HF ``generate`` with the dynamic cache, with the static cache, with the static cache and
+  ``torch.compile``), tokens/s each.
 
 Each section is timed after warm-up steps (``--warmup``), with the device synchronised at every
 stamp. Every case runs in this process one after another; ``--rounds`` repeats the RM and RL cases
@@ -112,9 +113,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rl_size": "0.5b",
         "label_size": "0.5b",
         "rm_pairs": 512,
-        "rm_batch": 16,
+        "rm_batch": 8,
         "rm_max_length": 1024,
-        "rm_steps": 14,
+        "rm_steps": 16,
         "rl_batch": 16,
         "rl_k": 4,
         "rl_new_tokens": 128,
@@ -1147,8 +1148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--sections",
-        default="peak,rm,rl,gen,label",
-        help="comma-separated: peak,rm,rl,gen,label (default all)",
+        default="peak,rm,rl,label,gen",
+        help="comma-separated: peak,rm,rl,label,gen (default all, in this order)",
     )
     p.add_argument(
         "--rounds", type=int, default=1, help="rounds of the rm and rl cases, order reversed each round"
@@ -1212,12 +1213,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name, fn in cases if r % 2 == 0 else cases[::-1]:
                     with _section(results, f"rl-{name}-{r}", dev, args.json):
                         results.setdefault("rl", []).append(fn() | {"round": r})
-        if "gen" in sections:
-            with _section(results, "gen", dev, args.json):
-                results["gen"] = gen_variants(ctx)
         if "label" in sections:
             with _section(results, "label", dev, args.json):
                 results["label"] = label_cases(ctx)
+        if "gen" in sections:
+            with _section(results, "gen", dev, args.json):
+                results["gen"] = gen_variants(ctx)
     results["summary"] = summarize(results)
     results["environment"]["load_avg_at_end"] = os.getloadavg()
     results["wall_s"] = round(time.perf_counter() - t_all, 1)
