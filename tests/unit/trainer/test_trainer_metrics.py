@@ -202,7 +202,7 @@ def test_rl_steps_update_reward_kl_and_throughput(
     tmp_path: Path, tiny_model_dir: Path, recorder: metrics.TrainerMetrics
 ) -> None:
     pytest.importorskip("peft")
-    from tests.unit.trainer.test_rl_trainer import make_config, make_trainer
+    from tests.unit.trainer.rl.test_loop import make_config, make_trainer
 
     cfg = make_config(tmp_path, tiny_model_dir, rl={"steps": 2, "checkpointEvery": 10})
     trainer = make_trainer(cfg, tiny_model_dir)
@@ -282,7 +282,7 @@ def test_evaluate_judged_batches_update_samples(
 ) -> None:
     pytest.importorskip("peft")
     from rlaif_trainer.stages.evaluate import evaluate
-    from tests.unit.trainer.test_evaluate import _save_adapter
+    from tests.unit.trainer.stages.test_evaluate import _save_adapter
 
     monkeypatch.setenv("RLAIF_DEVICE", "cpu")
     _save_adapter(tmp_path, tiny_model_dir, perturb=False)
