@@ -43,6 +43,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         print(f"control plane up in {cluster.startup_seconds:.1f}s (logs: {cluster.dir / 'logs'})")
+        if args.kueue:
+            from .kueue import FLAVOR, Kueue
+
+            kueue = Kueue(cluster).start()
+            print(f"kueue up in {kueue.startup_seconds:.1f}s (ResourceFlavor {FLAVOR})")
         print("  " + ", ".join(f"{k}: {v}s" for k, v in cluster.timings.items()))
         print(f"kubeconfig: {cluster.kubeconfig}")
         print(f"export KUBECONFIG={cluster.kubeconfig}")
@@ -101,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also start the real kubelet node rlaif-node-0 (containerd, kubelet, kube-proxy; needs root "
         "and scripts/install-node-deps.sh)",
+    )
+    u.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also start Kueue (tests/cluster/kueue.py: CRDs, webhooks on loopback, batch/job integration)",
     )
     u.set_defaults(func=_cmd_up)
     sub.add_parser(
