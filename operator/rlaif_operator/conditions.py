@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rlaif_api import PHASE_OF_STAGE, Condition, RLAIFJobStatus, StageStatus
+from rlaif_api import PHASE_OF_STAGE, WAIT_REASONS, Condition, RLAIFJobStatus, StageStatus
 
 from .observe import truncate
 
@@ -60,11 +60,6 @@ def conditions_for(phase: str, reason: str, message: str) -> dict[str, tuple[boo
         ),
         "Ready": (phase == "Succeeded", reason, message),
     }
-
-
-WAIT_REASONS = frozenset(
-    {"InvalidSpec", "WorkspaceClaimNotFound", "NoTrainerImage", "StagePodWaiting", "StageJobRefused"}
-)
 
 
 def parse_status(raw: dict[str, Any] | None) -> RLAIFJobStatus:

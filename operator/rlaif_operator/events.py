@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rlaif_api import RLAIFJobStatus, StageStatus
+from rlaif_api import WAIT_REASONS, Reason, RLAIFJobStatus, StageStatus
 
-from .conditions import WAIT_REASONS, condition, stage_status
+from .conditions import condition, stage_status
 from .observe import StageView, truncate
 from .plan import EventSpec, Plan, StageOutcome
 
@@ -30,7 +30,9 @@ def diff_events(
             if a.outcome == "succeeded":
                 plan.outcomes.append(StageOutcome(stage, "succeeded", duration))
                 plan.events.append(
-                    EventSpec("Normal", "StageSucceeded", f"stage {stage} attempt {a.number} succeeded{took}")
+                    EventSpec(
+                        "Normal", Reason.STAGE_SUCCEEDED, f"stage {stage} attempt {a.number} succeeded{took}"
+                    )
                 )
             else:
                 plan.outcomes.append(StageOutcome(stage, "failed", duration))
@@ -47,7 +49,7 @@ def diff_events(
                 plan.events.append(
                     EventSpec(
                         "Warning",
-                        "StageFailed",
+                        Reason.STAGE_FAILED,
                         truncate(f"stage {stage} attempt {a.number} failed{code}: {a.error}; {tail}"),
                     )
                 )
@@ -56,7 +58,7 @@ def diff_events(
             plan.events.append(
                 EventSpec(
                     "Normal",
-                    "StageStarted",
+                    Reason.STAGE_STARTED,
                     f"started stage {stage} attempt {after.attempts}{retry} (job {after.job_name})",
                 )
             )
@@ -67,21 +69,23 @@ def diff_events(
         plan.events.append(
             EventSpec(
                 "Warning" if new_phase == "Failed" else "Normal",
-                "PhaseChanged",
+                Reason.PHASE_CHANGED,
                 f"phase {old_phase} -> {new_phase}{detail}",
             )
         )
         if new_phase == "Failed":
             failed = condition(new, "Failed")
             plan.events.append(
-                EventSpec("Warning", failed.reason if failed else "Failed", failed.message if failed else "")
+                EventSpec(
+                    "Warning", failed.reason if failed else Reason.FAILED, failed.message if failed else ""
+                )
             )
         elif new_phase == "Suspended":
             plan.events.append(
-                EventSpec("Normal", "Suspended", "suspended: running stage Jobs deleted, artifacts kept")
+                EventSpec("Normal", Reason.SUSPENDED, "suspended: running stage Jobs deleted, artifacts kept")
             )
         elif old_phase == "Suspended":
-            plan.events.append(EventSpec("Normal", "Resumed", f"resumed at stage {new.current_stage}"))
+            plan.events.append(EventSpec("Normal", Reason.RESUMED, f"resumed at stage {new.current_stage}"))
     old_running = condition(old, "Running")
     if (
         running is not None

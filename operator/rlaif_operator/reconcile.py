@@ -23,11 +23,19 @@ from typing import Any
 from pydantic import ValidationError
 
 import rlaif_api as api
-from rlaif_api import PHASE_OF_STAGE, RESULT_KEYS, STAGE_ORDER, RLAIFJob, RLAIFJobStatus, StageStatus
+from rlaif_api import (
+    PHASE_OF_STAGE,
+    RESULT_KEYS,
+    STAGE_ORDER,
+    WAIT_REASONS,
+    Reason,
+    RLAIFJob,
+    RLAIFJobStatus,
+    StageStatus,
+)
 
 from .builders import Owner, build_configmap, build_pvc, build_stage_job, stage_job_name, wants_pvc
 from .conditions import (
-    WAIT_REASONS,
     conditions_for,
     is_true,
     parse_status,
@@ -68,7 +76,10 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     except ValidationError as err:
         invalid = old.model_copy(deep=True)
         invalid.phase = "Pending"
-        reason, message = "InvalidSpec", truncate(f"spec is invalid, fix it to start the job: {err}", 4096)
+        reason, message = (
+            Reason.INVALID_SPEC,
+            truncate(f"spec is invalid, fix it to start the job: {err}", 4096),
+        )
         invalid.conditions = set_conditions(
             old.conditions, conditions_for("Pending", reason, message), now_s, generation
         )
@@ -105,8 +116,8 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     done = 0
     current: str | None = None
     phase = "Pending"
-    reason, message = "Pending", "waiting to start"
-    failed_reason: str | None = None
+    reason, message = Reason.PENDING, "waiting to start"
+    failed_reason: Reason | None = None
     failed_message = ""
     results = (old.results or api.ResultsStatus()).model_copy(deep=True)
 
@@ -144,7 +155,11 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     plan.ensure.extend(_ensure_objects(job, owner, settings, spec_json))
 
     if current is None:
-        phase, reason, message = "Succeeded", "AllStagesSucceeded", f"all {len(listed)} stages succeeded"
+        phase, reason, message = (
+            "Succeeded",
+            Reason.ALL_STAGES_SUCCEEDED,
+            f"all {len(listed)} stages succeeded",
+        )
         new.current_stage = None
         new.completion_time = new.completion_time or now_s
     else:
@@ -156,16 +171,16 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             new.start_time = now_s  # like batch/v1 Jobs: the deadline timer restarts on resume
         deadline = _deadline(job, new, now)
         if view.permanent is not None:
-            failed_reason = "BadInput"
+            failed_reason = Reason.BAD_INPUT
             failed_message = f"stage {current} failed permanently (attempt {view.permanent.number}): {view.permanent.error}"
             st.completion_time = view.permanent.finished or now_s
         elif len(view.failures) > rp.backoff_limit:
             last = view.failures[-1]
-            failed_reason = "BackoffLimitExceeded"
+            failed_reason = Reason.BACKOFF_LIMIT_EXCEEDED
             failed_message = f"stage {current} failed {len(view.failures)} times, more than backoffLimit {rp.backoff_limit}: {last.error}"
             st.completion_time = last.finished or now_s
         elif not rp.suspend and deadline is not None and now >= deadline:
-            failed_reason = "DeadlineExceeded"
+            failed_reason = Reason.DEADLINE_EXCEEDED
             failed_message = f"the job ran longer than activeDeadlineSeconds ({rp.active_deadline_seconds}s)"
             st.completion_time = now_s
         if failed_reason is not None:
@@ -174,7 +189,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             new.completion_time = new.completion_time or now_s
             plan.delete.extend(a.job_name for a in all_live)
         elif rp.suspend:
-            phase, reason = "Suspended", "Suspended"
+            phase, reason = "Suspended", Reason.SUSPENDED
             message = f"suspended at stage {current}; completed stages and artifacts are kept"
             plan.delete.extend(a.job_name for a in all_live)
             st.state, st.message = "Pending", "suspended"
@@ -212,7 +227,7 @@ def _advance(
     now: datetime,
     now_s: str,
     stage: str,
-) -> tuple[str, str]:
+) -> tuple[Reason, str]:
     """Run the current stage: watch the live attempt, wait out a backoff, or start the next attempt."""
     rp = job.spec.run_policy
     if view.live:
@@ -223,13 +238,13 @@ def _advance(
                 "Pending",
                 f"attempt {live.number} waiting for admission (job {live.job_name})",
             )
-            return "WaitingForAdmission", f"stage {stage}: {st.message}"
+            return Reason.WAITING_FOR_ADMISSION, f"stage {stage}: {st.message}"
         st.state, st.message = "Running", f"attempt {live.number} running (job {live.job_name})"
         pods = observed.pods.get(live.job_name, [])
         stuck = next((p for p in reversed(pods) if p.waiting), None)
         if stuck is not None:
             return (
-                "StagePodWaiting",
+                Reason.STAGE_POD_WAITING,
                 f"stage {stage} attempt {live.number}: pod {stuck.name} is not running: {stuck.waiting}",
             )
         job_started = parse_time(live.job_started)
@@ -238,13 +253,13 @@ def _advance(
             and job_started is not None
             and (now - job_started).total_seconds() >= POD_MISSING_SECONDS
         ):
-            return "StagePodWaiting", (
+            return Reason.STAGE_POD_WAITING, (
                 f"stage {stage} attempt {live.number}: job {live.job_name} has created no pod within "
                 f"{POD_MISSING_SECONDS:.0f}s; the Job controller is likely refused it (a ResourceQuota, a missing "
                 f"ServiceAccount, an admission webhook): see the FailedCreate events of `kubectl describe job "
                 f"{live.job_name}`"
             )
-        return "StageRunning", f"stage {stage} {st.message}"
+        return Reason.STAGE_RUNNING, f"stage {stage} {st.message}"
     if view.failures:
         last = view.failures[-1]
         delay = backoff_delay(len(view.failures), rp.backoff_seconds, settings.max_backoff_seconds)
@@ -255,7 +270,7 @@ def _advance(
             st.next_retry_time = fmt_time(retry_at)
             st.message = f"attempt {last.number} failed: {last.error}; retrying at {st.next_retry_time}"
             plan.requeue((retry_at - now).total_seconds())
-            return "BackoffRetry", f"stage {stage} {st.message}"
+            return Reason.BACKOFF_RETRY, f"stage {stage} {st.message}"
     blocker = _blocker(job, owner, settings, observed)
     if blocker is not None:
         plan.requeue(settings.wait_requeue_seconds)
@@ -271,7 +286,7 @@ def _advance(
         # Worded without the retry time, so that each retry leaves the status as it was.
         st.message = f"the API server refused stage Job {job_name}: {truncate(refusal[0])}"
         return (
-            "StageJobRefused",
+            Reason.STAGE_JOB_REFUSED,
             f"stage {stage}: {st.message}; retrying with backoff, and at once when the spec changes",
         )
     image = job.spec.image or settings.trainer_image or ""
@@ -283,17 +298,19 @@ def _advance(
     # worded as the next pass will see it, so observing the new Job needs no second status write
     st.message = f"attempt {attempt} running (job {st.job_name})"
     new.start_time = new.start_time or now_s
-    return "StageRunning", f"stage {stage} {st.message}"
+    return Reason.STAGE_RUNNING, f"stage {stage} {st.message}"
 
 
-def _blocker(job: RLAIFJob, owner: Owner, settings: Settings, observed: Observed) -> tuple[str, str] | None:
+def _blocker(
+    job: RLAIFJob, owner: Owner, settings: Settings, observed: Observed
+) -> tuple[Reason, str] | None:
     """Why a new stage Job cannot be created yet, if anything: the job waits, it does not fail."""
     if not (job.spec.image or settings.trainer_image):
-        return "NoTrainerImage", "no trainer image: set spec.image or the operator's --trainer-image"
+        return Reason.NO_TRAINER_IMAGE, "no trainer image: set spec.image or the operator's --trainer-image"
     claim = job.spec.storage.persistent_volume_claim
     if claim is not None and observed.claims is not None and claim.claim_name not in observed.claims:
         return (
-            "WorkspaceClaimNotFound",
+            Reason.WORKSPACE_CLAIM_NOT_FOUND,
             f"PersistentVolumeClaim {claim.claim_name!r} (spec.storage.persistentVolumeClaim) does not exist in "
             f"namespace {owner.namespace}; the job starts when it does",
         )
