@@ -1,17 +1,16 @@
-"""The AI judge: the position-debiased labeler, used for win rates (paper §3.3, "AI labeler as judge").
+"""Win-rate statistics of the AI judge (paper §3.3, "AI labeler as judge").
 
-``win_rate(labeler, prompts, policy_responses, baseline_responses)`` judges every prompt's pair
-with the policy's response as A and the baseline's as B (a pairwise labeler with
-``position_debias`` scores both orders and averages, so neither side gains from being shown
-first). It returns::
+The evaluate stage judges every held-out prompt's pair with the trained policy's response as A and
+the initial policy's as B (a pairwise judge with ``position_debias`` scores both orders and
+averages, so neither side gains from being shown first), and :func:`win_rate_from_probs` turns the
+per-prompt ``p_a`` into::
 
     {"n": 200,
      "win_rate": 0.61,  "win_rate_ci95": [0.54, 0.67],     # hard: p_a > 0.5 wins, p_a == 0.5 counts half;
                                                               # Wilson score interval
      "soft_win_rate": 0.55, "soft_win_rate_ci95": [...],    # mean of p_a; normal interval
      "wins": 120, "losses": 76, "ties": 4,
-     "consistency_rate": 0.7,                               # pairs judged the same way in both orders
-     "p": [...]}                                            # per-prompt p_a (with return_details)
+     "consistency_rate": 0.7}                               # pairs judged the same way in both orders
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from rlaif_trainer.feedback.base import Labeler
-
-__all__ = ["wilson_interval", "win_rate", "win_rate_from_probs"]
+__all__ = ["wilson_interval", "win_rate_from_probs"]
 
 Z95 = 1.959963984540054
 
@@ -63,23 +60,4 @@ def win_rate_from_probs(
     }
     known = [c for c in (consistent or []) if c is not None]
     out["consistency_rate"] = sum(known) / len(known) if known else None
-    return out
-
-
-def win_rate(
-    labeler: Labeler,
-    prompts: Sequence[str],
-    policy_responses: Sequence[str],
-    baseline_responses: Sequence[str],
-    *,
-    return_details: bool = False,
-) -> dict[str, Any]:
-    """Debiased win rate of ``policy_responses`` over ``baseline_responses`` with 95% intervals."""
-    if not (len(prompts) == len(policy_responses) == len(baseline_responses)):
-        raise ValueError("prompts, policy_responses and baseline_responses differ in length")
-    results = labeler.preference(prompts, policy_responses, baseline_responses)
-    p = [r.p_a for r in results]
-    out = win_rate_from_probs(p, [r.consistent for r in results])
-    if return_details:
-        out["p"] = p
     return out

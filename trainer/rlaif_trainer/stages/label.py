@@ -51,19 +51,12 @@ from rlaif_trainer.feedback.labeling import label_pairs, summarize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mode_agreement", "run"]
+__all__ = ["run"]
 
 
 def labeler_name(spec: Any) -> str:
     ref = spec.callable if spec.provider == "python" else spec.model
     return f"{spec.provider}:{ref}"
-
-
-def mode_agreement(p_a_first: list[float], p_a_second: list[float]) -> float:
-    """Share of pairs where two labelings (e.g. pairwise and pointwise) pick the same response."""
-    if len(p_a_first) != len(p_a_second) or not p_a_first:
-        raise ValueError("need two equally long, non-empty lists")
-    return sum((a > 0.5) == (b > 0.5) for a, b in zip(p_a_first, p_a_second, strict=True)) / len(p_a_first)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from rlaif_api.contract import EXIT_BAD_INPUT, EXIT_OK
 from rlaif_trainer import cli
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback import compare
-from rlaif_trainer.stages import label
 
 from ..conftest import write_jsonl
 
@@ -61,15 +60,14 @@ def test_ties_on_both_sides_and_all_ties():
     report = compare.compare_labelings(first, second)
     assert report["no_preference"] == {"first": 2, "second": 2, "either": 3}
     assert (report["agree"], report["disagree"], report["agreement"]) == (0, 0, None)
-    # mode_agreement reads 0.5 as "prefers B", so it calls the first two pairs agreements
-    assert label.mode_agreement([0.5, 0.5, 0.9], [0.5, 0.2, 0.5]) == pytest.approx(2 / 3)
 
 
-def test_agreement_matches_mode_agreement_without_ties():
+def test_agreement_is_the_share_of_pairs_both_prefer_the_same_way_without_ties():
     rng = np.random.default_rng(0)
     a, b = rng.uniform(0.01, 0.99, 50).tolist(), rng.uniform(0.01, 0.99, 50).tolist()
     report = compare.compare_labelings(_records(a), _records(b))
-    assert report["agreement"] == pytest.approx(label.mode_agreement(a, b), abs=1e-4)
+    same = sum((x > 0.5) == (y > 0.5) for x, y in zip(a, b, strict=True)) / 50
+    assert report["agreement"] == pytest.approx(same, abs=1e-4)
     assert report["agree"] + report["disagree"] == 50
 
 
