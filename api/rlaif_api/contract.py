@@ -119,6 +119,8 @@ ENV_CACHE_DIR = "RLAIF_CACHE_DIR"
 ENV_READONLY_CACHE_DIRS = "RLAIF_READONLY_CACHE_DIRS"
 ENV_METRICS_PORT = "RLAIF_METRICS_PORT"
 ENV_LOG_LEVEL = "RLAIF_LOG_LEVEL"
+# Overrides the device a stage runs on (default: CUDA when available), e.g. cpu for a test.
+ENV_DEVICE = "RLAIF_DEVICE"
 # Secrets reach the pod only as these variables (secretKeyRef), never in the spec or the config.
 ENV_LABELER_API_KEY = "RLAIF_LABELER_API_KEY"
 ENV_JUDGE_API_KEY = "RLAIF_JUDGE_API_KEY"
@@ -144,6 +146,7 @@ __all__ = [
     "ARTIFACT_DIRS",
     "ENV_ATTEMPT",
     "ENV_CACHE_DIR",
+    "ENV_DEVICE",
     "ENV_JOB",
     "ENV_JUDGE_API_KEY",
     "ENV_LABELER_API_KEY",

@@ -166,10 +166,9 @@ class RLTrainer:
 
         self.train_prompts, _ = split_prompts(self.spec)
 
-        if device is None:
-            device = os.environ.get("RLAIF_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-            if device == "cuda" and self.world > 1:
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cuda" and self.world > 1:  # one GPU per process under accelerate launch
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         self.device = torch.device(device)
 
         _seed_everything(self.seed + self.rank)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,8 @@ from typing import Any
 from rlaif_trainer import metrics as prom
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback.lengthstats import length_controlled
+from rlaif_trainer.stages.common import device as stage_device
+from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def evaluate(
     policy_path = Path(spec.evaluation.policy or config.artifacts.policy)
     if not policy_path.exists():
         raise BadInputError(f"no trained policy at {policy_path}: run the rl stage or set evaluation.policy")
-    device = os.environ.get("RLAIF_DEVICE") or None
+    device = stage_device()
     pol = _Policies(spec, policy_path, device)
     tok = pol.tokenizer
     t0 = time.perf_counter()
@@ -193,7 +194,7 @@ def evaluate(
         from rlaif_trainer.feedback.base import JUDGE_API_KEY_ENV
         from rlaif_trainer.feedback.build import build_labeler
 
-        shares = judge_spec.provider == "hf" and judge_spec.model in (None, spec.policy.model)
+        shares = shares_policy_weights(judge_spec, spec)
         if shares:
             # The judge is the initial model itself: reuse its weights instead of loading a copy.
             base = pol.model if pol.initial is None else pol.initial
@@ -284,11 +285,11 @@ def summary_of(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
 
 def run(config, *, progress: bool = True) -> dict[str, Any]:
     """The ``evaluate`` stage: write ``<eval>/`` atomically with a DONE marker; return the summary."""
-    from rlaif_trainer.data.artifacts import finalize_dir, is_done, partial_dir, read_done
+    from rlaif_trainer.data.artifacts import finalize_dir, partial_dir
 
     out = Path(config.artifacts.eval)
-    if is_done(out):
-        return {**read_done(out), "skipped": True}
+    if (done := resumed_summary(out)) is not None:
+        return done
     t0 = time.perf_counter()
     report, samples, rl_metrics = evaluate(config, progress=progress)
     summary = summary_of(report, time.perf_counter() - t0)

@@ -39,7 +39,6 @@ from rlaif_trainer.data.artifacts import (
     finalize_dir,
     is_done,
     partial_dir,
-    read_done,
 )
 from rlaif_trainer.data.prompts import train_prompt_records
 from rlaif_trainer.data.records import (
@@ -48,6 +47,7 @@ from rlaif_trainer.data.records import (
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback.build import build_labeler
 from rlaif_trainer.feedback.labeling import label_pairs, summarize
+from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,8 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
     """Run the label stage; returns the summary (also stored in ``<labels>/DONE``)."""
     spec = config.spec
     art = config.artifacts
-    if is_done(art.labels):
-        log.info("labels already complete in %s", art.labels)
-        return {**read_done(art.labels), "resumed": True}
+    if (done := resumed_summary(art.labels)) is not None:
+        return done
     if spec.labeler is None:
         raise BadInputError("the label stage needs spec.labeler")
     lspec = spec.labeler
@@ -110,7 +109,7 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         }
         finalize_dir(work, art.candidates, cand_summary)
 
-    reuse = lspec.provider == "hf" and policy_model is not None and lspec.model in (None, spec.policy.model)
+    reuse = policy_model is not None and shares_policy_weights(lspec, spec)
     labeler = build_labeler(
         lspec, model=policy_model if reuse else None, tokenizer=policy_tok if reuse else None
     )

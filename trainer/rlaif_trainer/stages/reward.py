@@ -42,11 +42,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rlaif_trainer.data.artifacts import LABELS_FILE, finalize_dir, is_done, partial_dir, read_done
+from rlaif_trainer.data.artifacts import LABELS_FILE, finalize_dir, is_done, partial_dir
 from rlaif_trainer.data.records import read_pairs
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.reward_model.batching import split_pairs
 from rlaif_trainer.reward_model.training import train_reward_model
+from rlaif_trainer.stages.common import resumed_summary
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
     from rlaif_trainer.modeling.loading import load_reward_model
 
     spec, art = config.spec, config.artifacts
-    if is_done(art.reward_model):
-        return {**read_done(art.reward_model), "resumed": True}
+    if (done := resumed_summary(art.reward_model)) is not None:
+        return done
     rm = spec.reward_model
     pairs = _load_labels(config)
     train, held = split_pairs(pairs, rm.eval_fraction, config.seed)

@@ -13,6 +13,8 @@ import torch
 
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.rl.loop import RewardFn, RLTrainer, _dist
+from rlaif_trainer.stages.common import device as stage_device
+from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,7 @@ def build_reward_fn(config, policy_model=None, tokenizer=None, device=None) -> R
         lab = spec.labeler
         if lab is None:
             raise BadInputError("rl.reward is direct but the job has no labeler")
-        shares = (
-            lab.provider == "hf" and policy_model is not None and (lab.model in (None, spec.policy.model))
-        )
+        shares = policy_model is not None and shares_policy_weights(lab, spec)
         if shares:
             labeler = build_labeler(lab, model=policy_model, tokenizer=tokenizer)
 
@@ -76,14 +76,13 @@ def _init_distributed() -> None:
 
 def run(config, *, progress: bool = True) -> dict[str, Any]:
     """The ``rl`` stage: train, checkpoint/resume, and write ``<policy>/`` atomically with a DONE marker."""
-    from rlaif_trainer.data.artifacts import is_done, read_done
 
     final_dir = Path(config.artifacts.policy)
-    if is_done(final_dir):
-        return {**read_done(final_dir), "skipped": True}
+    if (done := resumed_summary(final_dir)) is not None:
+        return done
     _init_distributed()
     t0 = time.perf_counter()
-    trainer = RLTrainer(config, reward_factory=build_reward_fn, progress=progress)
+    trainer = RLTrainer(config, reward_factory=build_reward_fn, progress=progress, device=stage_device())
     trainer.train()
     in_sync = trainer.replicas_in_sync()
     summary = trainer.summary(time.perf_counter() - t0)

@@ -272,7 +272,7 @@ def test_run_writes_the_artifact_atomically_and_skips_when_done(tmp_path, tiny_m
     assert summary["kl_estimator"] == "k1" and summary["reward_source"] == "direct"
     assert len(json.dumps(summary)) < 4096
     again = run(cfg, progress=False)
-    assert again["skipped"] is True and again["final_reward"] == summary["final_reward"]
+    assert again["resumed"] is True and again["final_reward"] == summary["final_reward"]
 
 
 def test_prompt_longer_than_the_limit_is_bad_input(tmp_path, tiny_model_dir):

@@ -146,4 +146,4 @@ def test_evaluate_writes_report_samples_and_plot(tmp_path, tiny_model_dir, monke
     assert {"win_rate_at_equal_length", "buckets", "slope_per_token"} <= set(report["length_controlled"])
     assert len(json.dumps(summary)) < 4096
     again = run(cfg, progress=False)
-    assert again["skipped"] is True and again["win_rate_vs_initial"] == summary["win_rate_vs_initial"]
+    assert again["resumed"] is True and again["win_rate_vs_initial"] == summary["win_rate_vs_initial"]
