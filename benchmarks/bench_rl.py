@@ -6,10 +6,16 @@ reference being the adapter-disabled base), sample the same number of prompts x 
 step at the same temperature and length limit, and get the same rule-based reward (brevity, from
 ``rlaif_trainer.feedback.rules``), so the comparison is of the RL machinery, not of a reward model.
 
-Reported per side (the first ``--warmup`` steps excluded): mean step time, its split into
-generation and the rest (reward + reference + policy forward/backward + optimizer), and generated
-tokens per second of step time. TRL's generation time is measured by timing its calls to the
-model's ``generate``.
+Both sides sample from the same prompts in the same order (TRL's dataset is the sequence ours
+draws, step by step). Reported per side (the first ``--warmup`` steps excluded): mean step time,
+its split into generation and the rest (reward + reference + policy forward/backward + optimizer),
+and generated tokens per second of step time. Generation is timed over the same window on both
+sides, the call that samples a batch (ours: ``modeling.generation.generate``, which also tokenizes
+the prompts and decodes the responses; TRL: the model's ``generate``, without TRL's tokenizing and
+decoding), in wall time and in CPU time of the calling thread (``time.thread_time``: on a shared
+machine, with ``OMP_NUM_THREADS=1``, the work the call did, which other processes do not inflate
+the way they inflate wall time). ``--rounds`` runs the sides alternately (ours, TRL, TRL, ours, ...)
+and gives the ratio of each round, so that a load change between the two sides shows as spread.
 
     python benchmarks/bench_rl.py                      # tiny random Llama (built locally), 8 steps
     python benchmarks/bench_rl.py --model embedded:smollm2-135m-instruct --steps 4 --max-new-tokens 32
@@ -54,12 +60,8 @@ def _model_path(name: str, workdir: Path) -> str:
     return name
 
 
-def bench_ours(args: argparse.Namespace, model_path: str, workdir: Path) -> dict[str, Any]:
-    import torch
-
+def _ours_config(args: argparse.Namespace, model_path: str, workdir: Path) -> Any:
     from rlaif_api import RLAIFJob, resolve_stage_configs
-    from rlaif_trainer.modeling.loading import load_causal_lm
-    from rlaif_trainer.rl.loop import RLTrainer
 
     prompts = workdir / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
@@ -96,8 +98,45 @@ def bench_ours(args: argparse.Namespace, model_path: str, workdir: Path) -> dict
             },
         }
     )
-    cfg = resolve_stage_configs(job, workdir / "ws")["rl"]
+    return resolve_stage_configs(job, workdir / "ws")["rl"]
+
+
+def ours_prompt_order(args: argparse.Namespace, model_path: str, workdir: Path) -> list[str]:
+    """The prompts ours samples at each step, each once, in order (TRL repeats each k times itself):
+    ours' ``prompts_for_step`` on just the state it reads, without building a policy."""
+    from types import SimpleNamespace
+
+    from rlaif_trainer.data.prompts import split_prompts
+    from rlaif_trainer.rl.loop import RLTrainer
+
+    cfg = _ours_config(args, model_path, workdir)
+    state = SimpleNamespace(
+        train_prompts=split_prompts(cfg.spec)[0], rl=cfg.spec.rl, seed=int(cfg.seed), rank=0, world=1
+    )
+    return [p for s in range(args.steps + 1) for p in RLTrainer.prompts_for_step(state, s)]  # type: ignore[arg-type]
+
+
+def bench_ours(args: argparse.Namespace, model_path: str, workdir: Path) -> dict[str, Any]:
+    import torch
+
+    from rlaif_trainer.modeling.loading import load_causal_lm
+    from rlaif_trainer.rl.loop import RLTrainer
+
+    cfg = _ours_config(args, model_path, workdir)
     model, tok = load_causal_lm(model_path, device="cpu", dtype=torch.float32)
+    import rlaif_trainer.rl.loop as loop
+
+    calls: list[tuple[float, float]] = []
+    original_generate = loop.generate
+
+    def timed_generate(*a: Any, **k: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return original_generate(*a, **k)
+        finally:
+            calls.append((time.perf_counter() - t0, time.thread_time() - c0))
+
+    loop.generate = timed_generate  # type: ignore[assignment]
     trainer = RLTrainer(
         cfg,
         model=model,
@@ -107,15 +146,21 @@ def bench_ours(args: argparse.Namespace, model_path: str, workdir: Path) -> dict
         device="cpu",
         work_dir=workdir / "ours",
     )
-    rows = trainer.train()
+    try:
+        rows = trainer.train()
+    finally:
+        loop.generate = original_generate  # type: ignore[assignment]
     rows = rows[args.warmup :]
     step = [r["step_time_s"] for r in rows]
     gen = [r["gen_time_s"] for r in rows]
     tokens = [r["tokens"] for r in rows]
+    measured = calls[args.warmup :]
     return {
         "steps_measured": len(rows),
         "step_s": statistics.mean(step),
         "generation_s": statistics.mean(gen),
+        "generate_call_wall_s": statistics.mean(c[0] for c in measured),
+        "generate_call_cpu_s": statistics.mean(c[1] for c in measured),
         "other_s": statistics.mean(s - g for s, g in zip(step, gen, strict=True)),
         "tokens_per_step": statistics.mean(tokens),
         "tokens_per_s": sum(tokens) / sum(step),
@@ -133,10 +178,8 @@ def bench_trl(args: argparse.Namespace, model_path: str, workdir: Path) -> dict[
     from rlaif_trainer.modeling.loading import load_causal_lm
 
     model, tok = load_causal_lm(model_path, device="cpu", dtype=torch.float32)
-    n_rows = args.batch_size * (args.steps + 1)
-    data = Dataset.from_dict(
-        {"prompt": [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n_rows)]}
-    )
+    order = ours_prompt_order(args, model_path, workdir)
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in order]})
 
     def reward(completions, **_: Any) -> list[float]:
         out = []
@@ -208,11 +251,14 @@ def bench_trl(args: argparse.Namespace, model_path: str, workdir: Path) -> dict[
     inner = trainer.model
     original = inner.generate
 
+    cpu_times: list[float] = []
+
     def timed_generate(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return original(*a, **k)
         finally:
+            cpu_times.append(time.thread_time() - c0)
             if gen_times:
                 gen_times[-1] += time.perf_counter() - t0
 
@@ -226,6 +272,8 @@ def bench_trl(args: argparse.Namespace, model_path: str, workdir: Path) -> dict[
         "steps_measured": len(step),
         "step_s": statistics.mean(step),
         "generation_s": statistics.mean(gen),
+        "generate_call_wall_s": statistics.mean(gen),
+        "generate_call_cpu_s": statistics.mean(cpu_times[w : len(step_times)]),
         "other_s": statistics.mean(s - g for s, g in zip(step, gen, strict=True)),
         "tokens_per_step": statistics.mean(tokens) if tokens else None,
         "tokens_per_s": sum(tokens) / sum(step) if tokens else None,
@@ -261,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         help="leave TRL's gradient checkpointing on (its default); off by default here, like rlaif_trainer",
     )
     parser.add_argument("--skip-trl", action="store_true", help="only measure rlaif_trainer")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternating rounds of both sides (default 2: ours, TRL, TRL, ours)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup:
@@ -284,28 +338,45 @@ def main(argv: list[str] | None = None) -> int:
                 "load_avg_at_start": os.getloadavg(),
             },
         }
-        results["rlaif_trainer"] = bench_ours(args, model_path, workdir)
-        if not args.skip_trl:
-            import trl
+        import trl
 
-            results["trl_version"] = trl.__version__
-            results["trl_grpo"] = bench_trl(args, model_path, workdir)
-            ours, theirs = results["rlaif_trainer"], results["trl_grpo"]
-            if ours["tokens_per_s"] and theirs["tokens_per_s"]:
-                results["speedup_tokens_per_s"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
-            results["speedup_step_time"] = theirs["step_s"] / ours["step_s"]
+        results["trl_version"] = trl.__version__
+        results["rounds"] = []
+        for r in range(args.rounds):
+            sides = ["rlaif_trainer"] + ([] if args.skip_trl else ["trl_grpo"])
+            got: dict[str, Any] = {}
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                work = workdir / f"round{r}-{side}"
+                work.mkdir()
+                bench = bench_ours if side == "rlaif_trainer" else bench_trl
+                got[side] = bench(args, model_path, work) | {"load_avg": os.getloadavg()[0]}
+            if "trl_grpo" in got:
+                ours, theirs = got["rlaif_trainer"], got["trl_grpo"]
+                got["ratios_ours_over_trl"] = {
+                    "tokens_per_s": ours["tokens_per_s"] / theirs["tokens_per_s"],
+                    "generation_speed_wall": theirs["generate_call_wall_s"] / ours["generate_call_wall_s"],
+                    "generation_speed_cpu": theirs["generate_call_cpu_s"] / ours["generate_call_cpu_s"],
+                }
+            results["rounds"].append(got)
         results["machine"]["load_avg_at_end"] = os.getloadavg()
 
-    print(f"{'':16} {'step s':>8} {'gen s':>8} {'other s':>8} {'tok/step':>9} {'tok/s':>8}")
-    for name in ("rlaif_trainer", "trl_grpo"):
-        r = results.get(name)
-        if r:
+    head = f"{'round side':22} {'step s':>7} {'gen s':>7} {'other s':>7} {'tok/s':>8} {'call wall':>9} {'call cpu':>9} {'load':>5}"
+    print(head)
+    for r, got in enumerate(results["rounds"]):
+        for name in ("rlaif_trainer", "trl_grpo"):
+            x = got.get(name)
+            if x:
+                print(
+                    f"{r} {name:20} {x['step_s']:7.3f} {x['generation_s']:7.3f} {x['other_s']:7.3f} "
+                    f"{(x['tokens_per_s'] or 0):8.1f} {x['generate_call_wall_s']:9.4f} "
+                    f"{x['generate_call_cpu_s']:9.4f} {x['load_avg']:5.1f}"
+                )
+        if "ratios_ours_over_trl" in got:
+            q = got["ratios_ours_over_trl"]
             print(
-                f"{name:16} {r['step_s']:8.3f} {r['generation_s']:8.3f} {r['other_s']:8.3f} "
-                f"{(r['tokens_per_step'] or 0):9.1f} {(r['tokens_per_s'] or 0):8.1f}"
+                f"{r} ours / TRL: tokens/s {q['tokens_per_s']:.2f}x, generation speed "
+                f"{q['generation_speed_wall']:.2f}x (wall) {q['generation_speed_cpu']:.2f}x (CPU)"
             )
-    if "speedup_tokens_per_s" in results:
-        print(f"rlaif_trainer / TRL tokens/s: {results['speedup_tokens_per_s']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
