@@ -293,6 +293,13 @@ def test_run_policy_suspend_alongside_kueues_own_suspension(
         ),
         timeout=60,
     )
-    assert (cluster.get(f"{API}/namespaces/{namespace}/localqueues/{queue}") or {})["status"][
-        "admittedWorkloads"
-    ] == 1
+    wait_until(  # Kueue's LocalQueue status counts it a moment later
+        "the LocalQueue counts one admitted workload",
+        lambda: (
+            (
+                (cluster.get(f"{API}/namespaces/{namespace}/localqueues/{queue}") or {}).get("status") or {}
+            ).get("admittedWorkloads")
+            == 1
+        ),
+        timeout=30,
+    )
