@@ -177,7 +177,7 @@ PRINTER_COLUMNS = [
         "name": "Stage",
         "type": "string",
         "jsonPath": ".status.currentStage",
-        "description": "Stage running or next.",
+        "description": "Stage running or next; once ended, the stage it ended in.",
     },
     {
         "name": "Progress",

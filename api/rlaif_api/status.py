@@ -142,7 +142,9 @@ class RLAIFJobStatus(ApiModel):
         None,
         description="Summary of the conditions: Pending, Labeling, TrainingRewardModel, OptimizingPolicy, Evaluating, Succeeded, Failed or Suspended.",
     )
-    current_stage: Stage | None = Field(None, description="The stage running or next to run.")
+    current_stage: Stage | None = Field(
+        None, description="The stage running or next to run; once the job ended, the stage it ended in."
+    )
     progress: str | None = Field(None, description="Stages done out of stages listed, e.g. 2/4.")
     observed_generation: int | None = Field(
         None, ge=0, description="The metadata.generation the status was computed from."

@@ -160,7 +160,8 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             Reason.ALL_STAGES_SUCCEEDED,
             f"all {len(listed)} stages succeeded",
         )
-        new.current_stage = None
+        # The last stage that ran, so `kubectl get rlaif` shows where the job ended (no empty column).
+        new.current_stage = listed[-1] if listed else None  # type: ignore[assignment]
         new.completion_time = new.completion_time or now_s
     else:
         new.current_stage = current  # type: ignore[assignment]
@@ -206,7 +207,6 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
 
     new.phase = phase  # type: ignore[assignment]
     if phase in TERMINAL_PHASES:
-        new.current_stage = None if phase == "Succeeded" else new.current_stage
         _ttl(plan, job, new, now)
     new.stages = api.StagesStatus(**stages_status)
     new.conditions = set_conditions(old.conditions, conditions_for(phase, reason, message), now_s, generation)
