@@ -44,6 +44,7 @@ from rlaif_trainer.data.prompts import split_prompts
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.modeling.generation import Generation, format_prompts, generate, response_logprobs
 from rlaif_trainer.rl import losses as alg
+from rlaif_trainer.rl.algorithms import Rollout, build_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,8 @@ RewardFn = Callable[[list[str], list[str]], list[float]]
 
 #: Learning rate of the value head (a linear probe on the policy's detached final hidden states).
 VALUE_HEAD_LR = 1e-3
-#: Value-loss weight in the PPO/REINFORCE loss.
-VALUE_COEF = 0.5
 #: Gradient-norm clip.
 MAX_GRAD_NORM = 1.0
-#: GAE parameters for PPO (γ = 1: the episode is one response).
-GAE_GAMMA, GAE_LAMBDA = 1.0, 0.95
 #: Checkpoints kept on disk.
 KEEP_CHECKPOINTS = 2
 
@@ -159,10 +156,19 @@ class RLTrainer:
         self.ckpt_dir = self.work_dir / "checkpoints"
         self.metrics_path = self.work_dir / "metrics.jsonl"
         self.algorithm = self.rl.algorithm
-        self.kl_estimator = alg.ALGORITHM_KL_ESTIMATOR[self.algorithm]
         self.k = self.rl.samples_per_prompt
-        if self.algorithm in ("rloo", "grpo") and self.k < 2:
-            raise BadInputError(f"rl.samplesPerPrompt must be >= 2 for {self.algorithm}")
+        self.strategy = build_algorithm(
+            self.algorithm,
+            k=self.k,
+            kl_coef=self.rl.kl_coef,
+            clip_range=self.rl.clip_range,
+            ppo_epochs=self.rl.ppo_epochs,
+        )
+        self.kl_estimator = self.strategy.kl_estimator
+        if self.k < self.strategy.min_samples_per_prompt:
+            raise BadInputError(
+                f"rl.samplesPerPrompt must be >= {self.strategy.min_samples_per_prompt} for {self.algorithm}"
+            )
 
         self.train_prompts, _ = split_prompts(self.spec)
 
@@ -239,7 +245,7 @@ class RLTrainer:
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def _forward(self, gen: Generation, *, with_hidden: bool, with_entropy: bool = False):
+    def forward(self, gen: Generation, *, with_hidden: bool, with_entropy: bool = False):
         return response_logprobs(
             self.model,
             gen.query_ids,
@@ -251,7 +257,7 @@ class RLTrainer:
             with_hidden=with_hidden,
         )
 
-    def _optimizer_step(self) -> float:
+    def optimizer_step(self) -> float:
         params = self.lora_params + list(self.value_head.parameters())
         grads = [p.grad for p in params if p.grad is not None]
         _all_reduce_mean_(grads, self.world)
@@ -294,14 +300,13 @@ class RLTrainer:
         mask = gen.response_mask
         beta = self.rl.kl_coef
         with torch.no_grad(), self.model.disable_adapter():
-            ref_logp, _, _ = self._forward(gen, with_hidden=False)
-        extra: dict[str, float] = {}
+            ref_logp, _, _ = self.forward(gen, with_hidden=False)
 
-        logp, entropy, hidden = self._forward(gen, with_hidden=True, with_entropy=True)
+        logp, entropy, hidden = self.forward(gen, with_hidden=True, with_entropy=True)
         assert entropy is not None and hidden is not None
         kl_seq = alg.kl_k1_per_token(logp.detach(), ref_logp, mask).sum(dim=1)
         returns = alg.regularized_return(scores, kl_seq, beta)
-        if step == 0 and self.algorithm in ("reinforce", "ppo"):
+        if step == 0 and self.strategy.uses_value_head:
             # Start the learned baseline at the first batch's mean return (averaged over processes)
             # rather than 0, so the first updates are not one-sided.
             mean_ret = returns.mean().detach().double().reshape(1)
@@ -309,67 +314,8 @@ class RLTrainer:
             with torch.no_grad():
                 self.value_head.bias.fill_(float(mean_ret))
 
-        if self.algorithm == "reinforce":
-            v = self.value_head(hidden[:, 0].detach().float()).squeeze(-1)
-            adv = alg.reinforce_advantages(returns, v)
-            vloss = 0.5 * ((v - returns) ** 2).mean()
-            loss = alg.pg_loss(logp, adv, mask) + VALUE_COEF * vloss
-            loss.backward()
-            extra["grad_norm"] = self._optimizer_step()
-            extra["value_loss"] = float(vloss.detach())
-            kl_logged = kl_seq.mean()
-        elif self.algorithm == "rloo":
-            adv = alg.rloo_advantages(returns, self.k)
-            loss = alg.pg_loss(logp, adv, mask)
-            loss.backward()
-            extra["grad_norm"] = self._optimizer_step()
-            kl_logged = kl_seq.mean()
-        elif self.algorithm == "grpo":
-            adv = alg.grpo_advantages((1.0 - beta) * scores, self.k)
-            old_logp = logp.detach()
-            kl_logged = torch.zeros(())
-            clip_fracs = []
-            for epoch in range(self.rl.ppo_epochs):
-                if epoch > 0:
-                    logp, _, _ = self._forward(gen, with_hidden=False)
-                loss, kl3 = alg.grpo_loss(logp, old_logp, ref_logp, adv, mask, self.rl.clip_range, beta)
-                if epoch == 0:
-                    kl_logged = kl3.detach()
-                ratio = torch.exp(logp.detach() - old_logp)
-                clip_fracs.append(
-                    float(alg.masked_mean(((ratio - 1).abs() > self.rl.clip_range).float(), mask))
-                )
-                loss.backward()
-                extra["grad_norm"] = self._optimizer_step()
-            extra["clip_frac"] = float(np.mean(clip_fracs))
-        elif self.algorithm == "ppo":
-            old_logp = logp.detach()
-            old_values = self.value_head(hidden.detach().float()).squeeze(-1).detach() * mask
-            token_rewards = alg.ppo_token_rewards(scores, old_logp, ref_logp, mask, beta)
-            adv, ret = alg.gae(token_rewards, old_values, mask, GAE_GAMMA, GAE_LAMBDA)
-            mean, var = (
-                alg.masked_mean(adv, mask),
-                alg.masked_mean((adv - alg.masked_mean(adv, mask)) ** 2, mask),
-            )
-            adv = ((adv - mean) / torch.sqrt(var + 1e-8)) * mask
-            clip_fracs, vlosses = [], []
-            for epoch in range(self.rl.ppo_epochs):
-                if epoch > 0:
-                    logp, _, hidden = self._forward(gen, with_hidden=True)
-                    assert hidden is not None
-                values = self.value_head(hidden.detach().float()).squeeze(-1) * mask
-                ploss, cf = alg.ppo_policy_loss(logp, old_logp, adv, mask, self.rl.clip_range)
-                vloss = alg.value_loss(values, old_values, ret, mask, self.rl.clip_range)
-                loss = ploss + VALUE_COEF * vloss
-                loss.backward()
-                extra["grad_norm"] = self._optimizer_step()
-                clip_fracs.append(float(cf.detach()))
-                vlosses.append(float(vloss.detach()))
-            extra["clip_frac"] = float(np.mean(clip_fracs))
-            extra["value_loss"] = float(np.mean(vlosses))
-            kl_logged = kl_seq.mean()
-        else:  # pragma: no cover - guarded by the spec
-            raise ValueError(self.algorithm)
+        rollout = Rollout(gen, scores, ref_logp, logp, hidden, kl_seq, returns)
+        update = self.strategy.update(rollout, self)
         t_end = time.perf_counter()
 
         n_tokens = float(mask.sum())
@@ -377,12 +323,12 @@ class RLTrainer:
             "reward": float(scores.mean()),
             "reward_std": float(scores.std()) if scores.numel() > 1 else 0.0,
             "return": float(returns.mean()),
-            "kl": float(kl_logged),
+            "kl": update.pop("kl"),
             "entropy": float(alg.masked_mean(entropy, mask)),
             "response_length": float(mask.sum(dim=1).mean()),
             "response_chars": float(np.mean([len(t) for t in gen.texts])),
-            "loss": float(loss.detach()),
-            **extra,
+            "loss": update.pop("loss"),
+            **update,
         }
         timing["train_time_s"] = t_end - t_train0
         timing["step_time_s"] = t_end - t_start

@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "ALGORITHM_KL_ESTIMATOR",
     "gae",
     "grpo_advantages",
     "grpo_loss",
@@ -41,14 +40,6 @@ __all__ = [
     "rloo_advantages",
     "value_loss",
 ]
-
-#: Which KL estimator each algorithm optimises (and logs).
-ALGORITHM_KL_ESTIMATOR: dict[str, str] = {
-    "reinforce": "k1",
-    "rloo": "k1",
-    "ppo": "k1",
-    "grpo": "k3",
-}
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

@@ -135,4 +135,11 @@ def test_grpo_loss_on_policy_equals_minus_mean_advantage_plus_beta_k3():
 
 
 def test_every_algorithm_names_its_kl_estimator():
-    assert alg.ALGORITHM_KL_ESTIMATOR == {"reinforce": "k1", "rloo": "k1", "ppo": "k1", "grpo": "k3"}
+    from rlaif_trainer.rl.algorithms import ALGORITHMS
+
+    assert {n: a.kl_estimator for n, a in ALGORITHMS.items()} == {
+        "reinforce": "k1",
+        "rloo": "k1",
+        "ppo": "k1",
+        "grpo": "k3",
+    }
