@@ -161,7 +161,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             f"all {len(listed)} stages succeeded",
         )
         # The last stage that ran, so `kubectl get rlaif` shows where the job ended (no empty column).
-        new.current_stage = listed[-1] if listed else None  # type: ignore[assignment]
+        new.current_stage = listed[-1] if listed else None
         new.completion_time = new.completion_time or now_s
     else:
         new.current_stage = current  # type: ignore[assignment]
