@@ -649,7 +649,7 @@ def _rl_job(ctx: Context, algorithm: str, work: Path) -> Any:
 
 
 def _prompt_lengths(tok: Any, prompts: Sequence[str]) -> list[int]:
-    from rlaif_trainer.modeling.generation import format_prompts
+    from rlaif_trainer.modeling.chat import format_prompts
 
     return [len(tok.encode(t, add_special_tokens=False)) for t in format_prompts(tok, list(prompts))]
 
@@ -873,7 +873,8 @@ def gen_variants(ctx: Context) -> list[dict[str, Any]]:
     from peft import LoraConfig, get_peft_model
     from transformers import GenerationConfig
 
-    from rlaif_trainer.modeling.generation import eos_ids, format_prompts, generate, tokenize_prompts
+    from rlaif_trainer.modeling.chat import format_prompts
+    from rlaif_trainer.modeling.generation import eos_ids, generate, tokenize_prompts
 
     a, dev = ctx.args, ctx.dev
     tok = ctx.tokenizer(a.rl_size)

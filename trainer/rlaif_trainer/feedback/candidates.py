@@ -23,6 +23,7 @@ from typing import Any
 from rlaif_trainer.data.records import JsonlAppender
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.modeling.chat import chat_prompt_ids
+from rlaif_trainer.modeling.generation import eos_ids
 
 __all__ = ["batch_seed", "generate_candidates"]
 
@@ -60,6 +61,7 @@ def generate_candidates(
             )
         encoded.append(ids)
     dev = next(model.parameters()).device
+    stop = eos_ids(tokenizer, model)  # the stop rule RL and evaluation sample with
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
@@ -95,7 +97,7 @@ def generate_candidates(
                         max_new_tokens=max_new_tokens,
                         num_return_sequences=2,
                         pad_token_id=pad,
-                        eos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=stop,
                     )
                 texts = tokenizer.batch_decode(gen[:, L:], skip_special_tokens=True)
                 new = []

@@ -1,6 +1,6 @@
 """Policy-side helpers shared by the RL loop, evaluation and the benchmark.
 
-* :func:`format_prompts` — the chat template (when the tokenizer has one) around each raw prompt;
+* :func:`eos_ids` — the one stop-token rule: the tokenizer's EOS and the generation config's;
 * :func:`generate` — batched sampling with a stop at EOS, returning padded response ids and a mask;
 * :func:`response_logprobs` — per-token log-probabilities (and entropies / hidden states) of the
   sampled responses under ``softmax(logits / temperature)``, the distribution the tokens were drawn
@@ -13,19 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Generation", "format_prompts", "generate", "response_logprobs", "tokenize_prompts"]
-
-
-def format_prompts(tokenizer, prompts: list[str]) -> list[str]:
-    """Wrap each prompt as a single user turn with the chat template, if the tokenizer has one."""
-    if getattr(tokenizer, "chat_template", None):
-        return [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            )
-            for p in prompts
-        ]
-    return list(prompts)
+__all__ = ["Generation", "eos_ids", "generate", "response_logprobs", "tokenize_prompts"]
 
 
 def tokenize_prompts(tokenizer, texts: list[str], device, max_prompt_tokens: int | None = None):

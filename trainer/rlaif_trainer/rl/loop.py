@@ -42,7 +42,8 @@ from rlaif_trainer import metrics as prom
 from rlaif_trainer.data.artifacts import partial_dir
 from rlaif_trainer.data.prompts import split_prompts
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.modeling.generation import Generation, format_prompts, generate, response_logprobs
+from rlaif_trainer.modeling.chat import format_prompts
+from rlaif_trainer.modeling.generation import Generation, generate, response_logprobs
 from rlaif_trainer.rl import losses as alg
 from rlaif_trainer.rl.algorithms import Rollout, build_algorithm
 

@@ -103,7 +103,8 @@ def _sample(
 ):
     import torch
 
-    from rlaif_trainer.modeling.generation import format_prompts, generate
+    from rlaif_trainer.modeling.chat import format_prompts
+    from rlaif_trainer.modeling.generation import generate
 
     texts: list[str] = []
     lengths: list[int] = []

@@ -158,7 +158,8 @@ def test_resume_reproduces_the_uninterrupted_next_step(tmp_path, tiny_model_dir,
 
 
 def _mean_words(trainer, n_rounds: int = 6) -> float:
-    from rlaif_trainer.modeling.generation import format_prompts, generate
+    from rlaif_trainer.modeling.chat import format_prompts
+    from rlaif_trainer.modeling.generation import generate
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
