@@ -36,6 +36,7 @@ KUBE_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+COREDNS_VERSION = "v1.15.0"
 KUEUE_VERSION = "v0.17.1"  # newest on the module proxy; own k8s.io v0.35 libs, within skew of 1.36
 
 
@@ -76,6 +77,9 @@ class BinarySpec:
         for f in ("go.mod", "go.sum"):
             p = self.module_dir / f
             h.update(p.read_bytes() if p.exists() else b"")
+        # A wrapper's own Go source (go/coredns/main.go); modules without any hash as before.
+        for src in sorted(self.module_dir.glob("*.go")):
+            h.update(src.read_bytes())
         h.update(self.package.encode())
         h.update(" ".join(self.ldflags).encode())
         return f"{self.name}-{self.version}-{h.hexdigest()[:10]}"
@@ -113,6 +117,15 @@ SPECS: dict[str, BinarySpec] = {
                 _kube_ldflags(KUBE_VERSION),
             )
             for name in ("kubelet", "kube-proxy")
+        ),
+        # Cluster DNS for the real node's pods, with only the plugins it uses (go/coredns/main.go).
+        BinarySpec(
+            "coredns",
+            COREDNS_VERSION,
+            "coredns",
+            ".",
+            (f"-X github.com/coredns/coredns/coremain.GitCommit={COREDNS_VERSION}",),
+            ("-version",),
         ),
         BinarySpec(
             "kwok",
@@ -155,7 +168,7 @@ SPECS: dict[str, BinarySpec] = {
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 # Built only when a test asks for the real node (tests/cluster/node.py).
-NODE = ("kubelet", "kube-proxy")
+NODE = ("kubelet", "kube-proxy", "coredns")
 
 
 class BinaryError(RuntimeError):

@@ -9,10 +9,11 @@ join ``cluster.procs``, so their logs, crash checks and teardown are the control
 How pod traffic stays on this machine: pods get addresses on a bridge (``rlaif0``, 10.88.0.0/24)
 that the harness creates and that has no uplink; the CNI config gives pods routes to that subnet
 and to the Service CIDR only (no default route, no IP masquerade), so a pod can reach the host's
-bridge address (apiserver, kubelet) and other pods, nothing else. kube-proxy (iptables mode)
-implements the Service ClusterIPs; the apiserver maintains the ``kubernetes`` Service endpoints on
-the bridge address itself. No cluster DNS: nothing the tests run resolves a name (in-cluster
-clients use ``KUBERNETES_SERVICE_HOST``, an IP), so CoreDNS is not built.
+bridge address (apiserver, kubelet, cluster DNS) and other pods, nothing else. kube-proxy (iptables
+mode) implements the Service ClusterIPs; the apiserver maintains the ``kubernetes`` Service endpoints
+on the bridge address itself. Cluster DNS is CoreDNS (kubernetes plugin, zone ``cluster.local``
+only, nothing forwarded) on the bridge address: kopf's service-account login, which the operator's
+own API client uses, dials ``https://kubernetes.default.svc``.
 
 Security: the kubelet authenticates as ``system:node:<name>`` (group ``system:nodes``) with its own
 client certificate, so the apiserver's Node authorizer and NodeRestriction admission apply to it;
@@ -49,6 +50,7 @@ NODE_NAME = "rlaif-node-0"
 BRIDGE = "rlaif0"
 BRIDGE_IP = "10.88.0.1"
 POD_SUBNET = "10.88.0.0/24"
+CLUSTER_DOMAIN = "cluster.local"
 # Only pods that ask for real execution land here: they select the label and tolerate the taint.
 NODE_LABEL = "rlaif.dev/real-node"
 NODE_TAINT = {"key": "rlaif.dev/real-node", "value": "true", "effect": "NoSchedule"}
@@ -132,7 +134,8 @@ class RealNode:
         from .cluster import free_port, write_kubeconfig
 
         self.ports = {
-            k: free_port() for k in ("kubelet", "kubelet-healthz", "proxy-metrics", "proxy-healthz")
+            k: free_port()
+            for k in ("kubelet", "kubelet-healthz", "proxy-metrics", "proxy-healthz", "coredns-ready")
         }
         pki = self.dir / "pki"
         kubelet_client = certs.issue(
@@ -143,6 +146,11 @@ class RealNode:
             server=True, dns=(self.name, "localhost"), ips=("127.0.0.1", BRIDGE_IP),
         )  # fmt: skip
         proxy_client = certs.issue(c.pki.ca, pki, "kube-proxy", "system:kube-proxy", client=True)
+        dns_client = certs.issue(c.pki.ca, pki, "coredns", "system:coredns", client=True)
+        dns_kc = write_kubeconfig(
+            self.dir / "coredns.kubeconfig", c.server, c.pki.ca.cert, dns_client, "system:coredns"
+        )
+        self._grant_coredns()
         kubelet_kc = write_kubeconfig(
             self.dir / "kubelet.kubeconfig",
             c.server,
@@ -188,6 +196,13 @@ class RealNode:
             c.dir / "logs" / "kube-proxy.log",
             env,
         )
+        c.procs["coredns"] = Process(
+            "coredns",
+            [str(bins["coredns"]), "-conf", str(self._write_corefile(dns_kc))],
+            c.dir / "logs" / "coredns.log",
+            env,
+        )
+        c.procs["coredns"].start()
         c.procs["containerd"].start()
         c._wait(
             "containerd socket",
@@ -199,6 +214,13 @@ class RealNode:
         images.import_into(self, [images.pause_image()])
         c.procs["kubelet"].start()
         c.procs["kube-proxy"].start()
+        from .cluster import _http_ok
+
+        c._wait(
+            "coredns /ready",
+            lambda: _http_ok(f"http://127.0.0.1:{self.ports['coredns-ready']}/ready"),
+            deadline,
+        )
         c._wait(f"real node {self.name} Ready", self.ready, deadline)
 
     def ready(self) -> bool:
@@ -227,7 +249,7 @@ class RealNode:
                 self._drain()
             if "containerd" in c.procs and c.procs["containerd"].running:
                 self._kill_tasks()
-            for name in ("kube-proxy", "kubelet", "containerd"):
+            for name in ("kube-proxy", "kubelet", "containerd", "coredns"):
                 if name in c.procs:
                     with contextlib.suppress(Exception):
                         c.procs[name].stop()
@@ -406,6 +428,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "syncFrequency": "10s",
             "fileCheckFrequency": "10s",
             "shutdownGracePeriod": "0s",
+            # ClusterFirst pods ask CoreDNS on the bridge; Default-policy pods get an empty file.
+            "clusterDNS": [BRIDGE_IP],
+            "clusterDomain": CLUSTER_DOMAIN,
             "resolvConf": str(self._write_resolv_conf()),
             "logging": {"format": "text"},
         }
@@ -414,9 +439,54 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return path
 
     def _write_resolv_conf(self) -> Path:
-        # No cluster DNS and no route to any outside resolver: pods get an empty search list.
+        # No route to any outside resolver: the host's resolv.conf would be of no use to a pod.
         path = self.dir / "resolv.conf"
         path.write_text("# no DNS for pods on the test node (tests/cluster/node.py)\n")
+        return path
+
+    def _grant_coredns(self) -> None:
+        """The read access the kubernetes plugin needs (what the coredns ClusterRole of a
+        kubeadm cluster grants), bound to the certificate's user."""
+        c = self.cluster
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+            ],
+        }  # fmt: skip
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:coredns"}],
+        }
+        c.request("POST", f"{rbac}/clusterroles", role)
+        c.request("POST", f"{rbac}/clusterrolebindings", binding)
+
+    def _write_corefile(self, kubeconfig: Path) -> Path:
+        # Only the cluster zone, only on the bridge address: names outside it get REFUSED, since
+        # nothing may be forwarded off this machine.
+        text = f"""{CLUSTER_DOMAIN}:53 {{
+    bind {BRIDGE_IP}
+    ready 127.0.0.1:{self.ports["coredns-ready"]}
+    errors
+    cache 5
+    kubernetes {CLUSTER_DOMAIN} {{
+        kubeconfig {kubeconfig} rlaif-test
+    }}
+}}
+"""
+        path = self.dir / "Corefile"
+        path.write_text(text)
         return path
 
     def _write_proxy_config(self, kubeconfig: Path) -> Path:

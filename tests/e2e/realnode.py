@@ -255,6 +255,7 @@ class StagePod:
     started: str | None = None
     finished: str | None = None
     metrics: str | None = None  # a /metrics body scraped while it ran
+    running: bool = False
 
 
 @dataclass
@@ -282,6 +283,7 @@ class Watcher:
             sp.image = spec["containers"][0]["image"]
             sp.ip = status.get("podIP") or sp.ip
             for cs in status.get("containerStatuses") or []:
+                sp.running = bool((cs.get("state") or {}).get("running"))
                 term = (cs.get("state") or {}).get("terminated")
                 if term:
                     sp.exit_code = term.get("exitCode")
@@ -307,6 +309,20 @@ def scrape(url: str) -> str | None:
             return str(r.read().decode())
     except OSError:
         return None
+
+
+def wait_for(cluster: Cluster, watcher: Watcher, desc: str, fn: Any, timeout: float = 900) -> None:
+    """Poll the stage pods (keeping what they report) until ``fn()`` holds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        watcher.poll()
+        if fn():
+            return
+        cluster.check_alive()
+        time.sleep(1)
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {desc}\n" + diagnostics(cluster, watcher.namespace)
+    )
 
 
 def wait_for_phase(

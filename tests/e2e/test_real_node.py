@@ -23,29 +23,44 @@ from tests.cluster.node import NODE_NAME
 from .realnode import (
     PSS_RESTRICTED,
     RESULT_FIELDS,
+    Operator,
     Watcher,
     create_namespace,
     fast_quickstart,
     install_operator,
     kubectl_apply_file,
     local_workspace,
+    put_file,
     scrape,
     seconds_between,
     stage_inputs,
     unique,
+    wait_for,
     wait_for_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 STAGES = ("label", "reward", "rl", "evaluate")
+TESTS = ("quickstart", "badprompts", "resume", "suspend")
 
 
-def test_quickstart_runs_end_to_end_on_the_real_node(node_cluster: Cluster) -> None:
+@pytest.fixture(scope="module")
+def setup(node_cluster: Cluster) -> tuple[Operator, dict[str, str]]:
+    """One operator for the module (it watches every namespace, so two would race), installed by
+    Helm; one restricted namespace per test, each with the trainer ServiceAccount from the chart."""
+    namespaces = {t: unique(t) for t in TESTS}
+    for ns in namespaces.values():
+        create_namespace(node_cluster, ns, PSS_RESTRICTED)
+    return install_operator(node_cluster, list(namespaces.values())), namespaces
+
+
+def test_quickstart_runs_end_to_end_on_the_real_node(node_cluster: Cluster, setup) -> None:
+    """All four stages on real pods; midway through the reward stage the operator pod is deleted
+    (its Deployment starts another): no stage runs twice and every result is recorded."""
     c = node_cluster
-    ns = unique("quickstart")
-    create_namespace(c, ns, PSS_RESTRICTED)
-    operator = install_operator(c, [ns])
+    operator, namespaces = setup
+    ns = namespaces["quickstart"]
     (op_pod,) = operator.pods(c)
     assert op_pod["spec"]["nodeName"] == NODE_NAME
     assert op_pod["spec"]["serviceAccountName"] == operator.fullname
@@ -57,12 +72,30 @@ def test_quickstart_runs_end_to_end_on_the_real_node(node_cluster: Cluster) -> N
     t0 = time.monotonic()
     kubectl_apply_file(c, ns, job)
     watcher = Watcher(c, ns)
+
+    # The fault: delete the operator pod while the reward stage's pod runs.
+    wait_for(
+        c,
+        watcher,
+        "a running reward pod",
+        lambda: any(p.stage == "reward" and p.running for p in watcher.pods.values()),
+    )
+    c.request("DELETE", f"/api/v1/namespaces/{operator.namespace}/pods/{op_pod['metadata']['name']}")
+    wait_for(
+        c, watcher, "a new operator pod",
+        lambda: any(p["metadata"]["name"] != op_pod["metadata"]["name"] and p.get("status", {}).get("podIP") for p in operator.pods(c)),
+    )  # fmt: skip
+
     final = wait_for_phase(c, ns, "quickstart", {"Succeeded", "Failed"}, watcher, timeout=2000)
     wall = time.monotonic() - t0
     status = final["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
 
-    # Every stage ran once, in the trainer image, on the real node, and exited 0.
+    # Every stage ran once (one Job, one pod, even across the operator restart), in the trainer
+    # image, on the real node, and exited 0.
+    jobs = c.get(f"/apis/batch/v1/namespaces/{ns}/jobs") or {"items": []}
+    per_stage = sorted(j["metadata"]["labels"].get("rlaif.dev/stage", "") for j in jobs["items"])
+    assert per_stage == sorted(STAGES), [j["metadata"]["name"] for j in jobs["items"]]
     timings: dict[str, float] = {}
     for stage in STAGES:
         pods = watcher.by_stage(stage)
@@ -71,6 +104,7 @@ def test_quickstart_runs_end_to_end_on_the_real_node(node_cluster: Cluster) -> N
         assert pod.node == NODE_NAME
         assert pod.image == c.node.loaded["trainer"].name  # type: ignore[union-attr]
         timings[stage] = seconds_between(pod.started, pod.finished)
+        assert status["stages"][stage]["attempts"] == 1, status["stages"][stage]
 
     # status.results holds what the pods' termination messages said, key by key.
     results = status["results"]
@@ -103,7 +137,9 @@ def test_quickstart_runs_end_to_end_on_the_real_node(node_cluster: Cluster) -> N
     # Metrics: a stage pod's trainer port, scraped while it ran, and the operator's /metrics.
     scraped = [p for p in watcher.pods.values() if p.metrics]
     assert scraped and any("rlaif_trainer_" in (p.metrics or "") for p in scraped), watcher.pods
-    op_ip = operator.pods(c)[0]["status"]["podIP"]
+    (new_pod,) = operator.pods(c)
+    assert new_pod["metadata"]["name"] != op_pod["metadata"]["name"]
+    op_ip = new_pod["status"]["podIP"]
     op_metrics = scrape(f"http://{op_ip}:8080/metrics") or ""
     assert "rlaif_reconcile_total" in op_metrics
 
@@ -118,3 +154,99 @@ def test_quickstart_runs_end_to_end_on_the_real_node(node_cluster: Cluster) -> N
     if out:
         with open(out, "a") as fh:
             fh.write(json.dumps(report) + "\n")
+
+
+def test_malformed_prompts_fail_the_job_at_once_without_retry(node_cluster: Cluster, setup) -> None:
+    """A prompts file with a broken JSON line: the label stage exits 65 (bad input), and the job fails
+    at once with the trainer's message, without a second attempt."""
+    c = node_cluster
+    _, namespaces = setup
+    ns = namespaces["badprompts"]
+    workspace = local_workspace(c, ns)
+    stage_inputs(workspace)
+    good = (workspace / "data" / "quickstart_prompts.jsonl").read_text().splitlines()
+    put_file(
+        workspace,
+        "data/quickstart_prompts.jsonl",
+        "\n".join([good[0], '{"id": "broken", "prompt": ', *good[1:]]) + "\n",
+    )
+    kubectl_apply_file(c, ns, fast_quickstart("badprompts", "workspace"))
+    watcher = Watcher(c, ns)
+    final = wait_for_phase(c, ns, "badprompts", {"Succeeded", "Failed"}, watcher, timeout=600)
+    status = final["status"]
+    assert status["phase"] == "Failed", json.dumps(status, indent=1)
+    (pod,) = watcher.by_stage("label")
+    assert pod.exit_code == 65, pod
+    label = status["stages"]["label"]
+    assert label["state"] == "Failed" and label["attempts"] == 1, label
+    assert "quickstart_prompts.jsonl" in (label.get("message") or ""), label
+    failed = [x for x in status["conditions"] if x["type"] == "Failed"]
+    assert failed and failed[0]["status"] == "True", status["conditions"]
+    time.sleep(10)  # no retry comes later either
+    watcher.poll()
+    assert len(watcher.by_stage("label")) == 1 and not watcher.by_stage("reward")
+
+
+def _kill_container(c: Cluster, container_id: str) -> None:
+    """SIGKILL the stage's container the way the OOM killer or a crash would (exit 137)."""
+    assert c.node is not None
+    c.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id.removeprefix("containerd://"))
+
+
+def test_killed_stage_pod_retries_and_resumes_from_its_checkpoint(node_cluster: Cluster, setup) -> None:
+    """The rl stage's container is killed once its first checkpoint is on the volume: the operator
+    retries the stage (attempt 2), which resumes from that checkpoint instead of step 0."""
+    c = node_cluster
+    _, namespaces = setup
+    ns = namespaces["resume"]
+    workspace = local_workspace(c, ns)
+    stage_inputs(workspace)
+    job = fast_quickstart("resume", "workspace", stages=["label", "reward", "rl"])
+    job["spec"]["rl"].update({"steps": 4, "checkpointEvery": 1})
+    kubectl_apply_file(c, ns, job)
+    watcher = Watcher(c, ns)
+    root = workspace / ns / "resume"
+    wait_for(
+        c, watcher, "an rl checkpoint on the volume", lambda: any(root.glob("**/checkpoints/step-*/state.pt"))
+    )
+    pod = c.get(f"/api/v1/namespaces/{ns}/pods?labelSelector=rlaif.dev/stage%3Drl") or {"items": []}
+    (rl_pod,) = [p for p in pod["items"] if p["status"].get("containerStatuses")]
+    checkpoints = sorted(p.parent.name for p in root.glob("**/checkpoints/step-*/state.pt"))
+    _kill_container(c, rl_pod["status"]["containerStatuses"][0]["containerID"])
+
+    final = wait_for_phase(c, ns, "resume", {"Succeeded", "Failed"}, watcher, timeout=900)
+    status = final["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    attempts = watcher.by_stage("rl")
+    assert [p.exit_code for p in attempts] == [137, 0], attempts
+    assert status["stages"]["rl"]["attempts"] == 2, status["stages"]["rl"]
+    resumed = watcher.summary("rl").get("resumed_from_step")
+    assert resumed is not None and resumed >= 1, watcher.summary("rl")
+    print(f"\n[e2e] rl killed with checkpoints {checkpoints}; attempt 2 resumed from step {resumed}")
+
+
+def test_suspend_stops_the_real_pod_and_resume_continues(node_cluster: Cluster, setup) -> None:
+    """runPolicy.suspend while the label pod runs: the pod goes, the job is Suspended; resuming
+    starts the stage again and the job completes from its artifacts."""
+    c = node_cluster
+    _, namespaces = setup
+    ns = namespaces["suspend"]
+    workspace = local_workspace(c, ns)
+    stage_inputs(workspace)
+    kubectl_apply_file(c, ns, fast_quickstart("suspend", "workspace", stages=["label"]))
+    watcher = Watcher(c, ns)
+    wait_for(c, watcher, "a running label pod", lambda: any(p.running for p in watcher.by_stage("label")))
+    patch = '{"spec": {"runPolicy": {"suspend": true}}}'
+    c.kubectl("patch", "rlaif", "suspend", "-n", ns, "--type=merge", "-p", patch)
+    wait_for_phase(c, ns, "suspend", {"Suspended"}, watcher, timeout=120)
+    c.wait_for(
+        "the label pod gone",
+        lambda: not (c.get(f"/api/v1/namespaces/{ns}/pods?labelSelector=rlaif.dev/stage") or {}).get("items"),
+        timeout=120,
+    )
+    c.kubectl("patch", "rlaif", "suspend", "-n", ns, "--type=merge", "-p", patch.replace("true", "false"))
+    final = wait_for_phase(c, ns, "suspend", {"Succeeded", "Failed"}, watcher, timeout=600)
+    assert final["status"]["phase"] == "Succeeded", json.dumps(final["status"], indent=1)
+    label = watcher.by_stage("label")
+    assert len(label) == 2 and label[-1].exit_code == 0, label
+    assert (workspace / ns / "suspend" / "labels" / "DONE").exists()
