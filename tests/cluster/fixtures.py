@@ -160,10 +160,12 @@ _images: dict[str, images.Image] = {}
 _image_error: list[images.ImageError] = []
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_cluster() -> Iterator[Cluster]:
     """A control plane with the real kubelet node (no kwok nodes) and the project's images in its
-    containerd; ``node_cluster.images`` maps operator/trainer to their references."""
+    containerd (``node_cluster.node.loaded`` maps operator/trainer to their references). Package
+    scope: it stops once the package that imports it (tests/e2e) is done, so it does not idle
+    beside the kwok control plane through the integration tests."""
     if "error" in _binaries:
         pytest.fail(f"real test node unavailable: {_binaries['error']}", pytrace=False)
     missing = node.missing_tools()

@@ -343,7 +343,22 @@ def _project_image(target: str, log: Path | None) -> Image:
         "-f", str(DOCKERFILE), "-t", image.name, str(ROOT), log=log,
     )  # fmt: skip
     _record(image, time.monotonic() - t0)
+    _remove_older(image)
     return image
+
+
+def _names() -> list[str]:
+    proc = subprocess.run(
+        ["buildah", *_store_args(), "images", "--json"], capture_output=True, text=True, check=False
+    )
+    return [n for img in json.loads(proc.stdout or "[]") for n in img.get("names") or []]
+
+
+def _remove_older(image: Image) -> None:
+    """Only the newest build of each project image is kept (each old trainer is ~1 GB of its own)."""
+    for name in _names():
+        if name.rsplit(":", 1)[0] == image.repository and name != image.name:
+            subprocess.run(["buildah", *_store_args(), "rmi", name], capture_output=True, check=False)
 
 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -498,6 +513,11 @@ def import_into(node: RealNode, imgs: Iterable[Image], log: Path | None = None) 
             _prune_layout(layout, {image.name})
         if image.name not in node.images():
             raise ImageError(f"{image.name} is not in containerd after the import")
+        # Older tags of the same image go (their layers with them: containerd's GC), so the
+        # persistent store holds one operator and one trainer.
+        older = [n for n in node.images() if n.rsplit(":", 1)[0] == image.repository and n != image.name]
+        if older:
+            node.ctr("images", "rm", "--sync", *older, check=False)
         print(
             f"[tests.cluster] imported {image.name} into the node in {time.monotonic() - t0:.0f}s",
             file=sys.stderr,
