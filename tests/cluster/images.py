@@ -499,29 +499,39 @@ def _prune_layout(layout: Path, keep: set[str]) -> None:
 
 def import_into(node: RealNode, imgs: Iterable[Image], log: Path | None = None) -> None:
     """Copy images from buildah's storage into the node's containerd (namespace k8s.io)."""
-    present = node.images()
     for image in imgs:
-        if image.name in present:
-            continue
-        t0 = time.monotonic()
-        layout = oci_layout()
-        layout.parent.mkdir(parents=True, exist_ok=True)
-        with _lock():
-            # Uncompressed: containerd would only decompress it again, and gzip on 2 cores is slow.
-            buildah("push", "--disable-compression", image.name, f"oci:{layout}:{image.name}", log=log)
-            _stream_to_containerd(node, layout, image.name)
-            _prune_layout(layout, {image.name})
         if image.name not in node.images():
-            raise ImageError(f"{image.name} is not in containerd after the import")
-        # Older tags of the same image go (their layers with them: containerd's GC), so the
-        # persistent store holds one operator and one trainer.
-        older = [n for n in node.images() if n.rsplit(":", 1)[0] == image.repository and n != image.name]
-        if older:
-            node.ctr("images", "rm", "--sync", *older, check=False)
-        print(
-            f"[tests.cluster] imported {image.name} into the node in {time.monotonic() - t0:.0f}s",
-            file=sys.stderr,
-        )
+            t0 = time.monotonic()
+            layout = oci_layout()
+            layout.parent.mkdir(parents=True, exist_ok=True)
+            with _lock():
+                # Uncompressed: containerd would only decompress it again, and gzip on 2 cores is slow.
+                buildah("push", "--disable-compression", image.name, f"oci:{layout}:{image.name}", log=log)
+                _stream_to_containerd(node, layout, image.name)
+                _prune_layout(layout, {image.name})
+            if image.name not in node.images():
+                raise ImageError(f"{image.name} is not in containerd after the import")
+            print(
+                f"[tests.cluster] imported {image.name} into the node in {time.monotonic() - t0:.0f}s",
+                file=sys.stderr,
+            )
+        _remove_older_from_node(node, image)
+
+
+def _remove_older_from_node(node: RealNode, image: Image) -> None:
+    """Older tags of the same image go, and so do the ``sha256:<image id>`` references the CRI
+    plugin adds for every image, unless they point at a kept one; containerd's GC then drops their
+    layers, so the persistent store holds one operator and one trainer."""
+    refs: dict[str, str] = {}  # reference -> manifest digest
+    for line in node.ctr("images", "ls").stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3:
+            refs[parts[0]] = parts[2]
+    older = [r for r in refs if r.rsplit(":", 1)[0] == image.repository and r != image.name]
+    kept = {d for r, d in refs.items() if not r.startswith("sha256:") and r not in older}
+    stale = older + [r for r, d in refs.items() if r.startswith("sha256:") and d not in kept]
+    if stale:
+        node.ctr("images", "rm", "--sync", *stale, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
