@@ -1,12 +1,17 @@
 """``rlaif-operator`` / ``python -m rlaif_operator``: run the operator.
 
-One replica at a time (Deployment strategy ``Recreate``): the operator runs kopf in standalone
-mode, without peering.
+kopf always runs standalone (no kopf peering). One replica, or several with ``--leader-election
+LEASE``: then each process first takes a coordination.k8s.io Lease (:mod:`rlaif_operator.leader`
+says why a Lease and not kopf peering), and only the holder starts kopf; the others wait as standbys.
+kopf's identity is ``--identity`` (default ``$POD_NAME``): kopf otherwise asks getpass, which fails
+for a uid without a passwd entry, as in the image.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -92,6 +97,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="concurrent reconciliations, each mostly waiting on the API (default 64)",
     )
+    parser.add_argument(
+        "--identity",
+        default=None,
+        help="this replica's name, for kopf and the Lease (default $POD_NAME, else host-pid)",
+    )
+    parser.add_argument(
+        "--leader-election",
+        metavar="LEASE",
+        default=None,
+        help="run as one of several replicas: act only while holding this coordination.k8s.io Lease",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="namespace of the Lease (default $POD_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="a standby takes over a Lease not renewed for this long (default 15)",
+    )
+    parser.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="the leader exits if it could not renew for this long (default 10; < lease duration)",
+    )
+    parser.add_argument(
+        "--retry-period",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="interval between Lease reads/renewals (default 2; < renew deadline)",
+    )
     parser.add_argument("--version", action="version", version=f"rlaif-operator {__version__}")
     return parser
 
@@ -107,7 +150,19 @@ def _tolerations_from_env() -> tuple[dict[str, Any], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .leader import Timing, default_identity
+
+    timing = Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+    if args.leader_election:
+        if not args.leader_election_namespace:
+            parser.error("--leader-election needs --leader-election-namespace (or $POD_NAMESPACE)")
+        try:
+            timing.check()
+        except ValueError as err:
+            parser.error(str(err))
+    identity = args.identity or default_identity()
     import kopf
 
     from .metrics import Metrics
@@ -151,14 +206,76 @@ def main(argv: list[str] | None = None) -> int:
     # ServiceAccount meets no 403s and no start-up stall. Only patterns (*, ?, comma lists, !exclusions)
     # turn it on, as kopf itself tells exact names from patterns.
     kopf_settings.scanning.disabled = not any(set("*?,!") & set(ns) for ns in args.namespace or ())
-    kopf.run(
+    run_kwargs: dict[str, Any] = dict(
         settings=kopf_settings,
         clusterwide=bool(args.all_namespaces),
         namespaces=args.namespace or (),
         standalone=True,
+        identity=identity,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
         memo=memo,
     )
+    if not args.leader_election:
+        kopf.run(**run_kwargs)
+        return 0
+    return asyncio.run(
+        run_elected(
+            args.leader_election,
+            args.leader_election_namespace,
+            identity,
+            timing,
+            args.liveness_port,
+            run_kwargs,
+        )
+    )
+
+
+async def run_elected(
+    lease: str, namespace: str, identity: str, timing: Any, liveness_port: int, run_kwargs: dict[str, Any]
+) -> int:
+    """Wait as a standby until this replica holds the Lease, then run kopf while renewing it.
+
+    Losing the Lease ends the process at once (exit 3) rather than stopping kopf gracefully: a
+    graceful stop takes time in which this replica could still create Jobs next to the new leader.
+    The kubelet restarts the container, which comes back as a standby.
+    """
+    import kopf
+
+    from .kube import KubeClient
+    from .leader import LeaderElector, LostLease, standby_health
+
+    settings = run_kwargs["settings"]
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        print("rlaif-operator: no credentials: neither a service account nor a kubeconfig", file=sys.stderr)
+        return 2
+    client = KubeClient(info, timeout=max(1.0, timing.retry_period))
+    elector = LeaderElector(client, namespace, lease, identity, timing)
+    stop_health = await standby_health(liveness_port) if liveness_port else None
+    try:
+        await elector.acquire()
+    finally:
+        if stop_health is not None:
+            await stop_health()
+
+    async def keep() -> None:
+        try:
+            await elector.keep()
+        except LostLease as err:
+            logging.getLogger("rlaif_operator").critical("%s: exiting so that only one replica acts", err)
+            logging.shutdown()
+            os._exit(3)
+
+    keeper = asyncio.create_task(keep(), name="rlaif-lease")
+    try:
+        await kopf.operator(**run_kwargs)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        # kopf has stopped (its cleanup stopped the controller): nothing acts any more.
+        await elector.release()
+        await client.close()
     return 0
 
 

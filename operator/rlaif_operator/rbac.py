@@ -49,3 +49,18 @@ CLUSTER_DISCOVERY_RULES: list[dict[str, Any]] = [
 
 def role_rules(namespace_patterns: bool = False) -> list[dict[str, Any]]:
     return RBAC_RULES + (NAMESPACE_PATTERN_RULES if namespace_patterns else [])
+
+
+def leader_election_rules(lease: str) -> list[dict[str, Any]]:
+    """With ``--leader-election LEASE``, in the Lease's namespace only (rlaif_operator.leader):
+    get and update that one Lease (read it, take it, renew it, release it), and create leases,
+    which RBAC cannot narrow by name (the name of an object being created is not known to it)."""
+    return [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        },
+    ]

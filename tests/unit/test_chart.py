@@ -367,6 +367,82 @@ def test_optional_rbac_rules(helm):
     assert_no_wildcards(docs)
 
 
+def test_leader_election_off_by_default_and_more_than_one_replica_refused(helm):
+    docs = render(helm)
+    assert not [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election")]
+    assert not any(a.startswith("--leader-election") for a in container(one(docs, "Deployment"))["args"])
+    for values in (["--set", "replicaCount=2"], ["--set", "replicaCount=2,leaderElection.enabled=false"]):
+        proc = render(helm, *values, check=False)
+        assert proc.returncode != 0 and "replicaCount" in proc.stderr, proc.stderr
+
+
+def test_leader_election_replicas_rbac_and_args(helm):
+    """Two replicas with a Lease: a Role for that one Lease in the release namespace only (the same
+    rules rlaif_operator.rbac declares), the operator flags, RollingUpdate, spread over nodes."""
+    from rlaif_operator import rbac
+
+    docs = render(
+        helm, "--set", "replicaCount=2,leaderElection.enabled=true", "--set", "watchNamespaces={team-a}"
+    )
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    c = container(deployment)
+    lease = "rel-rlaif-operator"
+    assert f"--leader-election={lease}" in c["args"]
+    assert {"--lease-duration=15", "--renew-deadline=10", "--retry-period=2"} <= set(c["args"])
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c["env"]}
+    # kopf's identity and the Lease holder come from the pod name; the Lease's namespace from the pod's.
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    (le_role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election")]
+    assert le_role["metadata"]["namespace"] == NAMESPACE
+    assert le_role["rules"] == rbac.leader_election_rules(lease)
+    (le_binding,) = [
+        b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"].endswith("leader-election")
+    ]
+    assert le_binding["metadata"]["namespace"] == NAMESPACE
+    assert le_binding["roleRef"]["name"] == le_role["metadata"]["name"]
+    assert le_binding["subjects"][0]["name"] == deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    # The watched namespace's Role is unchanged: no lease access outside the release namespace.
+    (team_role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "team-a"]
+    assert rules_of(team_role) == EXPECTED_RULES
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
+        "kubernetes.io/hostname"
+    )
+    assert_no_wildcards(docs)
+    # Own names and timings (floats need --set-json: --set turns 4.5 into a string).
+    docs = render(
+        helm,
+        "--set-json",
+        'leaderElection={"enabled":true,"leaseName":"ops","leaseDuration":4.5,"renewDeadline":3,"retryPeriod":0.5}',
+    )
+    args = container(one(docs, "Deployment"))["args"]
+    assert {
+        "--leader-election=ops",
+        "--lease-duration=4.5",
+        "--renew-deadline=3",
+        "--retry-period=0.5",
+    } <= set(args)
+    (le_role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election")]
+    assert le_role["rules"][1]["resourceNames"] == ["ops"]
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [
+        '{"enabled":true,"renewDeadline":20}',
+        '{"enabled":true,"retryPeriod":10}',
+        '{"enabled":true,"leaseDuration":0}',
+        '{"enabled":true,"leaseName":"Not_A_Name"}',
+    ],
+)
+def test_leader_election_refuses_bad_timing(helm, timing):
+    proc = render(helm, "--set-json", f"leaderElection={timing}", check=False)
+    assert proc.returncode != 0, f"{timing} was accepted"
+
+
 def test_rules_mirror_the_operators_declared_needs():
     """The chart grants exactly what the operator declares it needs (no more, no less)."""
     from rlaif_operator import rbac

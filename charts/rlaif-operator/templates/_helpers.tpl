@@ -93,3 +93,8 @@ fails when the two differ. docs/operator-guide.md gives the reason for every rul
   verbs: ["update"]
 {{- end }}
 {{- end }}
+
+{{/* The Lease of leader election (leaderElection.leaseName, default the full name). */}}
+{{- define "rlaif-operator.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default (include "rlaif-operator.fullname" .) -}}
+{{- end }}
