@@ -245,12 +245,18 @@ async def run_elected(
     from .leader import LeaderElector, LostLease, standby_health
 
     settings = run_kwargs["settings"]
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
+
+    def client() -> KubeClient | None:
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
+        return KubeClient(info, timeout=max(1.0, timing.retry_period)) if info is not None else None
+
+    first = client()
+    if first is None:
         print("rlaif-operator: no credentials: neither a service account nor a kubeconfig", file=sys.stderr)
         return 2
-    client = KubeClient(info, timeout=max(1.0, timing.retry_period))
-    elector = LeaderElector(client, namespace, lease, identity, timing)
+    elector = LeaderElector(first, namespace, lease, identity, timing, relogin=client)
     stop_health = await standby_health(liveness_port) if liveness_port else None
     try:
         await elector.acquire()
@@ -275,7 +281,7 @@ async def run_elected(
             await keeper
         # kopf has stopped (its cleanup stopped the controller): nothing acts any more.
         await elector.release()
-        await client.close()
+        await elector.client.close()
     return 0
 
 

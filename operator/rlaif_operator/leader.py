@@ -135,8 +135,12 @@ class LeaderElector:
         identity: str,
         timing: Timing = Timing(),
         clock: Callable[[], float] = time.monotonic,
+        relogin: Callable[[], Any] | None = None,
     ) -> None:
         timing.check()
+        # A fresh client from a fresh login, for a 401: the pod's service-account token is
+        # rotated by the kubelet, and a leader renews for as long as it lives.
+        self.relogin = relogin
         self.client, self.namespace, self.name, self.identity = client, namespace, name, identity
         self.timing, self.clock = timing, clock
         self.observed = Observation()
@@ -158,6 +162,22 @@ class LeaderElector:
 
     async def try_once(self) -> bool:
         """One round: read the Lease, decide, write; True if we hold it afterwards."""
+        from .kube import ApiError
+
+        try:
+            return await self._round()
+        except ApiError as err:
+            if err.status != 401 or self.relogin is None:
+                raise
+            fresh = self.relogin()
+            if fresh is None:
+                raise
+        old, self.client = self.client, fresh
+        with contextlib.suppress(Exception):
+            await old.close()
+        return await self._round()
+
+    async def _round(self) -> bool:
         from .kube import ApiError
 
         try:

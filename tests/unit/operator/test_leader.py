@@ -237,3 +237,33 @@ def test_identity_defaults_to_the_pod_name(monkeypatch):
     assert default_identity() == "rlaif-operator-7d9f-abcde"
     monkeypatch.delenv("POD_NAME")
     assert default_identity().endswith(f"-{__import__('os').getpid()}")
+
+
+def test_a_401_logs_in_again_and_retries_with_the_fresh_client():
+    """The kubelet rotates the service-account token: a 401 means "read the token again"."""
+    store, clock = LeaseStore(), Clock()
+    expired = store.client()
+
+    async def unauthorized(path: str) -> Any:
+        raise ApiError(401, {"reason": "Unauthorized"}, "GET", path)
+
+    expired.get = unauthorized
+    closed: list[bool] = []
+
+    async def close() -> None:
+        closed.append(True)
+
+    expired.close = close
+    logins: list[Any] = []
+
+    def relogin() -> Any:
+        logins.append(store.client())
+        return logins[-1]
+
+    a = LeaderElector(expired, "ns", "lease", "op-a", TIMING, clock=clock, relogin=relogin)
+    assert run(a.try_once()) is True
+    assert len(logins) == 1 and a.client is logins[0] and closed == [True]
+    # Without a way to log in again, the 401 surfaces.
+    b = LeaderElector(expired, "ns", "lease", "op-b", TIMING, clock=clock)
+    with pytest.raises(ApiError, match="401"):
+        run(b.try_once())
