@@ -27,6 +27,7 @@ from .realnode import (
     Watcher,
     create_namespace,
     fast_quickstart,
+    helm,
     install_operator,
     kubectl_apply_file,
     local_workspace,
@@ -250,3 +251,77 @@ def test_suspend_stops_the_real_pod_and_resume_continues(node_cluster: Cluster, 
     label = watcher.by_stage("label")
     assert len(label) == 2 and label[-1].exit_code == 0, label
     assert (workspace / ns / "suspend" / "labels" / "DONE").exists()
+
+
+def test_two_operator_replicas_hand_over_without_duplicate_jobs(node_cluster: Cluster, setup) -> None:
+    """The chart with replicaCount=2 and leaderElection.enabled: two operator pods, only the Lease
+    holder reconciles; the holder pod is deleted while the label stage's pod runs, the standby takes
+    the Lease, and the job ends with one Job and one pod per stage. Last in the module: it replaces
+    the module's single operator (which watches every namespace) with the HA release."""
+    c = node_cluster
+    single, _ = setup
+    helm(c, "uninstall", single.release, "--namespace", single.namespace, "--wait", "--timeout", "120s")
+    ns = unique("ha")
+    create_namespace(c, ns, PSS_RESTRICTED)
+    timing = {"leaseDuration": 8, "renewDeadline": 5, "retryPeriod": 1}
+    operator = install_operator(
+        c,
+        [ns],
+        release="rlaif-ha",
+        # The CRD stays from the uninstalled release (crds.keep), owned by it.
+        extra_values={
+            "replicaCount": 2,
+            "leaderElection": {"enabled": True, **timing},
+            "crds": {"install": False},
+        },
+    )
+    pods = operator.pods(c)
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{operator.namespace}/leases/{operator.fullname}"
+
+    def holder() -> str:
+        return str(((c.get(lease_path) or {}).get("spec") or {}).get("holderIdentity") or "")
+
+    c.wait_for("a lease holder", lambda: holder() in {p["metadata"]["name"] for p in pods}, timeout=60)
+    leader = holder()
+    (standby,) = [p for p in pods if p["metadata"]["name"] != leader]
+    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+
+    def reconciles(pod_name: str) -> float:
+        body = scrape(f"http://{ips[pod_name]}:8080/metrics") or ""
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in body.splitlines()
+            if line.startswith("rlaif_reconcile_total{")
+        )
+
+    workspace = local_workspace(c, ns)
+    stage_inputs(workspace)
+    kubectl_apply_file(c, ns, fast_quickstart("ha", "workspace", stages=["label", "reward"]))
+    watcher = Watcher(c, ns)
+    wait_for(
+        c,
+        watcher,
+        "a running label pod",
+        lambda: any(p.stage == "label" and p.running for p in watcher.pods.values()),
+    )
+    # Only the holder acts: it reconciled the job, the standby nothing.
+    assert reconciles(leader) > 0
+    assert reconciles(standby["metadata"]["name"]) == 0
+
+    c.request("DELETE", f"/api/v1/namespaces/{operator.namespace}/pods/{leader}")
+    deleted = time.monotonic()
+    c.wait_for("the standby holds the lease", lambda: holder() == standby["metadata"]["name"], timeout=60)
+    handover = time.monotonic() - deleted
+
+    final = wait_for_phase(c, ns, "ha", {"Succeeded", "Failed"}, watcher, timeout=900)
+    assert final["status"]["phase"] == "Succeeded", json.dumps(final["status"], indent=1)
+    jobs = c.get(f"/apis/batch/v1/namespaces/{ns}/jobs") or {"items": []}
+    assert sorted(j["metadata"]["labels"]["rlaif.dev/stage"] for j in jobs["items"]) == ["label", "reward"]
+    for stage in ("label", "reward"):
+        assert [p.exit_code for p in watcher.by_stage(stage)] == [0], watcher.by_stage(stage)
+        assert final["status"]["stages"][stage]["attempts"] == 1
+    assert reconciles(standby["metadata"]["name"]) > 0  # the former standby finished the job
+    print(
+        f"\n[e2e] HA: leader {leader} deleted mid-label; {standby['metadata']['name']} took the lease after {handover:.1f}s"
+    )
