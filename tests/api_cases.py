@@ -99,6 +99,10 @@ INVALID_CASES = [
     InvalidCase("bad-quantity", _set("spec.resources.default.memory", "lots"), "memory"),
     InvalidCase("negative-kl", _set("spec.rl.klCoef", -0.1), "klCoef"),
     InvalidCase("zero-temperature", _set("spec.rl.temperature", 0), "temperature"),
+    InvalidCase("unknown-rollout-engine", _set("spec.rl.generation", "sglang"), "generation"),
+    InvalidCase(
+        "vllm-takes-the-whole-gpu", _set("spec.rl.vllmGpuMemoryUtilization", 1.0), "vllmGpuMemoryUtilization"
+    ),
     InvalidCase("pointwise-without-principles", _set("spec.labeler.principles", []), "principles"),
     InvalidCase("python-without-callable", _set("spec.labeler.provider", "python"), "callable"),
     InvalidCase(

@@ -271,6 +271,13 @@ class RewardModelSpec(ApiModel):
     checkpoint_every: int = Field(
         100, ge=1, le=10_000_000, description="Optimizer steps between checkpoints. Default 100."
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute activations in the backward pass instead of keeping them: less memory for "
+            "about one more forward pass of compute. Default false."
+        ),
+    )
 
 
 class RLSpec(ApiModel):
@@ -319,6 +326,31 @@ class RLSpec(ApiModel):
     clip_range: float = Field(0.2, gt=0, le=1, description="PPO ratio clip range. Default 0.2.")
     checkpoint_every: int = Field(
         20, ge=1, le=10_000_000, description="Steps between checkpoints. Default 20."
+    )
+    generation: Literal["hf", "vllm"] = Field(
+        "hf",
+        description=(
+            "How rollouts are sampled. hf: the policy itself, in the trainer (a decode loop on the "
+            "transformers model). vllm: a vLLM engine colocated in the trainer process on the same "
+            "GPU, sent the policy's weights (LoRA folded in) after every update; needs vllm in the "
+            "trainer image and a GPU. Default hf."
+        ),
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description=(
+            "With generation vllm: the share of the GPU's memory the colocated engine may take "
+            "(weights and KV cache); the policy's training needs the rest. Default 0.3."
+        ),
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute the policy's activations in the backward pass instead of keeping them: less "
+            "memory for about one more forward pass of compute. Default false."
+        ),
     )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (

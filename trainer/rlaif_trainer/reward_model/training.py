@@ -13,6 +13,7 @@ from typing import Any
 
 from rlaif_trainer import metrics as prom
 from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.modeling.performance import enable_gradient_checkpointing
 from rlaif_trainer.reward_model.batching import encode_response, length_grouped_batches
 from rlaif_trainer.reward_model.losses import pair_loss, soft_label_loss
 from rlaif_trainer.reward_model.scorer import _rewards
@@ -104,6 +105,7 @@ def train_reward_model(
     accelerator: Any = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    gradient_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` (a one-output sequence classifier) on labelled pairs; returns metrics.
 
@@ -144,6 +146,8 @@ def train_reward_model(
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
 
+    if gradient_checkpointing:  # the model trains in training mode, where HF's layers checkpoint
+        enable_gradient_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:  # the fused kernel avoids foreach's parameter-sized temporaries (peak memory)
         opt = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0, fused=True)

@@ -44,6 +44,8 @@ from rlaif_trainer.data.prompts import split_prompts
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.modeling.chat import format_prompts
 from rlaif_trainer.modeling.generation import Generation, generate, response_logprobs
+from rlaif_trainer.modeling.performance import adamw_kwargs, checkpointing, enable_gradient_checkpointing
+from rlaif_trainer.modeling.vllm_engine import EngineRollout, GenerationEngine, VLLMEngine
 from rlaif_trainer.rl import losses as alg
 from rlaif_trainer.rl.algorithms import Rollout, build_algorithm
 
@@ -139,6 +141,7 @@ class RLTrainer:
         tokenizer=None,
         reward_fn: RewardFn | None = None,
         reward_factory: Callable[..., RewardFn] | None = None,
+        generation_engine: GenerationEngine | None = None,
         work_dir: str | Path | None = None,
         progress: bool = True,
         device: str | torch.device | None = None,
@@ -186,6 +189,8 @@ class RLTrainer:
         self.tokenizer = tokenizer
         self.model = self._with_lora(model).to(self.device)
         self.model.eval()  # no dropout: the sampling distribution is the one being scored
+        if self.rl.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         hidden = self.model.get_input_embeddings().weight.shape[1]
         # Zero-initialised; seeded identically on every rank.
         self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
@@ -200,7 +205,19 @@ class RLTrainer:
                 {"params": list(self.value_head.parameters()), "lr": VALUE_HEAD_LR},
             ],
             weight_decay=0.0,
+            **adamw_kwargs(self.device),
         )
+        # rl.generation: vllm samples through a colocated engine that is sent the policy's weights
+        # before each rollout that follows an update; ``generation_engine`` injects one (tests).
+        self.engine: EngineRollout | None = None
+        if self.rl.generation == "vllm":
+            if generation_engine is None:
+                generation_engine = VLLMEngine(
+                    self.spec.policy.model,
+                    seed=self.seed + self.rank,
+                    gpu_memory_utilization=self.rl.vllm_gpu_memory_utilization,
+                )
+            self.engine = EngineRollout(generation_engine)
         if reward_fn is None:
             if reward_factory is None:
                 raise ValueError("RLTrainer needs a reward_fn or a reward_factory")
@@ -247,16 +264,19 @@ class RLTrainer:
     # -- one step ---------------------------------------------------------------------------------
 
     def forward(self, gen: Generation, *, with_hidden: bool, with_entropy: bool = False):
-        return response_logprobs(
-            self.model,
-            gen.query_ids,
-            gen.query_mask,
-            gen.response_ids,
-            gen.response_mask,
-            temperature=self.rl.temperature,
-            with_entropy=with_entropy,
-            with_hidden=with_hidden,
-        )
+        # checkpointing(): with rl.gradientCheckpointing the decoder layers recompute in the
+        # backward although the policy stays in eval mode; without it, a no-op.
+        with checkpointing(self.model):
+            return response_logprobs(
+                self.model,
+                gen.query_ids,
+                gen.query_mask,
+                gen.response_ids,
+                gen.response_mask,
+                temperature=self.rl.temperature,
+                with_entropy=with_entropy,
+                with_hidden=with_hidden,
+            )
 
     def optimizer_step(self) -> float:
         params = self.lora_params + list(self.value_head.parameters())
@@ -272,16 +292,30 @@ class RLTrainer:
         raw_k = [p for p in raw for _ in range(self.k)]
         formatted = format_prompts(self.tokenizer, raw_k)
         t0 = time.perf_counter()
-        gen = generate(
-            self.model,
-            self.tokenizer,
-            formatted,
-            max_new_tokens=self.rl.max_new_tokens,
-            temperature=self.rl.temperature,
-            top_p=self.rl.top_p,
-            max_prompt_tokens=None,
-            device=self.device,
-        )
+        if self.engine is not None:
+            # The step number counts the updates made so far: the engine is re-sent the weights
+            # only when it moved (also after a resume, when it has none yet).
+            gen = self.engine.generate(
+                self.model,
+                self.tokenizer,
+                formatted,
+                version=step,
+                max_new_tokens=self.rl.max_new_tokens,
+                temperature=self.rl.temperature,
+                top_p=self.rl.top_p,
+                device=self.device,
+            )
+        else:
+            gen = generate(
+                self.model,
+                self.tokenizer,
+                formatted,
+                max_new_tokens=self.rl.max_new_tokens,
+                temperature=self.rl.temperature,
+                top_p=self.rl.top_p,
+                max_prompt_tokens=None,
+                device=self.device,
+            )
         too_long = int(gen.query_mask.sum(dim=1).max())
         if too_long > self.spec.policy.max_prompt_length:
             raise BadInputError(

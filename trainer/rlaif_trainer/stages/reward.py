@@ -119,6 +119,7 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         seed=config.seed,
         checkpoint_dir=work,
         checkpoint_every=rm.checkpoint_every,
+        gradient_checkpointing=rm.gradient_checkpointing,
         accelerator=acc,
         progress=progress,
     )
