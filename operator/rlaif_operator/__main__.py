@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from rlaif_api import argtypes
+import rlaif_api.argtypes as argtypes
 
 from . import __version__
 
