@@ -74,6 +74,8 @@ def resolve_spec(spec: RLAIFJobSpec, base_dir: str | Path) -> RLAIFJobSpec:
     ds.eval_prompts = _resolve_data_path(ds.eval_prompts, base)
     ds.pairs = _resolve_data_path(ds.pairs, base)
     ds.labels = _resolve_data_path(ds.labels, base)
+    ds.eval_references = _resolve_data_path(ds.eval_references, base)
+    ds.calibration_pairs = _resolve_data_path(ds.calibration_pairs, base)
     for labeler in (resolved.labeler, resolved.evaluation.judge):
         if labeler is not None:
             labeler.model = (

@@ -97,7 +97,30 @@ class DatasetSpec(ApiModel):
         ),
     )
     max_prompts: int | None = Field(
-        None, ge=1, le=10_000_000, description="Use at most this many training prompts."
+        None,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Sample and label candidate pairs for at most this many training prompts (the first ones). "
+            "RL still trains on every training prompt."
+        ),
+    )
+    eval_references: PathStr | None = Field(
+        None,
+        description=(
+            "Optional JSONL of reference responses for the held-out prompts ({id, reference}, matched to "
+            "evalPrompts by id). The evaluate stage then reports ROUGE-L against them: a measure the "
+            "policy never optimised."
+        ),
+    )
+    calibration_pairs: PathStr | None = Field(
+        None,
+        description=(
+            "Optional JSONL of pairs with a human preference ({id, prompt, response_a, response_b, p_a}: "
+            "p_a 1 when a is better, 0 when b is). The label stage also labels them and reports the "
+            "labeler's alignment with the human choice, its position-bias rate and its mean confidence "
+            "(`rlaif-train calibrate` runs this alone)."
+        ),
     )
 
 
@@ -278,6 +301,17 @@ class RewardModelSpec(ApiModel):
             "about one more forward pass of compute. Default false."
         ),
     )
+    min_held_out_accuracy: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description=(
+            "Quality gate: the reward stage fails (reason RewardModelBelowGate) unless the lower end of "
+            "the 95% Wilson interval of the reward model's accuracy on the held-out pairs is above this. "
+            "The default 0.5 demands better than chance, so RL never runs on a reward model that cannot "
+            "tell the held-out labels apart. 0 turns the gate off."
+        ),
+    )
 
 
 class RLSpec(ApiModel):
@@ -368,6 +402,15 @@ class EvaluationSpec(ApiModel):
 
     judge: LabelerSpec | None = Field(None, description="The AI judge. Default: the labeler.")
     samples: int = Field(200, ge=1, le=1_000_000, description="Held-out prompts to judge. Default 200.")
+    samples_per_prompt: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description=(
+            "Responses sampled per held-out prompt from each policy, with common random numbers (sample j "
+            "of both policies uses the same seed); the paired tests average them per prompt. Default 4."
+        ),
+    )
     max_new_tokens: int | None = Field(
         None, ge=1, le=32768, description="Response length for evaluation. Default: rl.maxNewTokens."
     )

@@ -22,6 +22,9 @@ class Reason(str, Enum):
     BACKOFF_RETRY = "BackoffRetry"
     ALL_STAGES_SUCCEEDED = "AllStagesSucceeded"
     BAD_INPUT = "BadInput"
+    # The reward stage's quality gate: the reward model is not measurably better than chance on its
+    # held-out pairs (rewardModel.minHeldOutAccuracy), so RL does not run on it.
+    REWARD_MODEL_BELOW_GATE = "RewardModelBelowGate"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
@@ -133,6 +136,36 @@ class ResultsStatus(ApiModel):
     )
     final_reward: float | None = Field(None, description="Mean reward over the last RL steps.")
     final_kl: float | None = Field(None, description="Mean KL to the initial policy over the last RL steps.")
+    labeler_alignment: float | None = Field(
+        None, description="Share of dataset.calibrationPairs where the labeler prefers the human's choice."
+    )
+    labeler_position_bias_rate: float | None = Field(
+        None,
+        description="Share of the calibration pairs where the response in the same position wins in both orders (pairwise labelers).",
+    )
+    labeler_mean_confidence: float | None = Field(
+        None, description="Mean |p - 0.5| * 2 of the labeler on the calibration pairs."
+    )
+    reward_model_accuracy_ci_low: float | None = Field(
+        None,
+        description="Lower end of the 95% Wilson interval of the reward model's held-out accuracy (the quality gate's figure).",
+    )
+    reward_gain: float | None = Field(
+        None,
+        description="Held-out mean of the reward RL optimised, trained minus initial policy (paired by prompt).",
+    )
+    reward_gain_ci_low: float | None = Field(None, description="Lower end of reward_gain's 95% interval.")
+    rouge_l_gain: float | None = Field(
+        None,
+        description="Held-out ROUGE-L against dataset.evalReferences, trained minus initial: a signal RL never optimised.",
+    )
+    rouge_l_gain_p_value: float | None = Field(
+        None, description="Two-sided paired sign-flip p-value of rouge_l_gain."
+    )
+    aa_win_rate: float | None = Field(
+        None,
+        description="The judge's win rate of the initial policy against itself (different seeds): the null, which should be 0.5.",
+    )
 
 
 class RLAIFJobStatus(ApiModel):

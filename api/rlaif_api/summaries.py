@@ -49,6 +49,12 @@ class LabelSummary(StageSummary):
     labelled_now: int | None = None
     pairs_per_s: float | None = None
     candidates: str | None = None
+    # dataset.calibrationPairs: the labeler against human preferences (the paper's labeler alignment)
+    calibration_pairs: int | None = None
+    calibration_alignment: Annotated[float | None, Result("labeler_alignment")] = None
+    calibration_alignment_ci_low: float | None = None
+    calibration_position_bias_rate: Annotated[float | None, Result("labeler_position_bias_rate")] = None
+    calibration_mean_confidence: Annotated[float | None, Result("labeler_mean_confidence")] = None
 
 
 class RewardSummary(StageSummary):
@@ -65,6 +71,11 @@ class RewardSummary(StageSummary):
     processes: int | None = None
     loss_type: str | None = None
     lora: bool | None = None
+    # the quality gate: the accuracy's 95% Wilson interval against rewardModel.minHeldOutAccuracy
+    accuracy_ci_low: Annotated[float | None, Result("reward_model_accuracy_ci_low")] = None
+    accuracy_ci_high: float | None = None
+    min_held_out_accuracy: float | None = None
+    gate_passed: bool | None = None
 
 
 class RLSummary(StageSummary):
@@ -78,6 +89,7 @@ class RLSummary(StageSummary):
     steps: int | None = None
     processes: int | None = None
     initial_reward: float | None = None
+    headline_steps: int | None = None  # initial and final reward are means over this many steps each
     final_reward: Annotated[float | None, Result("final_reward")] = None
     final_kl: Annotated[float | None, Result("final_kl")] = None
     final_entropy: float | None = None
@@ -97,11 +109,31 @@ class EvaluateSummary(StageSummary):
 
     stage: str = "evaluate"
     prompts: int | None = None
+    samples_per_prompt: int | None = None
+    # (a) the reward RL optimised, initial against trained, paired by prompt
+    reward_initial: float | None = None
+    reward_trained: float | None = None
+    reward_gain: Annotated[float | None, Result("reward_gain")] = None
+    reward_gain_ci_low: Annotated[float | None, Result("reward_gain_ci_low")] = None
+    reward_gain_ci_high: float | None = None
+    reward_gain_p_value: float | None = None
+    # (c) ROUGE-L against the references: a signal the policy never optimised
+    rouge_l_initial: float | None = None
+    rouge_l_trained: float | None = None
+    rouge_l_gain: Annotated[float | None, Result("rouge_l_gain")] = None
+    rouge_l_gain_ci_low: float | None = None
+    rouge_l_gain_ci_high: float | None = None
+    rouge_l_gain_p_value: Annotated[float | None, Result("rouge_l_gain_p_value")] = None
+    # (b) the AI judge, and its A/A null (two samples of the initial policy), which should be 0.5
     win_rate_vs_initial: Annotated[float | None, Result("win_rate_vs_initial")] = None
     win_rate_ci_low: Annotated[float | None, Result("win_rate_ci_low")] = None
     win_rate_ci_high: Annotated[float | None, Result("win_rate_ci_high")] = None
     soft_win_rate: float | None = None
     win_rate_equal_length: float | None = None
+    aa_win_rate: Annotated[float | None, Result("aa_win_rate")] = None
+    aa_win_rate_ci_low: float | None = None
+    aa_win_rate_ci_high: float | None = None
+    judge_is_reward_source: bool | None = None
     ties: int | None = None
     judge_consistency: float | None = None
     mean_length_trained: float | None = None

@@ -56,6 +56,16 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 POD_MISSING_SECONDS = 30.0
 
 
+def permanent_reason(summary: dict[str, Any] | None) -> Reason:
+    """The Failed reason of a stage that failed for good: the one its termination message names when
+    it is a known reason (the reward model's quality gate, RewardModelBelowGate), else BadInput."""
+    named = (summary or {}).get("reason")
+    try:
+        return Reason(named) if isinstance(named, str) else Reason.BAD_INPUT
+    except ValueError:
+        return Reason.BAD_INPUT
+
+
 def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings: Settings) -> Plan:
     """Compute what should change for one RLAIFJob. ``body`` is the raw object from the API."""
     meta = body.get("metadata") or {}
@@ -172,7 +182,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             new.start_time = now_s  # like batch/v1 Jobs: the deadline timer restarts on resume
         deadline = _deadline(job, new, now)
         if view.permanent is not None:
-            failed_reason = Reason.BAD_INPUT
+            failed_reason = permanent_reason(view.permanent.summary)
             failed_message = f"stage {current} failed permanently (attempt {view.permanent.number}): {view.permanent.error}"
             st.completion_time = view.permanent.finished or now_s
         elif len(view.failures) > rp.backoff_limit:

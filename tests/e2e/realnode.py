@@ -203,19 +203,23 @@ def put_file(workspace: Path, rel: str, text: str) -> None:
 
 
 def fast_quickstart(name: str, claim: str, **overrides: Any) -> dict[str, Any]:
-    """examples/quickstart.yaml, sized for a 2-core machine: the same four stages on the embedded
-    model with fewer pairs, steps and tokens; pairwise labeling so the labeler's position
-    consistency is reported; placed on the real node with the workspace claim ``claim``."""
-    job = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    """examples/quickstart-reward-model.yaml (the quickstart's task through all four stages), sized
+    for a 2-core machine: the embedded model with fewer pairs, steps and tokens; pairwise labeling
+    so the labeler's position consistency is reported; placed on the real node with the workspace
+    claim ``claim``. The reward model's quality gate is off: 4 pairs cannot show better than chance,
+    and this checks the plumbing, not the model (the gate has tests of its own)."""
+    job = yaml.safe_load((EXAMPLES / "quickstart-reward-model.yaml").read_text())
     spec = job["spec"]
     job["metadata"] = {"name": name}
     spec["dataset"]["maxPrompts"] = 4
+    for key in ("calibrationPairs", "evalReferences"):  # the calibration and ROUGE-L: tested elsewhere
+        spec["dataset"].pop(key, None)
     spec["labeler"] = {"provider": "hf", "mode": "pairwise", "batchSize": 4}
-    spec["rewardModel"].update({"epochs": 1, "batchSize": 4, "evalFraction": 0.25})
+    spec["rewardModel"].update({"epochs": 1, "batchSize": 4, "evalFraction": 0.25, "minHeldOutAccuracy": 0})
     spec["rl"].update(
         {"steps": 2, "batchSize": 2, "samplesPerPrompt": 2, "maxNewTokens": 12, "checkpointEvery": 1}
     )
-    spec["evaluation"] = {"samples": 4}
+    spec["evaluation"] = {"samples": 4, "samplesPerPrompt": 1}
     # No CPU request or limit: a stage may use both cores; memory bounded.
     spec["resources"] = {"default": {"gpus": 0, "memory": "3Gi"}}
     spec["storage"] = {"persistentVolumeClaim": {"claimName": claim}}

@@ -43,6 +43,7 @@ spec:
     batchSize: 4
     learningRate: 0.001
     evalFraction: 0.25
+    minHeldOutAccuracy: 0                  # the plumbing, not the model: 12 random-model labels
   rl:
     algorithm: rloo
     steps: 3

@@ -183,6 +183,44 @@ def _cmd_compare_labels(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from rlaif_api import load_job, resolve_stage_configs
+    from rlaif_trainer.feedback import calibration
+    from rlaif_trainer.feedback.build import build_labeler
+    from rlaif_trainer.stages.label import labeler_name
+
+    try:
+        job = load_job(args.job)
+    except (ValidationError, ValueError) as err:
+        raise BadInputError(f"{args.job}: invalid RLAIFJob\n{err}") from err
+    spec = next(
+        iter(resolve_stage_configs(job, "workspace", base_dir=Path(args.job).resolve().parent).values())
+    ).spec
+    if spec.labeler is None:
+        raise BadInputError(f"{args.job}: the job has no labeler to calibrate")
+    lspec = spec.labeler
+    if args.principle:
+        lspec = lspec.model_copy(update={"principles": list(args.principle), "mode": "pointwise"})
+    path = args.pairs or spec.dataset.calibration_pairs
+    if not path:
+        raise BadInputError(f"{args.job}: no calibration pairs: set dataset.calibrationPairs or pass --pairs")
+    pairs = calibration.read_calibration_pairs(path)
+    report, records = calibration.calibrate(build_labeler(lspec), pairs)
+    report["labeler"] = labeler_name(lspec)
+    report["principles"] = list(lspec.principles) if lspec.mode == "pointwise" else None
+    report["path"] = str(path)
+    if args.out:
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"labeler: {report['labeler']}\npairs:   {path}\n")
+        print(calibration.format_calibration(report))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlaif-train",
@@ -265,6 +303,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the N pairs with the largest p_a difference (default 5)",
     )
     p.set_defaults(func=_cmd_compare_labels)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure the job's labeler against human preference pairs, before a run",
+        description=(
+            "Label pairs that carry a human preference (dataset.calibrationPairs, or --pairs) with the job's "
+            "labeler and report its alignment with the human choice (95% Wilson interval), its position-bias "
+            "rate (pairwise), its mean confidence, and, when the pairs name a flaw, alignment by kind of flaw; "
+            "pointwise labelers also get each principle's alignment alone. Use it to choose principles and a "
+            "labeler before spending a run on them."
+        ),
+    )
+    p.add_argument("job", help="RLAIFJob manifest (YAML) whose labeler to calibrate")
+    p.add_argument(
+        "--pairs", help="calibration pairs JSONL {id, prompt, response_a, response_b, p_a[, flaw]}"
+    )
+    p.add_argument(
+        "--principle",
+        action="append",
+        metavar="TEXT",
+        help="a pointwise yes/no principle to use instead of the job's (repeat for several)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", metavar="JSONL", help="also write one record per pair (labels, agreement) here")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser(
         "fetch-model",

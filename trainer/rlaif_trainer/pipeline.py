@@ -47,43 +47,98 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
-def _headline(stage: str, s: dict[str, Any]) -> str:
+def _ci(s: dict[str, Any], key: str, nd: int = 3) -> str:
+    lo, hi = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
+    return f"[95% CI {_fmt(lo, nd)}, {_fmt(hi, nd)}]" if lo is not None and hi is not None else ""
+
+
+def _signed(x: Any, nd: int = 3) -> str:
+    return f"{x:+.{nd}f}" if isinstance(x, (int, float)) else "-"
+
+
+def _verdict(low: Any, p: Any = None) -> str:
+    if not isinstance(low, (int, float)):
+        return ""
+    if low > 0 and (p is None or p < 0.05):
+        return "IMPROVED"
+    return "no significant gain"
+
+
+def _headline(stage: str, s: dict[str, Any]) -> str | list[str]:
+    """The stage's result in one line, or several (the evaluate stage's three kinds of evidence)."""
+    if s.get("error"):
+        return f"FAILED ({s.get('reason') or 'error'}): {s['error']}"
     if stage == "label":
         n = _first(s, "pairs", "labels", "labeled", "n_pairs")
-        cons = _first(s, "consistency_rate", "position_consistency", "labeler_position_consistency")
+        cons = s.get("consistency_rate")
         conf = _first(s, "mean_confidence")
-        return f"labels {_fmt(n)}, position consistency {_fmt(cons)}, mean confidence {_fmt(conf)}"
+        text = f"labels {_fmt(n)}, mean confidence {_fmt(conf)}, " + (
+            f"position consistency {_fmt(cons)}" if cons is not None else "no position bias (pointwise)"
+        )
+        if s.get("calibration_alignment") is not None:
+            text += (
+                f"; human calibration: alignment {_fmt(s['calibration_alignment'])} "
+                f"(95% CI from {_fmt(s.get('calibration_alignment_ci_low'))}) on {s.get('calibration_pairs')} pairs"
+            )
+        return text
     if stage == "reward":
-        acc = _first(s, "accuracy", "eval_accuracy", "reward_model_accuracy", "heldout_accuracy")
-        loss = _first(s, "eval_loss", "loss", "train_loss")
-        return f"held-out accuracy {_fmt(acc)}, loss {_fmt(loss)}"
-    if stage == "rl":
+        acc = s.get("accuracy")
+        gate = "passed" if s.get("gate_passed") else "FAILED" if s.get("gate_passed") is False else "-"
         return (
-            f"reward {_fmt(s.get('initial_reward'))} -> {_fmt(s.get('final_reward'))}, "
+            f"held-out accuracy {_fmt(acc)} {_ci(s, 'accuracy')} on {_fmt(s.get('eval_pairs'))} pairs, "
+            f"gate (lower end > {_fmt(s.get('min_held_out_accuracy'), 2)}) {gate}, loss {_fmt(s.get('eval_loss'))}"
+        )
+    if stage == "rl":
+        m = s.get("headline_steps")
+        span = f" (mean of first/last {m} steps)" if m else ""
+        return (
+            f"reward ({s.get('reward_source', '?')}) {_fmt(s.get('initial_reward'))} -> {_fmt(s.get('final_reward'))}{span}, "
             f"KL({s.get('kl_estimator', '?')}) {_fmt(s.get('final_kl'))}, "
             f"{_fmt(s.get('tokens_per_s'), 1)} tok/s"
         )
     if stage == "evaluate":
-        wr, lo, hi = s.get("win_rate_vs_initial"), s.get("win_rate_ci_low"), s.get("win_rate_ci_high")
-        return (
-            f"win rate vs initial {_fmt(wr)} [95% CI {_fmt(lo)}, {_fmt(hi)}], "
-            f"at equal length {_fmt(s.get('win_rate_equal_length'))}, n={_fmt(s.get('prompts'))}"
+        n, k = s.get("prompts"), s.get("samples_per_prompt")
+        lines = [f"{_fmt(n)} held-out prompts x {_fmt(k)} samples per policy, paired by prompt"]
+        if s.get("reward_gain") is not None:
+            lines.append(
+                f"(a) optimised reward {_fmt(s.get('reward_initial'))} -> {_fmt(s.get('reward_trained'))}: "
+                f"{_signed(s.get('reward_gain'))} {_ci(s, 'reward_gain')}, p={_fmt(s.get('reward_gain_p_value'), 4)} "
+                f"{_verdict(s.get('reward_gain_ci_low'))}"
+            )
+        else:
+            lines.append("(a) optimised reward: not available")
+        lines.append(
+            f"(b) AI-judge win rate vs initial {_fmt(s.get('win_rate_vs_initial'))} {_ci(s, 'win_rate')}, "
+            f"at equal length {_fmt(s.get('win_rate_equal_length'))}; A/A null {_fmt(s.get('aa_win_rate'))} "
+            f"{_ci(s, 'aa_win_rate')}"
+            + (
+                "; the judge IS the reward source: not independent evidence"
+                if s.get("judge_is_reward_source")
+                else ""
+            )
         )
+        if s.get("rouge_l_gain") is not None:
+            lines.append(
+                f"(c) ROUGE-L vs references (never optimised) {_fmt(s.get('rouge_l_initial'))} -> "
+                f"{_fmt(s.get('rouge_l_trained'))}: {_signed(s.get('rouge_l_gain'))} {_ci(s, 'rouge_l_gain')}, "
+                f"p={_fmt(s.get('rouge_l_gain_p_value'), 4)} "
+                f"{_verdict(s.get('rouge_l_gain_ci_low'), s.get('rouge_l_gain_p_value'))}"
+            )
+        else:
+            lines.append("(c) never-optimised signal: none (set dataset.evalReferences)")
+        return lines
     return ""
 
 
 def format_summary_table(job: str, rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table: stage, status, wall time, headline metrics."""
     header = ("stage", "status", "wall", "result")
-    body = [
-        (
-            r["stage"],
-            r["status"],
-            f"{r['wall_s']:.1f}s" if r.get("wall_s") is not None else "-",
-            r["headline"],
-        )
-        for r in rows
-    ]
+    body = []
+    for r in rows:
+        lines = r["headline"] if isinstance(r["headline"], list) else [r["headline"]]
+        wall = f"{r['wall_s']:.1f}s" if r.get("wall_s") is not None else "-"
+        body.append((r["stage"], r["status"], wall, lines[0] if lines else ""))
+        body.extend(("", "", "", line) for line in lines[1:])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     line = "-+-".join("-" * w for w in widths)
     out = [f"RLAIFJob {job}", line]
@@ -146,8 +201,14 @@ def run_pipeline(
         wall = time.perf_counter() - t0
         if not outcome.ok:  # as in a pod: the exit code says whether a rerun could succeed
             exit_code = outcome.exit_code
+            summaries[stage] = outcome.message  # the error, and a reason and figures when it has them
             rows.append(
-                {"stage": stage, "status": "failed", "wall_s": wall, "headline": outcome.message["error"]}
+                {
+                    "stage": stage,
+                    "status": "failed",
+                    "wall_s": wall,
+                    "headline": _headline(stage, outcome.message),
+                }
             )
             break
         summary = outcome.summary

@@ -28,12 +28,43 @@ PROMPTS = [f"Write about topic number {i}." for i in range(16)]
 
 def _spec(tmp_path: Path, model_dir: Path) -> dict:
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    prompts.write_text(
+        "".join(json.dumps({"id": f"t{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS))
+    )
+    # Human calibration pairs and reference responses, so that every results field has a source.
+    calibration = tmp_path / "calibration.jsonl"
+    calibration.write_text(
+        json.dumps(
+            {
+                "id": "c1",
+                "prompt": PROMPTS[0],
+                "response_a": "Short.",
+                "response_b": "A longer one.",
+                "p_a": 1,
+            }
+        )
+        + "\n"
+    )
+    references = tmp_path / "references.jsonl"
+    references.write_text(
+        "".join(json.dumps({"id": f"t{i}", "reference": p}) + "\n" for i, p in enumerate(PROMPTS))
+    )
     return {
         "policy": {"model": str(model_dir), "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "dataset": {"prompts": str(prompts)},
+        "dataset": {
+            "prompts": str(prompts),
+            "calibrationPairs": str(calibration),
+            "evalReferences": str(references),
+        },
         "labeler": {"provider": "python", "callable": "rlaif_trainer.feedback.rules:prefer_shorter"},
-        "rewardModel": {"epochs": 1, "batchSize": 4, "maxLength": 64, "evalFraction": 0.3},
+        # The gate off: a random tiny model's labels cannot clear it, and this tests the contract.
+        "rewardModel": {
+            "epochs": 1,
+            "batchSize": 4,
+            "maxLength": 64,
+            "evalFraction": 0.3,
+            "minHeldOutAccuracy": 0,
+        },
         "rl": {"steps": 2, "batchSize": 2, "samplesPerPrompt": 2, "maxNewTokens": 8},
         "evaluation": {"samples": 4},
         "seed": 3,
@@ -74,6 +105,10 @@ def test_real_stage_messages_fill_status_results(tmp_path: Path, tiny_model_dir:
         "winRateVsInitial": sent["evaluate"]["win_rate_vs_initial"],
         "winRateCiLow": sent["evaluate"]["win_rate_ci_low"],
         "winRateCiHigh": sent["evaluate"]["win_rate_ci_high"],
+        "rewardModelAccuracyCiLow": sent["reward"]["accuracy_ci_low"],
+        "rewardGain": sent["evaluate"]["reward_gain"],
+        "rewardGainCiLow": sent["evaluate"]["reward_gain_ci_low"],
+        "aaWinRate": sent["evaluate"]["aa_win_rate"],
     }
     for field, value in expected.items():
         assert isinstance(value, float), f"{field}: the stage reported {value!r}, not a number"

@@ -302,8 +302,9 @@ def test_evaluate_judged_batches_update_samples(
     report, _, _ = evaluate(cfg, progress=False)
     got = values(recorder)
     assert report["prompts"] == 3
-    assert got["rlaif_trainer_steps_total"] == 1.0  # one judge batch
-    assert got["rlaif_trainer_samples_total"] == 3.0
+    # 3 prompts x 4 samples: one judge batch of 12 pairs, then one of the A/A null's 6 pairs
+    assert got["rlaif_trainer_steps_total"] == 2.0
+    assert got["rlaif_trainer_samples_total"] == 18.0
     assert got["rlaif_trainer_progress_ratio"] == 1.0
 
 

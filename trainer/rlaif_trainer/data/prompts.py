@@ -2,7 +2,7 @@
 
 ``dataset.evalPrompts`` names the held-out prompts; when it is unset, the last 10% of
 ``dataset.prompts`` (at least one prompt) are held out and excluded from training, as the API
-documents. ``dataset.maxPrompts`` caps the training prompts.
+documents. ``dataset.maxPrompts`` caps the prompts that get labelled pairs, not RL's.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ def split_prompt_records(spec: Any) -> tuple[list[dict[str, Any]], list[dict[str
         train, held_out = records[: len(records) - n_eval], records[len(records) - n_eval :]
         if not held_out:  # a single prompt is both trained and evaluated on
             held_out = list(train)
-    if ds.max_prompts is not None:
-        train = train[: ds.max_prompts]
     return train, held_out
 
 
@@ -38,5 +36,7 @@ def split_prompts(spec: Any) -> tuple[list[str], list[str]]:
 
 
 def train_prompt_records(spec: Any) -> list[dict[str, Any]]:
-    """The training prompts with ids and sources (the label stage samples candidates for these)."""
-    return split_prompt_records(spec)[0]
+    """The training prompts the label stage samples candidate pairs for: the first
+    ``dataset.maxPrompts`` of them. The cap is labelling's only; RL trains on every training prompt."""
+    train = split_prompt_records(spec)[0]
+    return train if spec.dataset.max_prompts is None else train[: spec.dataset.max_prompts]

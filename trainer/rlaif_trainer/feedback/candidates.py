@@ -9,7 +9,7 @@ Output: ``<artifacts.candidates>/candidates.jsonl``, one pair per line::
      "seed": 1234}                          # the seed of the batch that produced it
 
 Batched (left padding, ``num_return_sequences=2``), sampled at the configured temperature and
-top-p. Prompts are cut into fixed batches in file order, and each batch is seeded with
+top-p, without top-k (as in RL). Prompts are cut into fixed batches in file order, and each batch is seeded with
 ``hash(seed, batch index)``, so the output does not depend on where an interrupted run stopped. A
 restarted run re-opens the JSONL, drops a torn last line, and skips batches already written.
 """
@@ -94,6 +94,9 @@ def generate_candidates(
                         do_sample=True,
                         temperature=temperature,
                         top_p=top_p,
+                        # transformers samples with top-k 50 unless told otherwise; RL and the
+                        # evaluation sample without it, and the pairs must come from that policy.
+                        top_k=0,
                         max_new_tokens=max_new_tokens,
                         num_return_sequences=2,
                         pad_token_id=pad,

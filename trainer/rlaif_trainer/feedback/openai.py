@@ -380,7 +380,12 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
             return math.exp(l1 - m) / (math.exp(l1 - m) + math.exp(l2 - m))
 
         texts = [
-            self.head + P.pairwise_body(p, a, b, r) + P.PAIRWISE_ENDING
+            self.head
+            + (
+                P.pairwise_body(p, a, b) + P.PAIRWISE_ENDING
+                if r is None
+                else P.cot_body(p, a, b) + P.cot_ending(r)
+            )
             for p, a, b, r in zip(prompts, first, second, rats, strict=True)
         ]
         return self.client.top_logprobs(texts, parse), rats

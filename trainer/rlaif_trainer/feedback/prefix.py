@@ -50,7 +50,7 @@ class PrefixScorer:
         self.use_prefix_cache = use_prefix_cache
         self.max_length = max_length or _model_context(model)
         self._head_ids: dict[str, list[int]] = {}
-        self._head_cache: dict[str, Any] = {}
+        self._head_cache: dict[str | tuple[int, ...], Any] = {}
 
     @property
     def device(self) -> Any:
@@ -73,12 +73,13 @@ class PrefixScorer:
             self._head_ids[head] = ids
         return ids
 
-    def _prefix(self, head: str) -> Any:
+    def _prefix(self, head: str | tuple[int, ...]) -> Any:
+        """The keys/values of ``head`` (a string, or the token ids of a shared prefix)."""
         import torch
 
         cache = self._head_cache.get(head)
         if cache is None:
-            ids = self.head_ids(head)
+            ids = list(head) if isinstance(head, tuple) else self.head_ids(head)
             with torch.no_grad():
                 out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
             cache = out.past_key_values
@@ -86,6 +87,44 @@ class PrefixScorer:
                 self._head_cache.clear()
             self._head_cache[head] = cache
         return cache
+
+    def full_ids(self, text: str) -> list[int]:
+        """The ids of a whole prompt text, with the BOS token where the tokenizer adds one."""
+        ids = self.encode(text)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is not None and getattr(self.tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def logprobs_texts(
+        self,
+        head: str,
+        texts: Sequence[str],
+        token_ids: Sequence[int],
+        *,
+        n_last: int = 1,
+        extra_ids: Sequence[int] = (),
+    ) -> list[list[list[float]]]:
+        """:meth:`logprobs` of whole prompt texts that all start with ``head``.
+
+        Each text is tokenised in one piece (then ``extra_ids`` appended); the cached prefix is the
+        longest run of the head's ids that every text's ids start with, so no item's tokens differ
+        from those of its full text.
+        """
+        full = []
+        for i, t in enumerate(texts):
+            if not t.startswith(head):
+                raise ValueError(f"item {i}: the text does not start with the shared head")
+            full.append(self.full_ids(t) + list(extra_ids))
+        hid = self.head_ids(head)
+        k = len(hid)
+        for f in full:
+            j = 0
+            while j < min(k, len(f)) and f[j] == hid[j]:
+                j += 1
+            k = j
+        prefix = tuple(hid[:k])
+        return self._logprobs(prefix, [f[k:] for f in full], token_ids, n_last=n_last)
 
     def clear_cache(self) -> None:
         self._head_cache.clear()
@@ -104,9 +143,19 @@ class PrefixScorer:
         and the last entry is the distribution after the final token. Log-softmax runs over the full
         vocabulary in fp32.
         """
+        return self._logprobs(head, suffixes, token_ids, n_last=n_last)
+
+    def _logprobs(
+        self,
+        head: str | tuple[int, ...],
+        suffixes: Sequence[Sequence[int]],
+        token_ids: Sequence[int],
+        *,
+        n_last: int = 1,
+    ) -> list[list[list[float]]]:
         import torch
 
-        head_len = len(self.head_ids(head))
+        head_len = len(head) if isinstance(head, tuple) else len(self.head_ids(head))
         for i, s in enumerate(suffixes):
             if len(s) < n_last:
                 raise ValueError(f"item {i}: suffix shorter than n_last={n_last}")
@@ -130,7 +179,9 @@ class PrefixScorer:
                 self.model.train()
         return results  # type: ignore[return-value]
 
-    def _batch(self, head: str, batch: list[list[int]], tok_idx: Any, n_last: int) -> list[list[list[float]]]:
+    def _batch(
+        self, head: str | tuple[int, ...], batch: list[list[int]], tok_idx: Any, n_last: int
+    ) -> list[list[list[float]]]:
         """One forward pass. Suffixes are left-padded so that every row ends at the last position:
         the LM head then runs on the last ``n_last`` positions only (``logits_to_keep``)."""
         import torch
@@ -138,8 +189,9 @@ class PrefixScorer:
         dev = self.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         bsz = len(batch)
+        hid = list(head) if isinstance(head, tuple) else self.head_ids(head)
         if self.use_prefix_cache:
-            head_len = len(self.head_ids(head))
+            head_len = len(hid)
             L = max(len(s) for s in batch)
             ids = torch.full((bsz, L), pad, dtype=torch.long, device=dev)
             mask = torch.zeros((bsz, head_len + L), dtype=torch.long, device=dev)
@@ -162,7 +214,6 @@ class PrefixScorer:
                 logits_to_keep=n_last,
             )
         else:
-            hid = self.head_ids(head)
             full = [hid + s for s in batch]
             L = max(len(f) for f in full)
             ids = torch.full((bsz, L), pad, dtype=torch.long, device=dev)

@@ -13,8 +13,19 @@ Pairwise prompt::
     Prompt - <prompt>
     Response 1 - <first>
     Response 2 - <second>
-    [Rationale - <generated rationale>]          ← two-step chain-of-thought only
     Preferred Response=                          ← the ending; the next token is "1" or "2"
+
+Two-step chain-of-thought (the paper's §2.1.2): step one ends the pair with the reasoning
+instruction and opens the answer with ``Rationale -``, and the rationale is generated there; step
+two is step one's text with the rationale appended and then ``Preferred Response=``, so the
+instruction stays in the prompt and the rationale stays in the labeler's own (assistant) turn::
+
+    ...
+    Response 2 - <second>
+    Consider the relevance, accuracy, ... and explain which one is better.
+                                                 ← the assistant turn, with a chat template
+    Rationale - <generated rationale>
+    Preferred Response=
 
 Every prompt is split into a *shared head* (preamble and exemplars, identical for every pair) and a
 per-item *body*. With a chat template, the head and body form the user message and the ending
@@ -165,6 +176,11 @@ def pairwise_body(prompt: str, first: str, second: str, rationale: str | None = 
 def cot_body(prompt: str, first: str, second: str) -> str:
     """Step one of two-step chain-of-thought: ask for a rationale (generated greedily)."""
     return _pair_block(prompt, first, second) + COT_INSTRUCTION + "\n"
+
+
+def cot_ending(rationale: str) -> str:
+    """Step two of two-step chain-of-thought: the ending after :func:`cot_body`, with the rationale."""
+    return f"{COT_ENDING} {rationale.strip()}\n{PAIRWISE_ENDING}"
 
 
 def pointwise_head(preamble: str | None = None) -> str:

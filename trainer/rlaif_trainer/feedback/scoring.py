@@ -9,9 +9,11 @@ tokens "1", "0", so the next-token distribution cannot tell "1" from the start o
 each candidate by the probability of its **full token sequence** followed by a stop:
 
 * for candidates that are not a prefix of another candidate: ``P(tokens)`` (chain rule);
-* for a candidate that is a prefix of others (here "1", a prefix of "10"): ``P(tokens)`` minus the
-  mass of those longer candidates (``P("1") · (1 − P("0" | "1"))``), i.e. "1" followed by anything
-  that does not continue into another candidate.
+* for a candidate that is a prefix of others (here "1", a prefix of "10"): ``P(tokens)`` times the
+  probability that no further digit follows (``P("1") · (1 − Σ_d P(d | "1"))`` over the digit
+  tokens d = "0".."9"), i.e. "1" followed by something that ends the number. "1" then "5" is the
+  start of "15", not a score of 1, so it must not count towards 1 (it is off the scale and drops
+  out in the renormalisation).
 
 These probabilities are renormalised over the N candidates. For "1".."10" this needs one forward
 pass per item: the score prompt with "1" appended, reading the distribution at the last two
@@ -88,39 +90,53 @@ class DirectScorer:
                     f"(got first tokens {sorted(firsts)})"
                 )
             self.ext = [multi[0][0]]
+        # Tokens that continue a number after the extension: every single-token digit (a tokenizer
+        # that does not split digits has no extension, so this is only read with one).
+        self.digit_ids: list[int] = []
+        if self.ext:
+            for d in "0123456789":
+                ids = list(tokenizer.encode(d, add_special_tokens=False))
+                if len(ids) == 1:
+                    self.digit_ids.append(ids[0])
         # Token ids to read: every candidate's first token (position -2 with ext, else -1), and the
-        # second tokens of multi-token candidates (position -1).
-        self.read_ids = sorted({c[0] for c in self.cands} | {c[1] for c in multi})
+        # second tokens of multi-token candidates and the digits (position -1).
+        self.read_ids = sorted({c[0] for c in self.cands} | {c[1] for c in multi} | set(self.digit_ids))
 
     def candidate_probs(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
         """Normalised P(score = i), i = 1..scale, per item."""
-        suffixes = []
-        for p, r in zip(prompts, responses, strict=True):
-            parts = self.fmt.parts(self.head, P.score_body(p, r), self.ending)
-            suffixes.append(self.scorer.encode(parts.body + parts.tail) + self.ext)
+        texts = [
+            self.fmt.parts(self.head, P.score_body(p, r), self.ending).text
+            for p, r in zip(prompts, responses, strict=True)
+        ]
         head = self.fmt.parts(self.head, "", "").head
         n_last = 2 if self.ext else 1
-        lps = self.scorer.logprobs(head, suffixes, self.read_ids, n_last=n_last)
+        lps = self.scorer.logprobs_texts(head, texts, self.read_ids, n_last=n_last, extra_ids=self.ext)
         col = {t: j for j, t in enumerate(self.read_ids)}
         out = []
         for lp in lps:
-            first = lp[0]  # the distribution after the score prompt
-            after_ext = lp[1] if self.ext else None
-            probs = []
-            for c in self.cands:
-                p_first = math.exp(first[col[c[0]]])
-                if len(c) == 1:
-                    if self.ext and c[0] == self.ext[0] and after_ext is not None:
-                        cont = sum(math.exp(after_ext[col[d[1]]]) for d in self.cands if len(d) == 2)
-                        probs.append(p_first * max(0.0, 1.0 - cont))
-                    else:
-                        probs.append(p_first)
-                else:
-                    assert after_ext is not None
-                    probs.append(p_first * math.exp(after_ext[col[c[1]]]))
-            total = sum(probs)
-            out.append([x / total for x in probs] if total > 0 else [1.0 / self.scale] * self.scale)
+            first = {t: math.exp(lp[0][col[t]]) for t in self.read_ids}  # after the score prompt
+            after = {t: math.exp(lp[1][col[t]]) for t in self.read_ids} if self.ext else None
+            out.append(self.combine(first, after))
         return out
+
+    def combine(self, first: dict[int, float], after_ext: dict[int, float] | None) -> list[float]:
+        """Normalised P(score = i) from the next-token probabilities after the score prompt
+        (``first``) and after the prompt plus the extension token (``after_ext``), by token id."""
+        probs = []
+        for c in self.cands:
+            p_first = first[c[0]]
+            if len(c) == 1:
+                if self.ext and c[0] == self.ext[0] and after_ext is not None:
+                    # Any digit after "1" makes another number ("10", or "15": off the scale).
+                    cont = sum(after_ext[d] for d in self.digit_ids)
+                    probs.append(p_first * max(0.0, 1.0 - cont))
+                else:
+                    probs.append(p_first)
+            else:
+                assert after_ext is not None
+                probs.append(p_first * after_ext[c[1]])
+        total = sum(probs)
+        return [x / total for x in probs] if total > 0 else [1.0 / self.scale] * self.scale
 
     def expected(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         return [expected_score(p) for p in self.candidate_probs(prompts, responses)]

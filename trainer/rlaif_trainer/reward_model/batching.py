@@ -8,6 +8,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+#: Held-out pairs the split keeps for the quality gate when the data allows (see :func:`split_pairs`).
+MIN_HELD_OUT = 50
+
 
 def encode_response(tokenizer: Any, prompt: str, response: str, max_length: int) -> list[int]:
     """Token ids of (prompt as user turn, response as assistant turn), keeping the last ``max_length``."""
@@ -26,11 +29,15 @@ def encode_response(tokenizer: Any, prompt: str, response: str, max_length: int)
 def split_pairs(
     pairs: Sequence[dict[str, Any]], eval_fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Seeded shuffle, then the first ``ceil(eval_fraction · n)`` pairs are held out (at least one
-    when ``eval_fraction > 0`` and there are two pairs or more)."""
+    """Seeded shuffle, then the first ``ceil(eval_fraction · n)`` pairs are held out: at least one
+    when ``eval_fraction > 0`` and there are two pairs or more, and at least ``min(50, n // 2)``."""
     idx = list(range(len(pairs)))
     random.Random(f"split:{seed}").shuffle(idx)
     n_eval = math.ceil(eval_fraction * len(pairs)) if eval_fraction > 0 else 0
+    if n_eval:
+        # The quality gate's interval needs enough held-out pairs to exclude chance: at least
+        # MIN_HELD_OUT of them, or half the pairs when there are fewer than 2 * MIN_HELD_OUT.
+        n_eval = max(n_eval, min(MIN_HELD_OUT, len(pairs) // 2))
     if len(pairs) < 2:
         n_eval = 0
     n_eval = min(n_eval, len(pairs) - 1)

@@ -47,7 +47,11 @@ def _evaluate(
             p = torch.tensor([c[2] for c in chunk], device=device, dtype=torch.float32)
             loss_sum += soft_label_loss(ra, rb, p).sum()
             decided = p != 0.5
-            correct += (((ra > rb) == (p > 0.5)) & decided).sum()
+            # An exact tie of the two rewards picks neither response: half right, as a coin would be
+            # (``ra > rb`` alone would count it as preferring B). A zero-initialised score head ties
+            # every pair, so this is what keeps an untrained model at 0.5 rather than at P(B wins).
+            hit = torch.where(ra == rb, torch.full_like(ra, 0.5), ((ra > rb) == (p > 0.5)).float())
+            correct += (hit * decided).sum()
             counted += decided.sum()
             n += len(chunk)
     model.train()
@@ -249,3 +253,23 @@ def _save_checkpoint(acc: Any, ckpt: Path, step: int) -> None:
             shutil.rmtree(ckpt)
         os.replace(tmp, ckpt)
     acc.wait_for_everyone()
+
+
+def zero_score_head(model: Any) -> int:
+    """Zero the weights of the reward model's score head (every copy peft keeps); returns how many.
+
+    A random head makes the untrained reward model a random function of the hidden state, which RL
+    would then optimise; from zero, the model starts as a constant (every pair a tie, accuracy 0.5)
+    and any ranking it has comes from the labels.
+    """
+    import torch
+
+    n = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "score" in name.split("."):
+            with torch.no_grad():
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
+            n += 1
+    return n

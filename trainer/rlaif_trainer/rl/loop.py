@@ -103,6 +103,11 @@ def _gather_objects(obj: Any, world: int) -> list[Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+def headline_window(steps: int) -> int:
+    """Steps averaged at each end for the initial and final reward: a quarter of the run, 1 to 10."""
+    return max(1, min(10, steps // 4)) if steps else 0
+
+
 def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
@@ -538,7 +543,9 @@ class RLTrainer:
 
     def summary(self, wall_s: float) -> dict[str, Any]:
         rows = self.all_metrics()
-        tail = rows[-max(1, min(10, len(rows) // 4 or 1)) :] if rows else []
+        # The same number of steps at each end, so initial and final are means over as many samples.
+        m = headline_window(len(rows))
+        head, tail = rows[:m], rows[-m:] if rows else []
 
         def mean(key: str, rs=tail) -> float | None:
             vals = [r[key] for r in rs if key in r]
@@ -556,12 +563,13 @@ class RLTrainer:
             "kl_coef": self.rl.kl_coef,
             "steps": len(rows),
             "processes": self.world,
-            "initial_reward": rows[0]["reward"] if rows else None,
+            "initial_reward": mean("reward", head),
+            "headline_steps": m,
             "final_reward": mean("reward"),
             "final_kl": mean("kl"),
             "final_entropy": mean("entropy"),
             "final_response_length": mean("response_length"),
-            "initial_response_length": rows[0]["response_length"] if rows else None,
+            "initial_response_length": mean("response_length", head),
             "tokens_per_s": tokens / max(gen_t + train_t + rew_t, 1e-9),
             "generation_s": round(gen_t, 3),
             "reward_s": round(rew_t, 3),

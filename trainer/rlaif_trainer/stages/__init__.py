@@ -45,7 +45,7 @@ REGISTRY: dict[str, StageEntry] = {
 @dataclass(frozen=True)
 class StageOutcome:
     """How a stage ended: the process exit code of the stage contract, and the summary to report
-    (the stage's own, or ``{"stage", "error", "permanent"}`` on failure)."""
+    (the stage's own, or ``{"stage", "error", "permanent"[, "reason", figures]}`` on failure)."""
 
     exit_code: int
     message: dict[str, Any]
@@ -60,7 +60,13 @@ def failure(stage: str, err: BaseException) -> StageOutcome:
     """The outcome of a stage that raised ``err``: bad input is permanent, anything else retryable."""
     if isinstance(err, BadInputError):
         log.error("bad input, not retrying: %s", err)
-        return StageOutcome(EXIT_BAD_INPUT, {"stage": stage, "error": str(err), "permanent": True})
+        message: dict[str, Any] = {"stage": stage, "error": str(err), "permanent": True}
+        # A failure with a reason of its own (the reward model's quality gate) names it, so that the
+        # operator's condition and event say why; its figures follow (dropped first if too long).
+        if getattr(err, "reason", None):
+            message["reason"] = str(err.reason)  # type: ignore[attr-defined]
+        message.update(getattr(err, "summary", None) or {})
+        return StageOutcome(EXIT_BAD_INPUT, message)
     traceback.print_exception(type(err), err, err.__traceback__)
     return StageOutcome(
         EXIT_RETRYABLE, {"stage": stage, "error": f"{type(err).__name__}: {err}", "permanent": False}

@@ -1,23 +1,26 @@
-"""The ``evaluate`` stage: win rate of the trained policy against the initial policy, by the AI judge.
+"""The ``evaluate`` stage: is the trained policy better than the initial one, judged honestly?
 
-For each held-out prompt (``dataset.evalPrompts``, or the last 10% of ``dataset.prompts``; at most
-``evaluation.samples``) one response is sampled from the trained policy and one from the initial
-policy, with the RL sampling settings and the *same* random stream for both (common random
-numbers: the difference between the two responses comes from the policies, not the dice). The
-judge (``evaluation.judge``, default the labeler) is the position-debiased AI labeler; its soft
-preference ``p`` that the trained policy's response is better is turned into
+Held-out prompts (``dataset.evalPrompts``, or the last 10% of ``dataset.prompts``; at most
+``evaluation.samples``) get ``K = evaluation.samplesPerPrompt`` responses from each policy, with
+common random numbers: sample ``j`` of the trained and of the initial policy use the same seed, so
+the difference between the two comes from the policies, not the dice. Three kinds of evidence, each
+a paired comparison over prompts (:mod:`rlaif_trainer.evalstats`: bootstrap interval, sign-flip
+p-value):
 
-* ``win_rate``: the share of prompts where ``p > 0.5`` (a tie, ``p == 0.5``, counts half), with
-  a 95% Wilson score interval (:func:`rlaif_trainer.feedback.winrate.win_rate_from_probs`);
-* ``soft_win_rate``: the mean of ``p``, with a normal 95% interval;
-* ``length_controlled``: RL tends to lengthen responses, and judges tend to like length, so the
-  per-prompt outcome is regressed on the length difference (tokens, trained − initial): the
-  intercept is the win rate *at equal length*, with a 95% interval from its standard error; the
-  outcome is also bucketed by length difference.
+(a) **the optimised reward**: the reward RL maximised (the reward model, or the labeler's direct
+    score for ``rl.reward: direct``), initial against trained. It must rise if RL worked at all, but
+    it is the quantity RL was trained to raise, so on its own it proves nothing about quality.
+(b) **the AI judge's win rate** (``evaluation.judge``, default the labeler), with an **A/A null**:
+    the same judge on two samples of the initial policy (different seeds), which must sit at 0.5. A
+    judge that is the reward source (the same labeler, or the labeler the reward model learned
+    from) is saying the same thing as (a): the report says so (``judge_is_reward_source``). The
+    length-controlled win rate is AlpacaEval's logistic GLM with a bounded length term.
+(c) **a signal the policy never optimised**: ROUGE-L (F-measure, ``rouge-score`` with stemming)
+    against hand-written references (``dataset.evalReferences``).
 
-Outputs (``<eval>/``, atomically, then ``DONE``): ``report.json``, ``samples.jsonl`` (prompt, both
-responses, ``p``, lengths), ``training_curves.png`` (reward, KL and length over RL steps, from the
-policy's ``metrics.jsonl``), ``summary.json``.
+Outputs (``<eval>/``, atomically, then ``DONE``): ``report.json``, ``samples.jsonl`` (prompt, sample
+index, both responses, the judge's ``p``, rewards, ROUGE-L, lengths), ``training_curves.png`` (from
+the policy's ``metrics.jsonl``), ``summary.json``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,12 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlaif_trainer import metrics as prom
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.feedback.lengthstats import length_controlled
 from rlaif_trainer.stages.common import device as stage_device
 from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 
@@ -142,53 +144,195 @@ def _read_metrics(policy_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _held_out_records(spec: Any) -> list[dict[str, Any]]:
+    """The held-out prompts with their ids, as :func:`rlaif_trainer.rl.prompts.split_prompts` splits them."""
+    from rlaif_trainer.data.prompts import split_prompt_records
+
+    return split_prompt_records(spec)[1]
+
+
+def read_references(path: str, ids: Sequence[str]) -> list[str]:
+    """The reference of every id in ``ids`` from a ``{id, reference}`` JSONL (bad input names what is missing)."""
+    from rlaif_trainer.data.records import read_jsonl
+
+    refs: dict[str, str] = {}
+    for line, obj in read_jsonl(Path(path), what="references file"):
+        ref = obj.get("reference")
+        if obj.get("id") is None or not isinstance(ref, str) or not ref.strip():
+            raise BadInputError(f"{path}:{line}: expected {{'id': ..., 'reference': <non-empty text>}}")
+        refs[str(obj["id"])] = ref
+    missing = [i for i in ids if i not in refs]
+    if missing:
+        raise BadInputError(
+            f"{path} has no reference for {len(missing)} held-out prompt(s), e.g. ids {missing[:5]}"
+        )
+    return [refs[i] for i in ids]
+
+
+def rouge_l(references: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """ROUGE-L F-measure of each response against its reference (Porter stemming, as is usual)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(r, t)["rougeL"].fmeasure for r, t in zip(references, responses, strict=True)]
+
+
+def _memoize_logodds(labeler: Any) -> None:
+    """Let a pointwise labeler score each (prompt, response) once across the evaluation's calls.
+
+    Valid here because the labeler's weights do not change during the evaluation.
+    """
+    from rlaif_trainer.feedback.base import PointwiseLabelerBase
+
+    if not isinstance(labeler, PointwiseLabelerBase) or getattr(labeler, "_memoized", False):
+        return
+    compute = labeler.logodds
+    memo: dict[tuple[str, str], list[float]] = {}
+
+    def logodds(prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+        todo = [k for k in dict.fromkeys(zip(prompts, responses, strict=True)) if k not in memo]
+        if todo:
+            memo.update(zip(todo, compute([k[0] for k in todo], [k[1] for k in todo]), strict=True))
+        return [memo[k] for k in zip(prompts, responses, strict=True)]
+
+    labeler.logodds = logodds  # type: ignore[method-assign]
+    labeler._memoized = True  # type: ignore[attr-defined]
+
+
+def judge_is_reward_source(spec: Any) -> bool:
+    """Whether the judge is the labeler whose judgement RL optimised (directly, or through a reward
+    model trained on its labels): then (b) restates (a) rather than checking it."""
+    judge = spec.judge()
+    if judge is None or spec.labeler is None:
+        return False
+    if spec.rl.reward == "rewardModel" and (spec.reward_model.path or spec.dataset.labels):
+        return False  # the reward model was not trained on this job's labeler
+    return judge.model_dump() == spec.labeler.model_dump()
+
+
+def _reward_source(
+    config: Any, pol: _Policies, shared_labeler: Any
+) -> tuple[str, Callable | None, str | None]:
+    """``(description, reward_fn or None, why not)`` for the reward RL optimised."""
+    spec = config.spec
+    if spec.rl.reward == "direct":
+        if spec.labeler is None:
+            return "direct", None, "rl.reward is direct but the job has no labeler"
+        from rlaif_trainer.stages.label import labeler_name
+
+        if shared_labeler is not None:
+
+            def direct(pr: list[str], rs: list[str]) -> list[float]:
+                with pol.base_weights():
+                    return [float(x) for x in shared_labeler.score(pr, rs)]
+
+            return f"direct ({labeler_name(spec.labeler)}, {spec.labeler.mode})", direct, None
+        from rlaif_trainer.feedback.build import build_labeler
+
+        lab = build_labeler(spec.labeler)
+        _memoize_logodds(lab)
+        return (
+            f"direct ({labeler_name(spec.labeler)}, {spec.labeler.mode})",
+            lambda pr, rs: [float(x) for x in lab.score(pr, rs)],
+            None,
+        )
+    path = Path(spec.reward_model.path or config.artifacts.reward_model)
+    if not (path / "config.json").is_file():
+        return "rewardModel", None, f"no reward model at {path}"
+    from rlaif_trainer.reward_model.scorer import load_reward_scorer
+
+    return f"rewardModel ({path})", load_reward_scorer(path), None
+
+
 def evaluate(
     config,
     *,
     progress: bool = True,
     judge_fn: Callable[[list[str], list[str], list[str]], list[Any]] | None = None,
+    reward_fn: Callable[[list[str], list[str]], list[float]] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Generate, judge and compute the report. Returns ``(report, samples, rl_metrics)``.
+    """Generate, score, judge and compute the report. Returns ``(report, samples, rl_metrics)``.
 
-    ``judge_fn(prompts, trained, initial) -> [PreferenceResult]`` (A = trained) overrides the
-    configured judge (tests).
+    ``judge_fn(prompts, trained, initial) -> [PreferenceResult]`` (A = trained) and ``reward_fn``
+    override the configured judge and reward source (tests).
     """
-    from rlaif_trainer.data.prompts import split_prompts
+    from rlaif_trainer.feedback import evalstats as st
 
     spec = config.spec
-    _, held_out = split_prompts(spec)
-    prompts = held_out[: spec.evaluation.samples]
+    recs = _held_out_records(spec)[: spec.evaluation.samples]
+    prompts = [r["prompt"] for r in recs]
+    k = spec.evaluation.samples_per_prompt
     policy_path = Path(spec.evaluation.policy or config.artifacts.policy)
     if not policy_path.exists():
         raise BadInputError(f"no trained policy at {policy_path}: run the rl stage or set evaluation.policy")
+    references = (
+        read_references(spec.dataset.eval_references, [r["id"] for r in recs])
+        if spec.dataset.eval_references
+        else None
+    )
     device = stage_device()
     pol = _Policies(spec, policy_path, device)
     tok = pol.tokenizer
+
+    # Sample j of every prompt, from both policies, with seed j: rows are prompt-major (i * k + j).
     t0 = time.perf_counter()
-    trained, len_t = _sample(
-        pol.model,
-        tok,
-        prompts,
-        seed=config.seed + 10_007,
-        spec=spec,
-        batch_size=16,
-        progress=progress,
-        desc="eval: trained",
-    )
-    with pol.initial_policy() as m:
-        initial, len_i = _sample(
-            m,
+    trained: list[str] = [""] * (len(prompts) * k)
+    initial: list[str] = list(trained)
+    len_t: list[int] = [0] * len(trained)
+    len_i: list[int] = [0] * len(trained)
+    for j in range(k):
+        seed = config.seed + 10_007 + 7_919 * j
+        texts, lens = _sample(
+            pol.model,
             tok,
             prompts,
-            seed=config.seed + 10_007,
+            seed=seed,
             spec=spec,
             batch_size=16,
             progress=progress,
-            desc="eval: initial",
+            desc=f"eval: trained {j + 1}/{k}",
         )
+        with pol.initial_policy() as m:
+            texts_i, lens_i = _sample(
+                m,
+                tok,
+                prompts,
+                seed=seed,
+                spec=spec,
+                batch_size=16,
+                progress=progress,
+                desc=f"eval: initial {j + 1}/{k}",
+            )
+        for i in range(len(prompts)):
+            trained[i * k + j], len_t[i * k + j] = texts[i], lens[i]
+            initial[i * k + j], len_i[i * k + j] = texts_i[i], lens_i[i]
+    # The A/A null: the initial policy against itself. Disjoint pairs of its own samples (0 v 1,
+    # 2 v 3, ...), so no sample is judged twice and the pairs of one prompt are not forced to
+    # balance (a cycle 0 v 1 v 2 v 3 v 0 under a pointwise judge wins about half by construction).
+    rows_prompts = [p for p in prompts for _ in range(k)]
+    if k > 1:
+        aa_rows = [(i * k + 2 * m, i * k + 2 * m + 1) for i in range(len(prompts)) for m in range(k // 2)]
+        aa_first, aa_second = [initial[a] for a, _ in aa_rows], [initial[b] for _, b in aa_rows]
+        k_aa = k // 2
+    else:
+        with pol.initial_policy() as m:
+            aa_second, _ = _sample(
+                m,
+                tok,
+                prompts,
+                seed=config.seed + 20_011,
+                spec=spec,
+                batch_size=16,
+                progress=progress,
+                desc="eval: initial (A/A)",
+            )
+        aa_rows = [(i, i) for i in range(len(prompts))]
+        aa_first, k_aa = list(initial), 1
+    aa_prompts = [rows_prompts[a] for a, _ in aa_rows]
     t_gen = time.perf_counter() - t0
 
     judge_spec = spec.judge()
+    shared_labeler = None
     if judge_fn is None:
         if judge_spec is None:
             raise BadInputError("the evaluate stage needs a judge: set evaluation.judge or labeler")
@@ -200,43 +344,117 @@ def evaluate(
             # The judge is the initial model itself: reuse its weights instead of loading a copy.
             base = pol.model if pol.initial is None else pol.initial
             labeler = build_labeler(judge_spec, model=base, tokenizer=tok, api_key_env=JUDGE_API_KEY_ENV)
+            _memoize_logodds(labeler)
+            if spec.labeler is not None and judge_spec.model_dump() == spec.labeler.model_dump():
+                shared_labeler = labeler
 
             def judge_fn(pr, a, b):
                 with pol.base_weights():
                     return labeler.preference(pr, a, b)
         else:
             labeler = build_labeler(judge_spec, api_key_env=JUDGE_API_KEY_ENV, device=device)
+            _memoize_logodds(labeler)
 
             def judge_fn(pr, a, b):
                 return labeler.preference(pr, a, b)
 
     t1 = time.perf_counter()
     results: list[Any] = []
+    aa: list[Any] = []
     bs = 16
-    it: Any = range(0, len(prompts), bs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="eval: judge", unit="batch")
-    for i in it:
-        t_batch = time.perf_counter()
-        batch = judge_fn(prompts[i : i + bs], trained[i : i + bs], initial[i : i + bs])
-        results.extend(batch)
-        prom.record_step(
-            samples=len(batch), seconds=time.perf_counter() - t_batch, progress=len(results) / len(prompts)
-        )
+    total = len(rows_prompts) + len(aa_prompts)
+    for target, pr, first, second in (
+        (results, rows_prompts, trained, initial),
+        (aa, aa_prompts, aa_first, aa_second),
+    ):
+        for i in range(0, len(pr), bs):
+            t_batch = time.perf_counter()
+            batch = judge_fn(pr[i : i + bs], first[i : i + bs], second[i : i + bs])
+            target.extend(batch)
+            prom.record_step(
+                samples=len(batch),
+                seconds=time.perf_counter() - t_batch,
+                progress=(len(results) + len(aa)) / total,
+            )
     t_judge = time.perf_counter() - t1
 
-    from rlaif_trainer.feedback.winrate import win_rate_from_probs
+    # (a) the optimised reward
+    t2 = time.perf_counter()
+    if reward_fn is not None:
+        source, why_not = "given", None
+    else:
+        source, reward_fn, why_not = _reward_source(config, pol, shared_labeler)
+    reward: dict[str, Any] = {"source": source}
+    r_t = r_i = None
+    if reward_fn is not None:
+        r_t = reward_fn(rows_prompts, trained)
+        r_i = reward_fn(rows_prompts, initial)
+        reward.update(
+            initial=sum(r_i) / len(r_i),
+            trained=sum(r_t) / len(r_t),
+            **st.paired_test(
+                [
+                    a - b
+                    for a, b in zip(st.per_prompt_means(r_t, k), st.per_prompt_means(r_i, k), strict=True)
+                ],
+                seed=config.seed,
+            ),
+        )
+    else:
+        reward["unavailable"] = why_not
+    t_reward = time.perf_counter() - t2
 
+    # (c) the never-optimised signal
+    rouge: dict[str, Any] | None = None
+    g_t = g_i = None
+    if references is not None:
+        refs_rows = [r for r in references for _ in range(k)]
+        g_t, g_i = rouge_l(refs_rows, trained), rouge_l(refs_rows, initial)
+        rouge = {
+            "metric": "ROUGE-L F-measure against dataset.evalReferences (rouge-score, Porter stemmer)",
+            "initial": sum(g_i) / len(g_i),
+            "trained": sum(g_t) / len(g_t),
+            **st.paired_test(
+                [
+                    a - b
+                    for a, b in zip(st.per_prompt_means(g_t, k), st.per_prompt_means(g_i, k), strict=True)
+                ],
+                seed=config.seed,
+            ),
+        }
+
+    # (b) the judge, its A/A null, and length control
     p = [float(r.p_a) for r in results]
-    stats = win_rate_from_probs(p, [getattr(r, "consistent", None) for r in results])
-    stats["ci_method"] = "Wilson score interval (hard win rate); normal interval (soft win rate)"
+    p_aa = [float(r.p_a) for r in aa]
+    win = st.cluster_win_rate(p, k, seed=config.seed)
+    null = st.cluster_win_rate(p_aa, k_aa, seed=config.seed)
+    p_aa_row = {a: x for (a, _), x in zip(aa_rows, p_aa, strict=True)} if k > 1 else {}
     diff = [a - b for a, b in zip(len_t, len_i, strict=True)]
-    lc = length_controlled(p, diff)
+    lc = st.length_controlled_win_rate(p, diff, groups=k, seed=config.seed)
+    circular = judge_is_reward_source(spec) if judge_spec is not None else False
+    mode = getattr(judge_spec, "mode", None)
     samples = [
-        {"prompt": pr, "trained": a, "initial": b, "p_trained": pp, "len_trained": la, "len_initial": lb}
-        for pr, a, b, pp, la, lb in zip(prompts, trained, initial, p, len_t, len_i, strict=True)
+        {
+            "prompt": rows_prompts[r],
+            "sample": r % k,
+            "trained": trained[r],
+            "initial": initial[r],
+            "p_trained": p[r],
+            **({"p_aa_vs_next": p_aa_row[r]} if r in p_aa_row else {}),
+            "len_trained": len_t[r],
+            "len_initial": len_i[r],
+            **(
+                {"reward_trained": r_t[r], "reward_initial": r_i[r]}
+                if r_t is not None and r_i is not None
+                else {}
+            ),
+            **(
+                {"rouge_l_trained": g_t[r], "rouge_l_initial": g_i[r]}
+                if g_t is not None and g_i is not None
+                else {}
+            ),
+        }
+        for r in range(len(rows_prompts))
     ]
     rl_metrics = _read_metrics(policy_path)
     report = {
@@ -245,9 +463,43 @@ def evaluate(
         "initial_policy": spec.policy.model,
         "judge": None
         if judge_spec is None
-        else {"provider": judge_spec.provider, "model": judge_spec.model, "mode": judge_spec.mode},
+        else {"provider": judge_spec.provider, "model": judge_spec.model, "mode": mode},
+        "judge_is_reward_source": circular,
+        "judge_note": (
+            "the judge is the reward source (the same labeler and principles RL optimised): its win rate "
+            "restates the optimised reward and is not independent evidence of a better policy"
+            if circular
+            else "the judge is not the reward source"
+        ),
         "prompts": len(prompts),
-        **stats,
+        "samples_per_prompt": k,
+        "reward": reward,
+        "rouge_l": rouge,
+        **{
+            key: win[key]
+            for key in (
+                "win_rate",
+                "win_rate_ci95",
+                "soft_win_rate",
+                "soft_win_rate_ci95",
+                "wins",
+                "losses",
+                "ties",
+            )
+        },
+        "soft_win_rate_vs_half": win["soft_vs_half"],
+        "aa_null": {
+            "pairs": len(p_aa),
+            "design": "disjoint pairs of the initial policy's own samples (0 v 1, 2 v 3, ...)"
+            if k > 1
+            else "the initial policy's sample against one more sample with another seed",
+            **{
+                key: null[key]
+                for key in ("win_rate", "win_rate_ci95", "soft_win_rate", "soft_win_rate_ci95", "ties")
+            },
+        },
+        # Pointwise judges score each response alone: no position bias to measure (it is 0 by construction).
+        "consistency_rate": None if mode == "pointwise" else _consistency(results),
         "length_controlled": lc,
         "mean_length_trained": sum(len_t) / max(len(len_t), 1),
         "mean_length_initial": sum(len_i) / max(len(len_i), 1),
@@ -260,22 +512,50 @@ def evaluate(
         },
         "generation_s": round(t_gen, 3),
         "judge_s": round(t_judge, 3),
+        "reward_s": round(t_reward, 3),
         "rl_steps": len(rl_metrics),
         "rl_algorithm": _policy_meta(policy_path).get("algorithm"),
     }
     return report, samples, rl_metrics
 
 
+def _consistency(results: Sequence[Any]) -> float | None:
+    known = [r.consistent for r in results if getattr(r, "consistent", None) is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _r(x: Any, nd: int = 4) -> Any:
+    return round(x, nd) if isinstance(x, float) else x
+
+
 def summary_of(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
     lc = report["length_controlled"]
+    rw, rg, aa = report["reward"], report["rouge_l"] or {}, report["aa_null"]
     return {
         "stage": "evaluate",
         "prompts": report["prompts"],
+        "samples_per_prompt": report["samples_per_prompt"],
+        "reward_initial": _r(rw.get("initial")),
+        "reward_trained": _r(rw.get("trained")),
+        "reward_gain": _r(rw.get("mean_diff")),
+        "reward_gain_ci_low": _r(rw["ci95"][0]) if "ci95" in rw else None,
+        "reward_gain_ci_high": _r(rw["ci95"][1]) if "ci95" in rw else None,
+        "reward_gain_p_value": _r(rw.get("p_value")),
+        "rouge_l_initial": _r(rg.get("initial")),
+        "rouge_l_trained": _r(rg.get("trained")),
+        "rouge_l_gain": _r(rg.get("mean_diff")),
+        "rouge_l_gain_ci_low": _r(rg["ci95"][0]) if "ci95" in rg else None,
+        "rouge_l_gain_ci_high": _r(rg["ci95"][1]) if "ci95" in rg else None,
+        "rouge_l_gain_p_value": _r(rg.get("p_value")),
         "win_rate_vs_initial": round(report["win_rate"], 4),
         "win_rate_ci_low": round(report["win_rate_ci95"][0], 4),
         "win_rate_ci_high": round(report["win_rate_ci95"][1], 4),
         "soft_win_rate": round(report["soft_win_rate"], 4),
         "win_rate_equal_length": round(lc["win_rate_at_equal_length"], 4),
+        "aa_win_rate": round(aa["win_rate"], 4),
+        "aa_win_rate_ci_low": round(aa["win_rate_ci95"][0], 4),
+        "aa_win_rate_ci_high": round(aa["win_rate_ci95"][1], 4),
+        "judge_is_reward_source": report["judge_is_reward_source"],
         "ties": report["ties"],
         "judge_consistency": report.get("consistency_rate"),
         "mean_length_trained": round(report["mean_length_trained"], 2),
@@ -312,10 +592,13 @@ def run(config, *, progress: bool = True) -> dict[str, Any]:
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     finalize_dir(work, out, summary)
     log.info(
-        "evaluate: win rate %.3f [%.3f, %.3f] over %d prompts (equal-length %.3f)",
+        "evaluate: reward gain %s (p %s), ROUGE-L gain %s (p %s), win rate %.3f [%.3f, %.3f], A/A %.3f",
+        summary["reward_gain"],
+        summary["reward_gain_p_value"],
+        summary["rouge_l_gain"],
+        summary["rouge_l_gain_p_value"],
         report["win_rate"],
         *report["win_rate_ci95"],
-        report["prompts"],
-        report["length_controlled"]["win_rate_at_equal_length"],
+        summary["aa_win_rate"],
     )
     return summary

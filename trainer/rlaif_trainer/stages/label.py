@@ -22,12 +22,18 @@ Output: ``<artifacts.labels>/labels.jsonl``, one labelled pair per line, append-
      "rationale_ab": "...", "rationale_ba": "...",        # chain-of-thought only
      "details": {"logodds_a": [...], "logodds_b": [...]}}  # pointwise: per-principle log-odds
 
+With ``dataset.calibrationPairs``, the labeler also labels those human-labelled pairs first
+(:mod:`rlaif_trainer.feedback.calibration`): ``calibration.jsonl`` (one record per pair) and
+``calibration_report.json`` in the same directory, and the alignment, position-bias rate and mean
+confidence in the summary.
+
 The ``reward`` stage reads ``id``, ``prompt``, ``response_a``, ``response_b`` and ``p_a``; a
 ``dataset.labels`` file given by the user needs only those. ``DONE`` holds the stage summary.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -46,6 +52,13 @@ from rlaif_trainer.data.records import (
 )
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback.build import build_labeler
+from rlaif_trainer.feedback.calibration import (
+    CALIBRATION_FILE,
+    calibrate,
+    calibration_summary,
+    format_calibration,
+    read_calibration_pairs,
+)
 from rlaif_trainer.feedback.labeling import label_pairs, summarize
 from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 
@@ -125,8 +138,17 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         progress=progress,
         extra={"labeler": labeler_name(lspec)},
     )
+    calibration: dict[str, Any] = {}
+    if spec.dataset.calibration_pairs:
+        cal_report, cal_records = calibrate(labeler, read_calibration_pairs(spec.dataset.calibration_pairs))
+        with (work / CALIBRATION_FILE).open("w") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in cal_records)
+        (work / "calibration_report.json").write_text(json.dumps(cal_report, indent=2))
+        calibration = calibration_summary(cal_report)
+        log.info("label: calibration against human preferences\n%s", format_calibration(cal_report))
     summary: dict[str, Any] = {
         **summarize(records),
+        **calibration,
         "mode": lspec.mode,
         "provider": lspec.provider,
         "labelled_now": int(timing["labelled_now"]),
@@ -135,5 +157,9 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         else None,
         "candidates": cand_summary.get("source"),
     }
+    if lspec.mode == "pointwise":
+        # Each response is judged alone: both orders agree by construction, so a consistency of 1.0
+        # would say nothing about the labeler. Its quality figure is the calibration alignment.
+        summary["consistency_rate"] = None
     finalize_dir(work, art.labels, summary)
     return summary

@@ -14,8 +14,12 @@ Loss (``rewardModel.loss``):
   ``−log σ(r_win − r_lose)``.
 
 Data: ``<artifacts.labels>/labels.jsonl`` (see :mod:`rlaif_trainer.stages.label`) or ``dataset.labels``.
-A seeded shuffle holds out ``evalFraction`` of the pairs; accuracy is the share of held-out pairs
-(ties excluded) where ``sign(r_a − r_b)`` agrees with ``p_a > 0.5``.
+A seeded shuffle holds out ``evalFraction`` of the pairs (at least 50 when there are 100 or more,
+else half); accuracy is the share of held-out pairs (pairs labelled exactly 0.5 excluded) where
+``sign(r_a − r_b)`` agrees with ``p_a > 0.5``, an exact tie of the rewards counting half. The score
+head starts at zero, and the quality gate (below) fails the stage,
+saving nothing, when the accuracy's 95% Wilson interval does not clear
+``rewardModel.minHeldOutAccuracy``.
 
 Batching: dynamic padding to the longest sequence of each batch, and length-grouped batches
 (shuffle, sort by length within windows of 50 batches, cut, shuffle the batches), seeded per epoch.
@@ -37,21 +41,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from rlaif_api.status import Reason
 from rlaif_trainer.data.artifacts import LABELS_FILE, finalize_dir, is_done, partial_dir
 from rlaif_trainer.data.records import read_pairs
 from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.feedback.winrate import wilson_interval
 from rlaif_trainer.reward_model.batching import split_pairs
-from rlaif_trainer.reward_model.training import train_reward_model
+from rlaif_trainer.reward_model.training import train_reward_model, zero_score_head
 from rlaif_trainer.stages.common import resumed_summary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run"]
+__all__ = ["RewardModelGateError", "gate_check", "run"]
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -67,6 +74,43 @@ __all__ = ["run"]
 
 
 # ---------------------------------------------------------------------------------------------- stage
+
+
+# ---------------------------------------------------------------------------------------------- gate
+# RL must not run on a reward model at chance. After training, the stage measures the accuracy on the
+# held-out pairs and its 95% Wilson interval; unless the interval's lower end is above
+# rewardModel.minHeldOutAccuracy (default 0.5), the stage fails with RewardModelGateError, a
+# bad-input failure (training again on the same labels cannot fix it) whose reason the operator
+# shows in the Failed condition and event. The score head starts at zero (zero_score_head).
+
+
+class RewardModelGateError(BadInputError):
+    """The trained reward model is not measurably better than chance on its held-out pairs.
+
+    ``summary`` carries the measured figures into the termination message next to the error and
+    the reason.
+    """
+
+    reason = Reason.REWARD_MODEL_BELOW_GATE.value
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def gate_check(accuracy: float | None, n: int, threshold: float) -> dict[str, Any]:
+    """The accuracy's 95% Wilson interval over ``n`` held-out pairs, and whether its lower end is
+    above ``threshold`` (``threshold`` 0 turns the gate off)."""
+    if accuracy is None or n <= 0 or math.isnan(accuracy):
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = wilson_interval(accuracy * n, n)
+    return {
+        "accuracy_ci_low": round(lo, 4),
+        "accuracy_ci_high": round(hi, 4),
+        "min_held_out_accuracy": threshold,
+        "gate_passed": threshold <= 0 or lo > threshold,
+    }
 
 
 def _load_labels(config: Any) -> list[dict[str, Any]]:
@@ -98,10 +142,11 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
     acc = Accelerator(
         cpu=not use_cuda, mixed_precision="bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
     )
-    torch.manual_seed(config.seed)  # the score head's initialisation
+    torch.manual_seed(config.seed)  # LoRA's initialisation (the score head starts at zero)
     model, tok = load_reward_model(
         rm.model or spec.policy.model, lora=rm.lora, device=acc.device, dtype=torch.float32
     )
+    zero_score_head(model)
     work = partial_dir(art.reward_model)
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
@@ -136,7 +181,24 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         "processes": metrics["processes"],
         "loss_type": rm.loss,
         "lora": rm.lora is not None,
+        **gate_check(metrics["accuracy"], metrics["eval_pairs"], rm.min_held_out_accuracy),
     }
+    if not summary["gate_passed"]:
+        # Nothing is saved: a failed gate must not leave a reward model that a later rl stage uses.
+        if acc.is_main_process:
+            shutil.rmtree(work / "checkpoint", ignore_errors=True)
+        acc.wait_for_everyone()
+        n = summary["eval_pairs"]
+        acc_text = "none" if summary["accuracy"] is None else f"{summary['accuracy']:.3f}"
+        raise RewardModelGateError(
+            f"reward model held-out accuracy {acc_text} on {n} pairs, 95% interval "
+            f"[{summary['accuracy_ci_low']:.3f}, {summary['accuracy_ci_high']:.3f}]: the lower end is not above "
+            f"rewardModel.minHeldOutAccuracy={rm.min_held_out_accuracy}, so RL would optimise noise. The labels "
+            "are too weak for a reward model: label more pairs (dataset.maxPrompts), choose principles or a "
+            "labeler that score well on dataset.calibrationPairs (`rlaif-train calibrate`), or use "
+            "rl.reward: direct (d-RLAIF)",
+            summary,
+        )
     if acc.is_main_process:
         if rm.lora is not None and hasattr(trained, "merge_and_unload"):
             trained = trained.merge_and_unload()

@@ -35,7 +35,9 @@ def test_the_last_tenth_is_held_out_and_never_trained_on(tmp_path: Path):
 def test_eval_prompts_and_max_prompts(tmp_path: Path):
     write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "held out"}])
     spec = _spec(tmp_path, 5, evalPrompts="eval.jsonl", maxPrompts=3)
-    assert split_prompts(spec) == (["prompt 0", "prompt 1", "prompt 2"], ["held out"])
+    # maxPrompts caps the prompts that get labelled pairs; RL trains on every training prompt
+    assert split_prompts(spec) == ([f"prompt {i}" for i in range(5)], ["held out"])
+    assert [r["prompt"] for r in train_prompt_records(spec)] == ["prompt 0", "prompt 1", "prompt 2"]
 
 
 def test_a_single_prompt_is_both_trained_and_evaluated_on(tmp_path: Path):

@@ -36,7 +36,7 @@ def test_ten_is_two_tokens_and_is_scored_as_a_full_sequence(tiny_model_and_token
     )
     probs = ds.candidate_probs(PROMPTS, RESPONSES)
     fmt = P.ChatFormatter(tok)
-    one, zero = tok.encode("1", add_special_tokens=False)[0], tok.encode("0", add_special_tokens=False)[0]
+    one = tok.encode("1", add_special_tokens=False)[0]
     for p, r, got in zip(PROMPTS, RESPONSES, probs, strict=True):
         assert sum(got) == pytest.approx(1.0, abs=1e-9) and len(got) == 10
         text = fmt.parts(P.score_head(None), P.score_body(p, r), P.score_ending(10)).text
@@ -46,8 +46,11 @@ def test_ten_is_two_tokens_and_is_scored_as_a_full_sequence(tiny_model_and_token
         for i in range(1, 11):
             cand = tok.encode(str(i), add_special_tokens=False)
             raw.append(math.exp(_seq_logprob(model, ids, cand)))
-        # "1" alone = "1" not followed by "0"
-        raw[0] = math.exp(_seq_logprob(model, ids, [one])) - math.exp(_seq_logprob(model, ids, [one, zero]))
+        # "1" alone = "1" followed by no further digit ("10" is ten, "15" is off the scale)
+        digits = [tok.encode(d, add_special_tokens=False)[0] for d in "0123456789"]
+        raw[0] = math.exp(_seq_logprob(model, ids, [one])) - sum(
+            math.exp(_seq_logprob(model, ids, [one, d])) for d in digits
+        )
         want = [x / sum(raw) for x in raw]
         assert got == pytest.approx(want, abs=1e-5)
     scores = ds.score(PROMPTS, RESPONSES)

@@ -67,7 +67,9 @@ def test_length_grouped_batches_cover_everything_and_group_lengths():
 def test_split_is_seeded_and_holds_out_at_least_one():
     pairs = [{"id": str(i)} for i in range(10)]
     tr, ev = split_pairs(pairs, 0.1, seed=0)
-    assert len(ev) == 1 and len(tr) == 9 and split_pairs(pairs, 0.1, seed=0) == (tr, ev)
+    # 10% of 10 is one pair; the quality gate's minimum (50, or half of fewer than 100) makes it five
+    assert len(ev) == 5 and len(tr) == 5 and split_pairs(pairs, 0.1, seed=0) == (tr, ev)
+    assert len(split_pairs(pairs[:2], 0.1, seed=0)[1]) == 1
     assert split_pairs(pairs, 0.0, seed=0)[1] == []
 
 
@@ -176,7 +178,9 @@ def test_reward_stage_end_to_end_and_scorer(tmp_path: Path, tiny_model_dir: Path
     cfg = make_stage_config(tmp_path, "reward", _reward_spec(tmp_path, tiny_model_dir))
     summary = reward.run(cfg, progress=False)
     assert {"accuracy", "loss", "samples_per_s", "eval_pairs", "train_pairs"} <= set(summary)
-    assert summary["eval_pairs"] == 4 and summary["train_pairs"] == 16 and summary["steps"] == 8
+    # 20 pairs: half are held out (the gate wants 50 when there are 100), 10 train pairs = 3 batches of 4
+    assert summary["eval_pairs"] == 10 and summary["train_pairs"] == 10 and summary["steps"] == 6
+    assert summary["gate_passed"] is True
     out = Path(cfg.artifacts.reward_model)
     assert (out / "DONE").is_file() and (out / "config.json").is_file() and not (out / "checkpoint").exists()
     scorer = load_reward_scorer(out, device="cpu")
