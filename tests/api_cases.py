@@ -135,4 +135,32 @@ INVALID_CASES = [
     ),
     InvalidCase("negative-backoff-limit", _set("spec.runPolicy.backoffLimit", -1), "backoffLimit"),
     InvalidCase("wrong-type", _set("spec.rl.steps", "many"), "steps"),
+    # Accepted once by both validators, then refused by the API server as stage Jobs (or, for the
+    # image, by the kubelet): the schema now follows Kubernetes' own rules for what reaches a Job.
+    InvalidCase(
+        "priority-class-not-dns",
+        _set("spec.runPolicy.priorityClassName", "High_Priority"),
+        "priorityClassName",
+    ),
+    InvalidCase("label-key-with-space", _set("spec.podTemplate.labels", {"bad key!": "x"}), "labels"),
+    InvalidCase("label-value-too-long", _set("spec.podTemplate.labels", {"app": "x" * 64}), "labels"),
+    InvalidCase(
+        "annotation-key-prefix", _set("spec.podTemplate.annotations", {"-bad.com/x": "1"}), "annotations"
+    ),
+    InvalidCase(
+        "node-selector-value", _set("spec.podTemplate.nodeSelector", {"gpu": "a100 80gb"}), "nodeSelector"
+    ),
+    InvalidCase("image-with-space", _set("spec.image", "rlaif trainer:1"), "image"),
+    InvalidCase("gpus-as-string", _set("spec.resources.default.gpus", "1"), "gpus"),
+    InvalidCase("env-name-with-equals", _set("spec.podTemplate.env", [{"name": "A=B", "value": "1"}]), "env"),
+    InvalidCase(
+        "toleration-key",
+        _set("spec.podTemplate.tolerations", [{"key": "bad key", "operator": "Exists"}]),
+        "key",
+    ),
+    InvalidCase(
+        "toleration-empty-key-equal",
+        _set("spec.podTemplate.tolerations", [{"operator": "Equal"}]),
+        "operator",
+    ),
 ]

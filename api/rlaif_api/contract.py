@@ -30,6 +30,7 @@ Phase = Literal[
     "TrainingRewardModel",
     "OptimizingPolicy",
     "Evaluating",
+    "Queued",
     "Succeeded",
     "Failed",
     "Suspended",

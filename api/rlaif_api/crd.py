@@ -193,6 +193,35 @@ PRINTER_COLUMNS = [
         "description": "Win rate against the initial policy.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # -o wide: why the job is where it is, without `kubectl describe`
+    {
+        "name": "Reason",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "description": "Reason of the Ready condition: what the job waits for, or why it ended.",
+    },
+    {
+        "name": "Attempt",
+        "type": "integer",
+        "priority": 1,
+        "jsonPath": ".status.currentAttempt",
+        "description": "Attempt number of the current stage.",
+    },
+    {
+        "name": "Queue",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".spec.runPolicy.queueName",
+        "description": "Kueue LocalQueue of the stage Jobs.",
+    },
+    {
+        "name": "Message",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+        "description": "Message of the Ready condition.",
+    },
 ]
 
 

@@ -34,7 +34,7 @@ IMMUTABLE_RUN_POLICY_FIELDS = (
     "queueName",
     "priorityClassName",
 )
-MUTABLE_RUN_POLICY_FIELDS = ("suspend", "ttlSecondsAfterFinished")
+MUTABLE_RUN_POLICY_FIELDS = ("suspend", "ttlSecondsAfterFinished", "queueTimeoutSeconds")
 
 
 def _same(field: str, parent_new: str, parent_old: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from rlaif_api.contract import STAGE_ORDER, Stage
 from rlaif_api.status import RLAIFJobStatus
@@ -21,15 +21,22 @@ from rlaif_api.types import (
     MAX_LIST,
     MAX_PATH,
     MAX_SHORT,
+    AnnotationMap,
     ApiModel,
     CelRule,
+    DnsSubdomain,
+    EnvName,
+    ImageRef,
     K8sName,
     KubeObject,
+    LabelMap,
+    LabelValue,
     PathStr,
     Quantity,
     ShortStr,
-    StringMap,
     Text,
+    key_rule,
+    qualified_key_ok,
 )
 
 
@@ -423,7 +430,7 @@ class EvaluationSpec(ApiModel):
 class ResourceSpec(ApiModel):
     """Compute for one stage's pod. Requests equal limits, so stage pods are Guaranteed QoS."""
 
-    gpus: int | None = Field(
+    gpus: StrictInt | None = Field(
         None,
         ge=0,
         le=64,
@@ -508,7 +515,13 @@ class RunPolicy(ApiModel):
         description="Delay before the first retry; it doubles each retry, capped at 10 minutes. Default 10.",
     )
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Fail the job with reason DeadlineExceeded after this long running."
+        None,
+        ge=1,
+        description=(
+            "Fail the job with reason DeadlineExceeded after this long running. Time a stage Job waits in a "
+            "Kueue queue does not count: the clock starts at admission, and again at a readmission after a "
+            "preemption."
+        ),
     )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the job this long after it succeeds or fails. Mutable."
@@ -518,21 +531,33 @@ class RunPolicy(ApiModel):
         description="Stop running stage Jobs, keeping artifacts; false resumes at the current stage. Mutable.",
     )
     queue_name: K8sName | None = Field(
-        None, description="Kueue LocalQueue; stage Jobs get the kueue.x-k8s.io/queue-name label."
+        None,
+        description=(
+            "Kueue LocalQueue; stage Jobs get the kueue.x-k8s.io/queue-name label and are created suspended, "
+            "and Kueue decides when they run (phase Queued until then)."
+        ),
     )
-    priority_class_name: ShortStr | None = Field(None, description="PriorityClass of the stage pods.")
+    queue_timeout_seconds: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Fail the job with reason QueueTimeoutExceeded when a stage Job waits this long in its Kueue queue "
+            "(each wait on its own: before the first admission, or after a preemption). Default: no limit. Mutable."
+        ),
+    )
+    priority_class_name: DnsSubdomain | None = Field(
+        None, description="PriorityClass of the stage pods (a DNS subdomain, like every PriorityClass name)."
+    )
 
 
 class Toleration(ApiModel):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: ShortStr | None = Field(
-        None, description="Taint key; empty with operator Exists tolerates everything."
+    key: Annotated[str, Field(max_length=317)] | None = Field(
+        None, description="Taint key (a label key); empty with operator Exists tolerates everything."
     )
     operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal. Default Equal.")
-    value: Annotated[str, Field(max_length=MAX_SHORT)] | None = Field(
-        None, description="Taint value to match with Equal."
-    )
+    value: LabelValue | None = Field(None, description="Taint value to match with Equal (a label value).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; empty matches all."
     )
@@ -540,11 +565,40 @@ class Toleration(ApiModel):
         None, description="For NoExecute: how long the pod stays bound after the taint appears."
     )
 
+    # The API server's own Toleration rules (ValidateTolerations), so a stage Job is not refused.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule=f"!has(self.key) || self.key == '' || ({key_rule(var='self.key')})",
+            message="tolerations key must be a Kubernetes label key (an optional DNS-subdomain prefix and '/', then "
+            "at most 63 alphanumerics, '-', '_' or '.')",
+            field_path=".key",
+            check=lambda t: not t.key or qualified_key_ok(t.key),
+        ),
+        CelRule(
+            rule="(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            message="tolerations operator must be Exists when the key is empty",
+            field_path=".operator",
+            check=lambda t: bool(t.key) or t.operator == "Exists",
+        ),
+        CelRule(
+            rule="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="tolerations value must be empty when the operator is Exists",
+            field_path=".value",
+            check=lambda t: t.operator != "Exists" or not t.value,
+        ),
+        CelRule(
+            rule="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="tolerations tolerationSeconds needs effect NoExecute",
+            field_path=".tolerationSeconds",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    )
+
 
 class EnvVar(ApiModel):
     """An environment variable for the stage container (core/v1 EnvVar)."""
 
-    name: ShortStr = Field(description="Variable name.")
+    name: EnvName = Field(description="Variable name: printable ASCII characters except '='.")
     value: Text | None = Field(
         None, description="Literal value. Put secrets in valueFrom.secretKeyRef, never here."
     )
@@ -573,9 +627,13 @@ class LocalObjectReference(ApiModel):
 class PodTemplateOverrides(ApiModel):
     """Additions to every stage pod. The operator's own labels, security context and workspace mount always win."""
 
-    labels: StringMap | None = Field(None, description="Extra pod labels.")
-    annotations: StringMap | None = Field(None, description="Extra pod annotations.")
-    node_selector: StringMap | None = Field(None, description="Node selector, e.g. a GPU product label.")
+    labels: LabelMap | None = Field(
+        None, description="Extra pod labels: Kubernetes label keys and values (63 characters at most)."
+    )
+    annotations: AnnotationMap | None = Field(
+        None, description="Extra pod annotations: qualified-name keys, at most 32 values of 4096 characters."
+    )
+    node_selector: LabelMap | None = Field(None, description="Node selector, e.g. a GPU product label.")
     tolerations: list[Toleration] | None = Field(
         None, max_length=MAX_LIST, description="Tolerations, e.g. for tainted GPU nodes."
     )
@@ -622,8 +680,12 @@ class RLAIFJobSpec(ApiModel):
         max_length=4,
         description="Stages to run, a subsequence of [label, reward, rl, evaluate] in that order. Default: all four.",
     )
-    image: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(
-        None, description="Trainer container image. Default: the operator's configured trainer image."
+    image: ImageRef | None = Field(
+        None,
+        description=(
+            "Trainer container image, a reference such as registry.example/rlaif-trainer:0.1.0 or one with "
+            "@sha256:<digest>. Default: the operator's configured trainer image."
+        ),
     )
     seed: int = Field(
         0,

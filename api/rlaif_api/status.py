@@ -34,8 +34,14 @@ class Reason(str, Enum):
     NO_TRAINER_IMAGE = "NoTrainerImage"
     STAGE_POD_WAITING = "StagePodWaiting"
     STAGE_JOB_REFUSED = "StageJobRefused"
+    # The Queued condition: Kueue holds the stage Job (never admitted yet, or preempted).
+    PREEMPTED = "Preempted"
+    # More job-level outcomes.
+    QUEUE_TIMEOUT_EXCEEDED = "QueueTimeoutExceeded"
+    STAGE_JOB_INVALID = "StageJobInvalid"
     # Events only.
     STAGE_STARTED = "StageStarted"
+    STAGE_RESUMED = "StageResumed"
     STAGE_SUCCEEDED = "StageSucceeded"
     STAGE_FAILED = "StageFailed"
     PHASE_CHANGED = "PhaseChanged"
@@ -57,13 +63,13 @@ WAIT_REASONS: frozenset[Reason] = frozenset(
     }
 )
 
-ConditionType = Literal["Running", "Succeeded", "Failed", "Suspended", "Ready"]
+ConditionType = Literal["Running", "Succeeded", "Failed", "Suspended", "Ready", "Queued"]
 
 
 class Condition(ApiModel):
     """A kstatus-compatible condition (metav1.Condition)."""
 
-    type: ConditionType = Field(description="Running, Succeeded, Failed, Suspended or Ready.")
+    type: ConditionType = Field(description="Running, Succeeded, Failed, Suspended, Ready or Queued.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: Annotated[str, Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")] = (
         Field("", description="CamelCase machine-readable reason for the last transition.")
@@ -78,12 +84,15 @@ class Condition(ApiModel):
 class StageStatus(ApiModel):
     """Progress of one stage."""
 
-    state: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"] = Field(
-        "Pending", description="Pending, Running, Succeeded, Failed or Skipped."
+    state: Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Skipped"] = Field(
+        "Pending",
+        description="Pending, Queued (its Job waits for Kueue to admit it), Running, Succeeded, Failed or Skipped.",
     )
     job_name: str | None = Field(None, description="Name of the current or last batch/v1 Job of this stage.")
     attempts: int = Field(0, ge=0, description="Pods started for this stage, retries included.")
-    start_time: str | None = Field(None, description="When the first attempt started (RFC 3339).")
+    start_time: str | None = Field(
+        None, description="When the stage first started running: created, or admitted by Kueue (RFC 3339)."
+    )
     completion_time: str | None = Field(
         None, description="When the stage succeeded or finally failed (RFC 3339)."
     )
@@ -173,20 +182,28 @@ class RLAIFJobStatus(ApiModel):
 
     phase: Phase | None = Field(
         None,
-        description="Summary of the conditions: Pending, Labeling, TrainingRewardModel, OptimizingPolicy, Evaluating, Succeeded, Failed or Suspended.",
+        description="Summary of the conditions: Pending, Labeling, TrainingRewardModel, OptimizingPolicy, Evaluating, Queued (a stage Job waits for Kueue), Succeeded, Failed or Suspended.",
     )
     current_stage: Stage | None = Field(
         None, description="The stage running or next to run; once the job ended, the stage it ended in."
     )
     progress: str | None = Field(None, description="Stages done out of stages listed, e.g. 2/4.")
+    current_attempt: int | None = Field(
+        None, ge=0, description="Attempt number of the current stage's latest Job (1 unless it was retried)."
+    )
     observed_generation: int | None = Field(
         None, ge=0, description="The metadata.generation the status was computed from."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16, description="Running, Succeeded, Failed, Suspended and Ready."
+        default_factory=list,
+        max_length=16,
+        description="Running, Succeeded, Failed, Suspended, Ready and Queued.",
     )
     stages: StagesStatus | None = Field(None, description="Progress per stage.")
     artifacts: ArtifactsStatus | None = Field(None, description="Where the artifacts are.")
     results: ResultsStatus | None = Field(None, description="Headline results.")
-    start_time: str | None = Field(None, description="When the first stage started (RFC 3339).")
+    start_time: str | None = Field(
+        None,
+        description="When the first stage started running: created, or admitted by Kueue when runPolicy.queueName is set (RFC 3339). The spec is immutable from then on, and activeDeadlineSeconds counts from it.",
+    )
     completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")

@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         # "Handler ... succeeded" for every watch event is noise at INFO.
         logging.getLogger("kopf.objects").setLevel(max(level, logging.WARNING))
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from .outage import install
+
+    install(level)  # an API-server outage: one warning and one line when it is back, no ERROR storm
 
     try:
         tolerations = _tolerations_from_env()

@@ -1,4 +1,4 @@
-"""The five status conditions (kstatus-compatible, each with ``observedGeneration``) for a phase."""
+"""The six status conditions (kstatus-compatible, each with ``observedGeneration``) for a phase."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rlaif_api import PHASE_OF_STAGE, WAIT_REASONS, Condition, RLAIFJobStatus, S
 
 from .observe import truncate
 
-CONDITION_TYPES = ("Running", "Succeeded", "Failed", "Suspended", "Ready")
+CONDITION_TYPES = ("Running", "Succeeded", "Failed", "Suspended", "Ready", "Queued")
 
 
 def set_conditions(
@@ -38,7 +38,10 @@ def set_conditions(
 
 
 def conditions_for(phase: str, reason: str, message: str) -> dict[str, tuple[bool, str, str]]:
-    """The five conditions for a phase; ``reason``/``message`` explain the phase (CamelCase reason)."""
+    """The six conditions for a phase; ``reason``/``message`` explain the phase (CamelCase reason).
+
+    Phase ``Queued`` (Kueue holds the current stage's Job): Queued is True and Running False, both
+    with the queueing reason and message, so a queued job never reads as running."""
     settled = phase in ("Succeeded", "Failed", "Suspended")
     active = phase in PHASE_OF_STAGE.values() and reason not in WAIT_REASONS
     return {
@@ -59,6 +62,11 @@ def conditions_for(phase: str, reason: str, message: str) -> dict[str, tuple[boo
             message if phase == "Suspended" else "",
         ),
         "Ready": (phase == "Succeeded", reason, message),
+        "Queued": (
+            phase == "Queued",
+            reason if phase == "Queued" else phase,
+            message if phase == "Queued" else "",
+        ),
     }
 
 

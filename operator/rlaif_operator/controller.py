@@ -53,6 +53,10 @@ RESYNC_SECONDS = 60.0
 # requeue; at once when the spec changes. The same status codes as client-go's "not retryable".
 REFUSED_STATUSES = frozenset({400, 403, 422})
 REFUSAL_RETRY_BASE_SECONDS = 5.0
+# 422 Invalid: the Job itself is wrong (a pass-through field the schema let through), so the same
+# spec is refused again every time; the job fails with StageJobInvalid instead of retrying. 403
+# (a quota, a webhook's or RBAC's denial) and 400 may pass once something else changes.
+INVALID_STATUS = 422
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Refusal:
     generation: int | None  # of the RLAIFJob then: a new spec is retried at once
     count: int  # refusals in a row, for the backoff
     until: float  # monotonic time before which the core sees the Job as refused
+    invalid: bool = False  # HTTP 422: refused for what the Job is, not for the cluster's state
 
 
 def _rv(body: Mapping[str, Any] | None) -> int:
@@ -319,12 +324,14 @@ class Controller:
                 jobs[job_name] = info  # created by us, the watch has not shown it yet
         pods = {j: list(self.indexes.pods.get((namespace, j), ())) for j in jobs}
         claims = frozenset(self.indexes.claims.get(namespace, ())) if self.indexes.claims_known() else None
+        refusals = self.refusals.get((namespace, name), {})
         refused = {
             job_name: (r.message, r.until - now)
-            for job_name, r in self.refusals.get((namespace, name), {}).items()
-            if r.generation == generation and now < r.until
+            for job_name, r in refusals.items()
+            if r.generation == generation and now < r.until and not r.invalid
         }
-        return Observed(jobs=list(jobs.values()), pods=pods, claims=claims, refused=refused)
+        invalid = {j: r.message for j, r in refusals.items() if r.generation == generation and r.invalid}
+        return Observed(jobs=list(jobs.values()), pods=pods, claims=claims, refused=refused, invalid=invalid)
 
     async def reconcile_key(self, key: Key) -> Plan | None:
         started = time.perf_counter()
@@ -402,6 +409,8 @@ class Controller:
         self.metrics.set_phase(uid, plan.phase)
         for outcome in plan.outcomes:
             self.metrics.stage_finished(outcome.stage, outcome.result, outcome.duration_seconds)
+        for stage, seconds in plan.queue_waits:
+            self.metrics.queue_waited(stage, seconds)
         if plan.delete_self:
             await self._delete_self(namespace, name, uid)
             return True
@@ -475,7 +484,8 @@ class Controller:
         delay = backoff_delay(count, REFUSAL_RETRY_BASE_SECONDS, self.settings.wait_requeue_seconds)
         body = err.body if isinstance(err.body, dict) else {}
         message = str(body.get("message") or err)
-        refusals[job_name] = Refusal(message, generation, count, time.monotonic() + delay)
+        invalid = err.status == INVALID_STATUS
+        refusals[job_name] = Refusal(message, generation, count, time.monotonic() + delay, invalid)
         log.warning(
             "the API server refused stage Job %s/%s (HTTP %d, again in %.0fs): %s",
             key[0],
@@ -508,13 +518,15 @@ class Controller:
     async def _post_event(self, body: dict[str, Any], event: EventSpec, now: datetime) -> None:
         meta = body.get("metadata") or {}
         stamp = fmt_time(now)
+        name = f"{meta.get('name', 'rlaifjob')[:200]}."
         manifest = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {
-                "generateName": f"{meta.get('name', 'rlaifjob')[:200]}.",
-                "namespace": meta.get("namespace"),
-            },
+            "metadata": (
+                {"name": name + event.key, "namespace": meta.get("namespace")}
+                if event.key
+                else {"generateName": name, "namespace": meta.get("namespace")}
+            ),
             "involvedObject": {
                 "apiVersion": api.API_VERSION,
                 "kind": api.KIND,
@@ -535,6 +547,8 @@ class Controller:
         try:
             await self.client.create(object_collection(manifest), manifest)
         except (ApiError, *RETRYABLE) as err:  # events are best effort: never fail a reconcile
+            if isinstance(err, ApiError) and err.status == 409:
+                return  # AlreadyExists: an earlier try of this pass posted it (named by event.key)
             log.warning(
                 "could not post event %s on %s/%s: %s",
                 event.reason,

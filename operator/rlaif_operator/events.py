@@ -9,6 +9,11 @@ from .observe import StageView, truncate
 from .plan import EventSpec, Plan, StageOutcome
 
 
+def _queue_reason(status: RLAIFJobStatus) -> str | None:
+    cond = condition(status, "Queued")
+    return cond.reason if cond is not None and cond.status == "True" else None
+
+
 def diff_events(
     plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, views: dict[str, StageView], backoff_limit: int
 ) -> None:
@@ -53,15 +58,34 @@ def diff_events(
                         truncate(f"stage {stage} attempt {a.number} failed{code}: {a.error}; {tail}"),
                     )
                 )
-        if after.attempts > before.attempts and after.state == "Running":
-            retry = " (retry)" if after.attempts > 1 else ""
-            plan.events.append(
-                EventSpec(
-                    "Normal",
-                    Reason.STAGE_STARTED,
-                    f"started stage {stage} attempt {after.attempts}{retry} (job {after.job_name})",
+        same_job = before.job_name == after.job_name and before.attempts == after.attempts
+        # Started means running: on creation, or on Kueue's admission of a queued Job.
+        if after.state == "Running" and not (same_job and before.state == "Running"):
+            if same_job and before.state == "Queued" and _queue_reason(old) == Reason.PREEMPTED:
+                plan.events.append(
+                    EventSpec(
+                        "Normal",
+                        Reason.STAGE_RESUMED,
+                        f"stage {stage} attempt {after.attempts} readmitted by Kueue after a preemption; it resumes "
+                        f"from its checkpoint (job {after.job_name})",
+                    )
                 )
-            )
+            else:
+                retry = " (retry)" if after.attempts > 1 else ""
+                plan.events.append(
+                    EventSpec(
+                        "Normal",
+                        Reason.STAGE_STARTED,
+                        f"started stage {stage} attempt {after.attempts}{retry} (job {after.job_name})",
+                    )
+                )
+        if (
+            after.state == "Queued"
+            and _queue_reason(new) == Reason.PREEMPTED
+            and _queue_reason(old) != Reason.PREEMPTED
+        ):
+            queued = condition(new, "Queued")
+            plan.events.append(EventSpec("Warning", Reason.PREEMPTED, queued.message if queued else ""))
     if old_phase != new_phase:
         detail = (
             f": {ready.message}" if new_phase == "Succeeded" and (ready := condition(new, "Ready")) else ""

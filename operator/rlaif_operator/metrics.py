@@ -17,8 +17,10 @@ from prometheus_client.registry import Collector
 
 from rlaif_api import PHASE_OF_STAGE
 
-PHASES = ("Pending", *PHASE_OF_STAGE.values(), "Succeeded", "Failed", "Suspended")
+PHASES = ("Pending", "Queued", *PHASE_OF_STAGE.values(), "Succeeded", "Failed", "Suspended")
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+# From "admitted at once" to "a day in a saturated queue".
+QUEUE_WAIT_BUCKETS = (0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -53,6 +55,14 @@ class Metrics:
             "Wall time of one stage attempt, from its Job's creation to its pod's end.",
             ["stage", "result"],
             buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "rlaif_stage_queue_wait_seconds",
+            "Time a stage Job waited in its Kueue queue until admission (each admission: the first, and each "
+            "readmission after a preemption).",
+            ["stage"],
+            buckets=QUEUE_WAIT_BUCKETS,
             registry=self.registry,
         )
         self.stage_attempts = Counter(
@@ -112,6 +122,9 @@ class Metrics:
         self.stage_attempts.labels(stage=stage, result=result).inc()
         if duration_seconds is not None:
             self.stage_duration.labels(stage=stage, result=result).observe(duration_seconds)
+
+    def queue_waited(self, stage: str, seconds: float) -> None:
+        self.queue_wait.labels(stage=stage).observe(seconds)
 
     def api_request(self, method: str, status: int, seconds: float) -> None:
         self.api_requests.labels(method=method, code=str(status)).inc()

@@ -173,6 +173,9 @@ class Observed:
     claims: frozenset[str] | None = None  # PVC names in the namespace; None when unknown
     # stage Job name -> (the API server's refusal, seconds until it is tried again)
     refused: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # stage Job name -> the API server's message, for a Job refused as invalid (HTTP 422) for the
+    # current spec: it would be refused again, so the job fails instead of retrying
+    invalid: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -241,13 +244,15 @@ def attempt_of(job: JobInfo, pods: list[PodInfo]) -> Attempt:
         return Attempt(outcome="succeeded", summary=summary, exit_code=0, **base)
     if job.deleting:
         return Attempt(outcome="deleting", **base)
+    if job.suspended and not job.failed:
+        # Not admitted yet, or suspended again by Kueue (preempted): its pods are being deleted,
+        # and one the kubelet stopped on the way out (Failed) is no failure of the attempt.
+        return Attempt(outcome="queued", **base)
     if pod is not None and pod.phase == "Failed":
         outcome = "permanent" if pod.exit_code == EXIT_BAD_INPUT else "failed"
         return Attempt(outcome=outcome, exit_code=pod.exit_code, error=error_text(), summary=summary, **base)
     if job.failed:
         return Attempt(outcome="failed", error=error_text(), **base)
-    if job.suspended:
-        return Attempt(outcome="queued", **base)
     return Attempt(outcome="active", **base)
 
 

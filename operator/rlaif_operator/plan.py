@@ -11,6 +11,10 @@ class EventSpec:
     type: str  # Normal | Warning
     reason: str
     message: str
+    # Names the Event object: derived from the RLAIFJob's uid, the status the event was computed
+    # from and the event itself, so a pass repeated after a crash (or a lost response) posts the
+    # same name, and the API server's AlreadyExists makes the repost a no-op. Set by reconcile.
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Plan:
     status: dict[str, Any] | None = None  # the whole new status (wire form); None: unchanged
     events: list[EventSpec] = field(default_factory=list)
     outcomes: list[StageOutcome] = field(default_factory=list)
+    queue_waits: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds) per admission
     requeue_after: float | None = None
     delete_self: bool = False
     phase: str = "Pending"

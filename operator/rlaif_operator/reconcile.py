@@ -15,6 +15,8 @@ not count. The next attempt number is one more than the highest seen in the chil
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -36,6 +38,7 @@ from rlaif_api import (
 
 from .builders import Owner, build_configmap, build_pvc, build_stage_job, stage_job_name, wants_pvc
 from .conditions import (
+    condition,
     conditions_for,
     is_true,
     parse_status,
@@ -99,9 +102,12 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
 
     new = old.model_copy(deep=True)
     old_phase = old.phase or "Pending"
+    if _invalid_job_fixed(old, generation):
+        old_phase, new.completion_time = "Pending", None
 
-    # Terminal phases are sticky: children may be cleaned up, the verdict stays.
-    if old_phase in TERMINAL_PHASES and is_true(old, old_phase):
+    # Terminal phases are sticky: children may be cleaned up, the verdict stays. One exception: a
+    # stage Job the API server refused as invalid is tried again once the spec has changed.
+    if old_phase in TERMINAL_PHASES and is_true(old, old_phase) and not _invalid_job_fixed(old, generation):
         plan.delete.extend(
             j.name
             for j in jobs
@@ -139,7 +145,11 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         st.next_retry_time = None
         if view.attempts:
             st.job_name = view.attempts[-1].job_name
-            st.start_time = st.start_time or view.attempts[0].started
+            # A stage starts when its first attempt runs: at its Job's creation, or with a queue at
+            # the admission (the Job controller's startTime; the pass that sees it may come first).
+            ran = next((a for a in view.attempts if a.outcome != "queued"), None)
+            if ran is not None:
+                st.start_time = st.start_time or (ran.job_started if _queue(job, settings) else ran.started)
         if view.done:
             done += 1
             st.state = "Succeeded"
@@ -180,7 +190,27 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         all_live = [a for v in views.values() for a in v.live]
         if old_phase == "Suspended" and not rp.suspend and new.start_time is not None:
             new.start_time = now_s  # like batch/v1 Jobs: the deadline timer restarts on resume
-        deadline = _deadline(job, new, now)
+        # Time in a Kueue queue is not running time: no deadline while the stage Job waits, and
+        # runPolicy.queueTimeoutSeconds bounds the wait instead.
+        live = view.live[-1] if view.live else None
+        queued = live is not None and live.outcome == "queued"
+        before = stage_status(old, current)
+        readmitted = (
+            live is not None
+            and not queued
+            and _queue_reason(old) == Reason.PREEMPTED
+            and before is not None
+            and before.job_name == live.job_name
+        )
+        if readmitted:
+            new.start_time = now_s  # like a resume: activeDeadlineSeconds counts from the readmission
+        deadline = None if queued else _deadline(job, new, now)
+        queued_since = _queued_since(old, now) if queued else None
+        queue_deadline = (
+            queued_since + timedelta(seconds=rp.queue_timeout_seconds)
+            if queued_since is not None and rp.queue_timeout_seconds is not None
+            else None
+        )
         if view.permanent is not None:
             failed_reason = permanent_reason(view.permanent.summary)
             failed_message = f"stage {current} failed permanently (attempt {view.permanent.number}): {view.permanent.error}"
@@ -193,6 +223,13 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         elif not rp.suspend and deadline is not None and now >= deadline:
             failed_reason = Reason.DEADLINE_EXCEEDED
             failed_message = f"the job ran longer than activeDeadlineSeconds ({rp.active_deadline_seconds}s)"
+            st.completion_time = now_s
+        elif not rp.suspend and queue_deadline is not None and now >= queue_deadline:
+            failed_reason = Reason.QUEUE_TIMEOUT_EXCEEDED
+            failed_message = (
+                f"stage {current} job {view.live[-1].job_name} waited in Kueue LocalQueue "
+                f"{_queue(job, settings)} longer than runPolicy.queueTimeoutSeconds ({rp.queue_timeout_seconds}s)"
+            )
             st.completion_time = now_s
         if failed_reason is not None:
             st.state, st.message = "Failed", failed_message
@@ -209,9 +246,19 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             reason, message = _advance(
                 plan, job, owner, settings, observed, view, st, new, now, now_s, current
             )
-            deadline = _deadline(job, new, now)  # the first attempt may just have set startTime
-            if deadline is not None:
-                plan.requeue((deadline - now).total_seconds())
+            if reason in (Reason.WAITING_FOR_ADMISSION, Reason.PREEMPTED):
+                phase = "Queued"
+                if queue_deadline is None and rp.queue_timeout_seconds is not None:
+                    queue_deadline = now + timedelta(seconds=rp.queue_timeout_seconds)  # queued just now
+                if queue_deadline is not None:
+                    plan.requeue((queue_deadline - now).total_seconds())
+            elif reason == Reason.STAGE_JOB_INVALID:
+                phase, st.completion_time = "Failed", now_s
+                new.completion_time = new.completion_time or now_s
+            else:
+                deadline = _deadline(job, new, now)  # the admission may just have set startTime
+                if deadline is not None:
+                    plan.requeue((deadline - now).total_seconds())
             if reason in WAIT_REASONS and done == 0 and not view.attempts:
                 phase = "Pending"
 
@@ -219,6 +266,8 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     if phase in TERMINAL_PHASES:
         _ttl(plan, job, new, now)
     new.stages = api.StagesStatus(**stages_status)
+    shown = stages_status.get(new.current_stage) if new.current_stage else None
+    new.current_attempt = shown.attempts if shown is not None and shown.attempts else None
     new.conditions = set_conditions(old.conditions, conditions_for(phase, reason, message), now_s, generation)
     plan.phase = phase
     diff_events(plan, old, new, views, rp.backoff_limit)
@@ -240,16 +289,39 @@ def _advance(
 ) -> tuple[Reason, str]:
     """Run the current stage: watch the live attempt, wait out a backoff, or start the next attempt."""
     rp = job.spec.run_policy
+    prev = stage_status(new, stage)  # ``new`` still holds the old stages here
     if view.live:
         live = view.live[-1]
         st.job_name = live.job_name
+        same_job = prev is not None and prev.job_name == live.job_name
+        was_preempted = same_job and _queue_reason(new) == Reason.PREEMPTED
         if live.outcome == "queued":
-            st.state, st.message = (
-                "Pending",
-                f"attempt {live.number} waiting for admission (job {live.job_name})",
-            )
-            return Reason.WAITING_FOR_ADMISSION, f"stage {stage}: {st.message}"
-        st.state, st.message = "Running", f"attempt {live.number} running (job {live.job_name})"
+            st.state = "Queued"
+            queue = _queue(job, settings)
+            # Kueue took back a Job this status saw running: evicted, its pod deleted. The same
+            # attempt goes on when Kueue admits the Job again, so it is no failure.
+            if same_job and prev is not None and (prev.state == "Running" or was_preempted):
+                st.message = (
+                    f"attempt {live.number} was preempted by Kueue; it waits for readmission in LocalQueue "
+                    f"{queue} and resumes from its checkpoint (job {live.job_name})"
+                )
+                return Reason.PREEMPTED, f"stage {stage} {st.message}"
+            st.message = f"attempt {live.number} waits for Kueue to admit it in LocalQueue {queue} (job {live.job_name})"
+            return Reason.WAITING_FOR_ADMISSION, f"stage {stage} {st.message}"
+        if not (same_job and prev is not None and prev.state == "Running"):
+            # Admitted (or created unqueued) since the last status: the stage runs from now on.
+            st.start_time = st.start_time or now_s
+            new.start_time = new.start_time or now_s
+            if same_job and prev is not None and prev.state == "Queued":
+                plan.queue_waits.append((stage, max((now - _queued_since(new, now)).total_seconds(), 0.0)))
+        again = was_preempted or (
+            same_job
+            and prev is not None
+            and prev.state == "Running"
+            and AFTER_PREEMPTION in (prev.message or "")
+        )
+        st.state = "Running"
+        st.message = f"attempt {live.number} running{AFTER_PREEMPTION if again else ''} (job {live.job_name})"
         pods = observed.pods.get(live.job_name, [])
         stuck = next((p for p in reversed(pods) if p.waiting), None)
         if stuck is not None:
@@ -289,6 +361,14 @@ def _advance(
         return blocker
     attempt = view.highest + 1
     job_name = stage_job_name(owner.name, stage, attempt)
+    invalid = observed.invalid.get(job_name)
+    if invalid is not None:
+        st.state = "Failed"
+        st.message = (
+            f"the API server refused stage Job {job_name} as invalid (HTTP 422): {truncate(invalid)}; not "
+            f"retried: fix the spec (a changed spec is tried again)"
+        )
+        return Reason.STAGE_JOB_INVALID, f"stage {stage}: {st.message}"
     refusal = observed.refused.get(job_name)
     if refusal is not None:
         plan.requeue(refusal[1])
@@ -301,14 +381,51 @@ def _advance(
         )
     image = job.spec.image or settings.trainer_image or ""
     plan.create.append(build_stage_job(job, owner, stage, attempt, settings, image))
-    st.state = "Running"
     st.job_name = job_name
     st.attempts = attempt
-    st.start_time = st.start_time or now_s
     # worded as the next pass will see it, so observing the new Job needs no second status write
+    if _queue(job, settings):  # created suspended: Kueue decides when it runs
+        st.state = "Queued"
+        st.message = f"attempt {attempt} waits for Kueue to admit it in LocalQueue {_queue(job, settings)} (job {job_name})"
+        return Reason.WAITING_FOR_ADMISSION, f"stage {stage} {st.message}"
+    st.state = "Running"
+    st.start_time = st.start_time or now_s
     st.message = f"attempt {attempt} running (job {st.job_name})"
     new.start_time = new.start_time or now_s
     return Reason.STAGE_RUNNING, f"stage {stage} {st.message}"
+
+
+AFTER_PREEMPTION = " again after a preemption"
+
+
+def _queue(job: RLAIFJob, settings: Settings) -> str | None:
+    """The Kueue LocalQueue of the stage Jobs (builders labels them with it), if any."""
+    return job.spec.run_policy.queue_name or settings.default_queue_name
+
+
+def _queue_reason(status: RLAIFJobStatus) -> str | None:
+    cond = condition(status, "Queued")
+    return cond.reason if cond is not None and cond.status == "True" else None
+
+
+def _queued_since(status: RLAIFJobStatus, now: datetime) -> datetime:
+    """When the current wait in the queue began: the Queued condition's transition, or now."""
+    cond = condition(status, "Queued")
+    if cond is not None and cond.status == "True":
+        return parse_time(cond.last_transition_time) or now
+    return now
+
+
+def _invalid_job_fixed(status: RLAIFJobStatus, generation: int | None) -> bool:
+    """A job failed with StageJobInvalid, and its spec has changed since."""
+    cond = condition(status, "Failed")
+    return (
+        cond is not None
+        and cond.status == "True"
+        and cond.reason == Reason.STAGE_JOB_INVALID
+        and cond.observed_generation is not None
+        and cond.observed_generation != generation
+    )
 
 
 def _blocker(
@@ -394,4 +511,14 @@ def _finish(
     wire = new.to_wire()
     if wire != (body.get("status") or {}):
         plan.status = wire
+    # Each event is named after what it was derived from (see EventSpec.key): the same pass
+    # repeated after a crash or an API-server outage names the same event, which is posted once.
+    basis = json.dumps([(body.get("metadata") or {}).get("uid"), body.get("status") or {}], sort_keys=True)
+    plan.events = [
+        dataclasses.replace(
+            e,
+            key=hashlib.sha256(f"{basis}\0{e.type}\0{e.reason}\0{e.message}".encode()).hexdigest()[:20],
+        )
+        for e in plan.events
+    ]
     return plan

@@ -4,6 +4,7 @@ deadline, TTL, deletion cascade, and the API server going away."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -37,6 +38,14 @@ def messages(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return [e["message"] for e in events(cluster, namespace, name)]
 
 
+def duplicates(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    """Events posted more than once (same reason and message; an Event's count > 1 counts too)."""
+    seen: Counter[str] = Counter()
+    for e in events(cluster, namespace, name):
+        seen[f"{e['reason']}: {e['message']}"] += e.get("count") or 1
+    return [text for text, n in seen.items() if n > 1]
+
+
 def test_operator_killed_in_every_stage_neither_duplicates_nor_loses_transitions(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -64,6 +73,7 @@ def test_operator_killed_in_every_stage_neither_duplicates_nor_loses_transitions
                 timeout=30,
             )
     assert operator.starts == 5
+    assert duplicates(cluster, namespace, "crash") == []
 
 
 def test_suspend_then_resume_continues_from_the_current_stage(
@@ -153,6 +163,43 @@ def test_api_server_restart_during_a_run(cluster: Cluster, namespace: str, opera
     assert operator.pid == pid and operator.alive() and operator.starts == 1
     assert st["progress"] == "4/4"
     assert len(stage_jobs(cluster, namespace, "outage")) == 4
+    # kopf's retries of its watch streams: one warning while the server is away, one line when it
+    # is back, no ERROR per retry
+    log = (operator.log_dir / "operator-1.log").read_text()
+    kopf_lines = [line for line in log.splitlines() if "kopf._cogs.clients" in line]
+    assert not [line for line in kopf_lines if "ERROR" in line], kopf_lines
+    assert sum("the API server is unreachable" in line for line in kopf_lines) == 1, kopf_lines
+    assert sum("the API server is reachable again" in line for line in kopf_lines) == 1, kopf_lines
+
+
+def test_api_server_restarts_post_each_transition_once(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """Three API-server restarts across the stages: writes and event posts fail or lose their
+    answers, passes are repeated, and still every transition is announced exactly once."""
+    bind_claim(cluster, namespace, "workspace")
+    create_job(cluster, rlaif_job("restarts", namespace, run_seconds=2))
+    for stage in STAGES[:3]:
+        wait_until(
+            f"{stage} Job", lambda s=stage: f"restarts-{s}-1" in job_names(cluster, namespace), timeout=90
+        )
+        cluster.stop_apiserver(graceful=False)  # a crash: in-flight requests get no answer
+        try:
+            time.sleep(2.5)  # the stage pod ends meanwhile; the operator's writes hit a dead server
+        finally:
+            cluster.start_apiserver()
+    wait_phase(cluster, namespace, "restarts", "Succeeded", timeout=150)
+    for stage in STAGES:
+        wait_until(
+            f"{stage}'s events",
+            lambda s=stage: any(
+                m.startswith(f"stage {s} attempt 1 succeeded")
+                for m in messages(cluster, namespace, "restarts")
+            ),
+            timeout=30,
+        )
+    assert operator.starts == 1 and operator.alive()
+    assert duplicates(cluster, namespace, "restarts") == []
 
 
 def test_a_stage_pod_that_cannot_be_scheduled_is_reported(

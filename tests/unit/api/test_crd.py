@@ -97,7 +97,19 @@ def test_crd_surface():
     version = document["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Stage", "Progress", "Win-Rate", "Age"]
+    assert columns == [
+        "Phase",
+        "Stage",
+        "Progress",
+        "Win-Rate",
+        "Age",
+        "Reason",
+        "Attempt",
+        "Queue",
+        "Message",
+    ]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority") == 1]
+    assert wide == ["Reason", "Attempt", "Queue", "Message"]  # only with -o wide
 
 
 def test_generator_refuses_a_field_without_description():

@@ -37,7 +37,14 @@ def test_first_reconcile_creates_label_job_configmap_and_pvc() -> None:
     assert st["observedGeneration"] == 1
     assert sim.condition("Running")["status"] == "True"
     assert sim.condition("Ready")["status"] == "False"
-    assert {c["type"] for c in st["conditions"]} == {"Running", "Succeeded", "Failed", "Suspended", "Ready"}
+    assert {c["type"] for c in st["conditions"]} == {
+        "Running",
+        "Succeeded",
+        "Failed",
+        "Suspended",
+        "Ready",
+        "Queued",
+    }
     assert all(c["observedGeneration"] == 1 for c in st["conditions"])
 
 
