@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help quickstart test test-unit lint format crds check-crds cluster cluster-binaries node-deps images bench clean
+.PHONY: help quickstart test test-quickstart test-unit lint format crds check-crds cluster cluster-binaries node-deps images bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,8 +25,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 quickstart: $(VENV)/.installed-trainer ## install, then run the main job (examples/quickstart.yaml) on CPU with the embedded model
 	$(BIN)/rlaif-train pipeline examples/quickstart.yaml --workspace runs/quickstart
 
-test: lint node-deps ## install, lint, then run every test (builds the Kubernetes test binaries and the images on first use)
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+test: lint node-deps ## install, lint, then run every test but the quickstart measurement (builds the Kubernetes test binaries and the images on first use)
+	@$(BIN)/pytest -m "not quickstart" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+# The shipped quickstart end to end (10-18 min on 2 cores): a measurement of what the quickstart
+# claims, kept out of `make test` so that a fresh-machine CI run stays inside its time budget.
+test-quickstart: $(VENV)/.installed-dev ## run the shipped quickstart as a test: it learns (a), and the reward-model gate holds
+	$(BIN)/pytest -m quickstart $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed-dev ## unit tests only (no control plane, no embedded model)
 	$(BIN)/pytest tests/unit -m "not slow" $(PYTEST_ARGS)
