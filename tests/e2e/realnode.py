@@ -366,6 +366,21 @@ def diagnostics(cluster: Cluster, namespace: str) -> str:
     return "\n".join(parts)
 
 
+def printer_table(text: str) -> list[dict[str, str]]:
+    """Rows of a ``kubectl get`` table as {column: cell}, cut at the header's column offsets.
+
+    kubectl pads every column to its widest cell, so each cell starts where its header does;
+    splitting on whitespace would break cells that hold spaces (the -o wide Message column)."""
+    header, *rows = text.splitlines()
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+    names = header.split()
+    bounds = [*starts[1:], None]
+    return [
+        {name: row[start:end].strip() for name, start, end in zip(names, starts, bounds, strict=True)}
+        for row in rows
+    ]
+
+
 def seconds_between(start: str | None, end: str | None) -> float:
     from datetime import datetime
 
