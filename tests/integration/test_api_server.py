@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +17,18 @@ from pydantic import ValidationError
 import rlaif_api as api
 from tests.api_cases import INVALID_CASES, base_job, example_jobs
 from tests.cluster import Cluster, ClusterError
+from tests.integration.operator_support import crd_installed
 
 pytestmark = pytest.mark.integration
 
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "rlaif.dev_rlaifjobs.yaml"
+__all__ = ["crd_installed"]  # a fixture, imported so that pytest finds it
 JOBS = "/apis/rlaif.dev/v1alpha1/namespaces/{ns}/rlaifjobs"
 
 
 @pytest.fixture(scope="module")
-def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/rlaifjobs.rlaif.dev", "--timeout=60s")
+def crd(crd_installed: None) -> None:
+    """The CRD, applied and polled until served: a `kubectl wait` right after the apply can fail
+    with kubectl's "<nil> is of the type <nil>" before the CRD has any status."""
 
 
 def _apply(cluster: Cluster, namespace: str, job: dict[str, Any]) -> subprocess.CompletedProcess[str]:
