@@ -181,7 +181,7 @@ def test_api_server_restarts_post_each_transition_once(
     create_job(cluster, rlaif_job("restarts", namespace, run_seconds=2))
     for stage in STAGES[:3]:
         wait_until(
-            f"{stage} Job", lambda s=stage: f"restarts-{s}-1" in job_names(cluster, namespace), timeout=90
+            f"{stage} Job", lambda s=stage: f"restarts-{s}-1" in job_names(cluster, namespace), timeout=180
         )
         cluster.stop_apiserver(graceful=False)  # a crash: in-flight requests get no answer
         try:
