@@ -111,6 +111,45 @@ FLAG_CONFIG = "--config"
 FLAG_TERMINATION_LOG = "--termination-log"
 FLAG_NO_PROGRESS = "--no-progress"
 FLAG_METRICS_PORT = "--metrics-port"
+#: The rendezvous port of a multi-node stage, on its rank-0 pod.
+RENDEZVOUS_PORT = 29500
+
+
+def launch_command(
+    stage_args: list[str],
+    *,
+    gpus_per_node: int,
+    nodes: int = 1,
+    node_rank: str = "0",
+    main_process_ip: str = "127.0.0.1",
+    main_process_port: int = RENDEZVOUS_PORT,
+) -> list[str]:
+    """The stage pod's command line: the trainer CLI alone, or under ``accelerate launch``.
+
+    One process per GPU, at least one per node. With ``nodes > 1`` every node runs one launcher
+    agent with its ``node_rank`` (the operator passes ``$(JOB_COMPLETION_INDEX)``, which the kubelet
+    expands) and a rendezvous at rank 0's stable hostname. Tests launch the same command on loopback
+    with a literal rank, so the operator and the trainer share one launch contract.
+    """
+    per_node = max(gpus_per_node, 1)
+    if nodes <= 1 and per_node == 1:
+        return [TRAINER_COMMAND, *stage_args]
+    launcher = ["accelerate", "launch", "--num_processes", str(per_node * max(nodes, 1))]
+    if nodes > 1:
+        launcher += [
+            "--num_machines",
+            str(nodes),
+            "--machine_rank",
+            node_rank,
+            "--main_process_ip",
+            main_process_ip,
+            "--main_process_port",
+            str(main_process_port),
+        ]
+    # accelerate's name for "distributed data parallel through torchrun"; on CPU it joins gloo.
+    launcher.append("--multi_gpu")
+    return [*launcher, "-m", TRAINER_MODULE, *stage_args]
+
 
 # -- environment variables --------------------------------------------------------------------------
 ENV_STAGE = "RLAIF_STAGE"

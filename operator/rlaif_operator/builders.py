@@ -214,9 +214,7 @@ def stage_command(stage: str, gpus: int, metrics_port: int = 0) -> list[str]:
     ]
     if metrics_port:
         args += [contract.FLAG_METRICS_PORT, str(metrics_port)]
-    if gpus > 1:
-        return ["accelerate", "launch", "--num_processes", str(gpus), "-m", contract.TRAINER_MODULE, *args]
-    return [contract.TRAINER_COMMAND, *args]
+    return contract.launch_command(args, gpus_per_node=gpus)
 
 
 def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:

@@ -138,8 +138,16 @@ def test_single_gpu_runs_rlaif_train_directly() -> None:
 def test_multi_gpu_runs_under_accelerate_launch_with_shm() -> None:
     m = stage_job("rl", resources={"default": {"gpus": 1}, "rl": {"gpus": 4}})
     cmd = container(m)["command"]
-    assert cmd[:6] == ["accelerate", "launch", "--num_processes", "4", "-m", "rlaif_trainer.cli"]
-    assert cmd[6:9] == ["rl", "--config", "/etc/rlaif/rl.json"]
+    assert cmd[:7] == [
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "4",
+        "--multi_gpu",
+        "-m",
+        "rlaif_trainer.cli",
+    ]
+    assert cmd[7:10] == ["rl", "--config", "/etc/rlaif/rl.json"]
     assert container(m)["resources"]["limits"]["nvidia.com/gpu"] == "4"
     mounts = {v["mountPath"] for v in container(m)["volumeMounts"]}
     assert "/dev/shm" in mounts
