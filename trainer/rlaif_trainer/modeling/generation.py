@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +111,7 @@ def sample_tokens(
     stop_ids: list[int],
     pad_id: int,
     top_k: int = 0,
+    on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """``[B, ≤ max_new_tokens]`` new tokens for left-padded prompts; rows that stopped get ``pad_id``.
 
@@ -121,6 +123,10 @@ def sample_tokens(
     lists, config checks) and, run under ``inference_mode``, without autograd's bookkeeping: about
     15 % less CPU per rollout on the tiny model (gpu-findings, BENCHMARKS.md). The result is cloned
     out of inference mode, since the update feeds it to a forward that records gradients.
+
+    ``on_step(scores, tokens, running)``, when given, sees each step's raw float32 logits (before the
+    temperature), the tokens drawn and which rows were still running: ``rlaif-train serve`` reads
+    the tokens' log-probabilities from it without a second forward.
     """
     from transformers import DynamicCache
 
@@ -159,6 +165,8 @@ def sample_tokens(
             else:
                 nxt = scores.argmax(dim=-1)
             nxt = torch.where(running, nxt, torch.full_like(nxt, pad_id))
+            if on_step is not None:
+                on_step(out.logits[:, -1, :].to(dtype=torch.float32), nxt, running.clone())
             tokens.append(nxt)
             running &= ~torch.isin(nxt, stop)
             if t == max_new_tokens - 1 or not bool(running.any()):
