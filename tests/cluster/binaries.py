@@ -38,6 +38,9 @@ KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 COREDNS_VERSION = "v1.15.0"
 KUEUE_VERSION = "v0.17.1"  # newest on the module proxy; own k8s.io v0.35 libs, within skew of 1.36
+# The newest JobSet on the module proxy (v0.12.1+ are not served); built against k8s.io v0.36 and
+# controller-runtime v0.24, i.e. Kubernetes 1.36 like the control plane.
+JOBSET_VERSION = "v0.12.0"
 
 
 def _kube_ldflags(version: str) -> tuple[str, ...]:
@@ -162,6 +165,18 @@ SPECS: dict[str, BinarySpec] = {
                 "-X sigs.k8s.io/kueue/pkg/version.BuildDate=1970-01-01T00:00:00Z",
             ),
             ("--help",),  # the manager has no version flag; it logs gitVersion when it starts
+        ),
+        # Optional: tests that request the `jobset` fixture start it (tests/cluster/jobset.py).
+        BinarySpec(
+            "jobset",
+            JOBSET_VERSION,
+            "jobset",
+            "sigs.k8s.io/jobset",
+            (
+                f"-X sigs.k8s.io/jobset/pkg/version.GitVersion={JOBSET_VERSION}",
+                f"-X sigs.k8s.io/jobset/pkg/version.GitCommit={JOBSET_VERSION}",
+            ),
+            ("--help",),  # like Kueue's manager: no version flag, it logs gitVersion at start
         ),
     )
 }
