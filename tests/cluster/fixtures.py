@@ -27,6 +27,7 @@ import pytest
 from . import images, node
 from .binaries import NODE, SPECS, BinaryError, ensure
 from .cluster import Cluster, ClusterError
+from .jobset import JobSet
 from .kueue import Kueue
 
 _binaries: dict[str, object] = {}
@@ -102,6 +103,22 @@ def kueue(cluster: Cluster) -> Iterator[Kueue]:
         yield k
     finally:
         k.stop()
+
+
+@pytest.fixture(scope="session")
+def jobset(cluster: Cluster) -> Iterator[JobSet]:
+    """Real JobSet on the session's control plane (tests/cluster/jobset.py), started by the first
+    test that asks for it; it then stays up for the session (it acts on JobSets and their pods only)."""
+    js = JobSet(cluster)
+    try:
+        js.start()
+    except (BinaryError, ClusterError) as exc:
+        pytest.fail(f"JobSet unavailable: {exc}", pytrace=False)
+    print(f"\n[tests.cluster] jobset up in {js.startup_seconds:.1f}s")
+    try:
+        yield js
+    finally:
+        js.stop()
 
 
 def create_namespace(

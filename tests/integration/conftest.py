@@ -4,6 +4,6 @@ Fixtures: ``cluster`` (session-scoped ``tests.cluster.Cluster``; sets ``KUBECONF
 ``namespace`` (a fresh namespace per test). A missing binary fails the tests with instructions.
 """
 
-from tests.cluster.fixtures import cluster, kueue, namespace, pytest_collection_finish
+from tests.cluster.fixtures import cluster, jobset, kueue, namespace, pytest_collection_finish
 
-__all__ = ["cluster", "kueue", "namespace", "pytest_collection_finish"]
+__all__ = ["cluster", "jobset", "kueue", "namespace", "pytest_collection_finish"]
