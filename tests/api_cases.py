@@ -81,6 +81,12 @@ class InvalidCase:
 INVALID_CASES = [
     InvalidCase("wrong-enum", _set("spec.rl.algorithm", "dpo"), "algorithm"),
     InvalidCase("negative-gpus", _set("spec.resources.default.gpus", -1), "gpus"),
+    InvalidCase("zero-nodes", _set("spec.resources.rl.nodes", 0), "rl.nodes"),
+    InvalidCase("too-many-nodes", _set("spec.resources.reward.nodes", 129), "reward.nodes"),
+    InvalidCase("nodes-as-string", _set("spec.resources.reward.nodes", "2"), "reward.nodes"),
+    InvalidCase("multi-node-label", _set("spec.resources.label.nodes", 2), "label.nodes"),
+    InvalidCase("multi-node-evaluate", _set("spec.resources.evaluate.nodes", 4), "evaluate.nodes"),
+    InvalidCase("multi-node-default", _set("spec.resources.default.nodes", 2), "default.nodes"),
     InvalidCase("missing-model", _delete("spec.policy.model"), "model"),
     InvalidCase("openai-without-endpoint", _set("spec.labeler.provider", "openai"), "endpoint"),
     InvalidCase(

@@ -439,6 +439,17 @@ class ResourceSpec(ApiModel):
     cpu: Quantity | None = Field(None, description="CPU, e.g. 8 or 7500m.")
     memory: Quantity | None = Field(None, description="Memory, e.g. 64Gi.")
     ephemeral_storage: Quantity | None = Field(None, description="Local scratch disk, e.g. 50Gi.")
+    nodes: StrictInt = Field(
+        1,
+        ge=1,
+        le=128,
+        description=(
+            "Pods (nodes) the stage spans, each with these resources; only the reward and rl stages can span "
+            "more than one. Above 1 the stage runs as a JobSet (jobset.x-k8s.io/v1alpha2, which must be "
+            "installed): one launcher per node, its rank from the pod's completion index, the rendezvous at "
+            "rank 0's stable hostname. Default 1."
+        ),
+    )
 
 
 class StageResources(ApiModel):
@@ -452,6 +463,25 @@ class StageResources(ApiModel):
     reward: ResourceSpec | None = Field(None, description="Overrides for the reward stage.")
     rl: ResourceSpec | None = Field(None, description="Overrides for the rl stage.")
     evaluate: ResourceSpec | None = Field(None, description="Overrides for the evaluate stage.")
+
+    # The label and evaluate stages run in one pod (label spreads with label.shards instead), and
+    # 'default' applies to them too, so only reward and rl may ask for more than one node.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = tuple(
+        CelRule(
+            rule=f"!has(self.{where}) || !has(self.{where}.nodes) || self.{where}.nodes <= 1",
+            message=(
+                f"resources.{where}.nodes must be 1: {what}; only resources.reward.nodes and "
+                "resources.rl.nodes can be above 1"
+            ),
+            field_path=f".{where}.nodes",
+            check=lambda s, where=where: getattr(s, where) is None or getattr(s, where).nodes <= 1,
+        )
+        for where, what in (
+            ("default", "the default applies to the label and evaluate stages too, which run on one node"),
+            ("label", "the label stage runs on one node (resources.label.shards spreads it over pods)"),
+            ("evaluate", "the evaluate stage runs on one node"),
+        )
+    )
 
     def for_stage(self, stage: str) -> ResourceSpec:
         override = getattr(self, stage)

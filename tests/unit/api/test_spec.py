@@ -49,9 +49,19 @@ def test_stage_resources_override_field_by_field():
         "cpu": None,
         "memory": "16Gi",
         "ephemeral_storage": None,
+        "nodes": 1,
     }
     assert resources.for_stage("evaluate").gpus == 0
     assert resources.for_stage("rl").gpus == 1
+
+
+def test_nodes_default_to_one_and_only_reward_and_rl_span_nodes():
+    resources = api.StageResources.model_validate({"reward": {"nodes": 2}, "rl": {"nodes": 4, "gpus": 8}})
+    assert [resources.for_stage(s).nodes for s in ("label", "reward", "rl", "evaluate")] == [1, 2, 4, 1]
+    assert resources.for_stage("rl").gpus == 8
+    for stage in ("default", "label", "evaluate"):
+        with pytest.raises(ValidationError, match=f"resources.{stage}.nodes must be 1"):
+            api.StageResources.model_validate({stage: {"nodes": 2}})
 
 
 @pytest.mark.parametrize("quantity", ["1", "500m", "16Gi", "1.5", "2e3", 4])
