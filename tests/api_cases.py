@@ -87,6 +87,10 @@ INVALID_CASES = [
     InvalidCase("multi-node-label", _set("spec.resources.label.nodes", 2), "label.nodes"),
     InvalidCase("multi-node-evaluate", _set("spec.resources.evaluate.nodes", 4), "evaluate.nodes"),
     InvalidCase("multi-node-default", _set("spec.resources.default.nodes", 2), "default.nodes"),
+    InvalidCase("zero-shards", _set("spec.resources.label.shards", 0), "label.shards"),
+    InvalidCase("too-many-shards", _set("spec.resources.label.shards", 257), "label.shards"),
+    InvalidCase("shards-as-string", _set("spec.resources.label.shards", "2"), "label.shards"),
+    InvalidCase("shards-on-rl", _set("spec.resources.rl.shards", 2), "shards"),
     InvalidCase("missing-model", _delete("spec.policy.model"), "model"),
     InvalidCase("openai-without-endpoint", _set("spec.labeler.provider", "openai"), "endpoint"),
     InvalidCase(

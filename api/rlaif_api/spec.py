@@ -452,6 +452,17 @@ class ResourceSpec(ApiModel):
     )
 
 
+class LabelResourceSpec(ResourceSpec):
+    """Compute for the label stage's pods, and how many of them share the pairs."""
+
+    shards: StrictInt = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Pods that label the pairs in parallel, each with these resources. Above 1 the stage runs as an Indexed Job: each pod labels a deterministic shard of the pairs (by pair id, so a retry resumes each shard), and the last shard to finish merges them. Default 1.",
+    )
+
+
 class StageResources(ApiModel):
     """Resources per stage; each stage's fields override 'default' field by field."""
 
@@ -459,7 +470,7 @@ class StageResources(ApiModel):
         default_factory=lambda: ResourceSpec(gpus=1),
         description="Applies to every stage unless overridden. Default: 1 GPU.",
     )
-    label: ResourceSpec | None = Field(None, description="Overrides for the label stage.")
+    label: LabelResourceSpec | None = Field(None, description="Overrides for the label stage and its shards.")
     reward: ResourceSpec | None = Field(None, description="Overrides for the reward stage.")
     rl: ResourceSpec | None = Field(None, description="Overrides for the rl stage.")
     evaluate: ResourceSpec | None = Field(None, description="Overrides for the evaluate stage.")
@@ -487,10 +498,16 @@ class StageResources(ApiModel):
         override = getattr(self, stage)
         merged = self.default.model_dump()
         if override is not None:
-            merged.update({k: v for k, v in override.model_dump().items() if v is not None})
+            # only the compute fields: the label stage's shards are no resource of one pod
+            fields = ResourceSpec.model_fields
+            merged.update({k: v for k, v in override.model_dump().items() if v is not None and k in fields})
         if merged.get("gpus") is None:
             merged["gpus"] = 0
         return ResourceSpec.model_validate(merged)
+
+    def shards(self, stage: str) -> int:
+        """Pods that share the stage's work: ``label.shards`` for the label stage, else 1."""
+        return self.label.shards if stage == "label" and self.label is not None else 1
 
 
 class PVCRef(ApiModel):
@@ -637,15 +654,147 @@ class EnvVar(ApiModel):
     )
 
 
+# The stage pod's own volumes and mount paths (rlaif_operator.builders; a unit test keeps them in
+# step). A podTemplate volume with one of these names is dropped (the operator's wins); a mount at
+# one of these paths would make the stage Job invalid ("must be unique"), so the schema refuses it.
+OPERATOR_VOLUMES = ("rlaif-config", "rlaif-workspace", "rlaif-dshm")
+OPERATOR_MOUNT_PATHS = ("/etc/rlaif", "/workspace", "/dev/shm")
+# A relative path without '..' components (the API server's validateLocalDescendingPath).
+_BACKSTEP_PATTERN = r"(^|/)\.\.(/|$)"
+_BACKSTEP_RE = re.compile(_BACKSTEP_PATTERN)
+# Every volume source of core/v1 Volume (Kubernetes 1.36); a volume has exactly one.
+VOLUME_SOURCES = (
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "gitRepo",
+    "glusterfs",
+    "hostPath",
+    "image",
+    "iscsi",
+    "nfs",
+    "persistentVolumeClaim",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "projected",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "secret",
+    "storageos",
+    "vsphereVolume",
+)
+
+
 class VolumeMount(ApiModel):
     """Where an extra volume is mounted in the stage container (core/v1 VolumeMount)."""
 
-    name: ShortStr = Field(description="Name of a volume in podTemplate.volumes.")
-    mount_path: PathStr = Field(description="Absolute path in the container.")
+    name: ShortStr = Field(
+        description="Name of a volume in podTemplate.volumes (or of one of the operator's, which wins)."
+    )
+    mount_path: Annotated[str, Field(min_length=1, max_length=MAX_PATH, pattern=r"^/")] = Field(
+        description="Absolute path in the container; not /etc/rlaif, /workspace or /dev/shm (the operator's)."
+    )
     read_only: bool | None = Field(None, description="Mount read-only.")
     sub_path: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(
-        None, description="Sub-path within the volume."
+        None, description="Sub-path within the volume: a relative path without '..'."
     )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule=f"!has(self.subPath) || (!self.subPath.startsWith('/') && !self.subPath.matches({_cel_string(_BACKSTEP_PATTERN)}))",
+            message="volumeMounts subPath must be a relative path without '..'",
+            field_path=".subPath",
+            check=lambda m: m.sub_path is None or not (m.sub_path.startswith("/") or _BACKSTEP_RE.search(m.sub_path)),
+        ),
+        CelRule(
+            rule=f"!(self.mountPath in {list(OPERATOR_MOUNT_PATHS)})",
+            message="volumeMounts mountPath must not be /etc/rlaif, /workspace or /dev/shm: the operator mounts its "
+            "config, the workspace and shared memory there",
+            field_path=".mountPath",
+            check=lambda m: m.mount_path not in OPERATOR_MOUNT_PATHS,
+        ),
+    )
+
+
+class HostPathVolumeSource(ApiModel):
+    """A directory or file on the node (core/v1 HostPathVolumeSource)."""
+
+    path: PathStr = Field(description="Path on the node.")
+    type: (
+        Literal["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"]
+        | None
+    ) = Field(None, description="What must exist at the path; empty checks nothing.")
+
+
+class PersistentVolumeClaimVolumeSource(ApiModel):
+    """A PersistentVolumeClaim in the job's namespace (core/v1 PersistentVolumeClaimVolumeSource)."""
+
+    claim_name: DnsSubdomain = Field(description="Name of the claim.")
+    read_only: bool | None = Field(None, description="Mount it read-only.")
+
+
+class Volume(ApiModel):
+    """An extra volume of the stage pods (core/v1 Volume): a name and exactly one source. hostPath and
+    persistentVolumeClaim are checked here; the other sources are passed through as they are."""
+
+    name: K8sName = Field(description="Volume name: a DNS label, unique in podTemplate.volumes.")
+    host_path: HostPathVolumeSource | None = Field(None, description="A path on the node.")
+    persistent_volume_claim: PersistentVolumeClaimVolumeSource | None = Field(
+        None, description="A PersistentVolumeClaim in the job's namespace."
+    )
+    aws_elastic_block_store: KubeObject | None = Field(None, description="core/v1 AWSElasticBlockStoreVolumeSource.")
+    azure_disk: KubeObject | None = Field(None, description="core/v1 AzureDiskVolumeSource.")
+    azure_file: KubeObject | None = Field(None, description="core/v1 AzureFileVolumeSource.")
+    cephfs: KubeObject | None = Field(None, description="core/v1 CephFSVolumeSource.")
+    cinder: KubeObject | None = Field(None, description="core/v1 CinderVolumeSource.")
+    config_map: KubeObject | None = Field(None, description="core/v1 ConfigMapVolumeSource.")
+    csi: KubeObject | None = Field(None, description="core/v1 CSIVolumeSource.")
+    downward_api: KubeObject | None = Field(None, alias="downwardAPI", description="core/v1 DownwardAPIVolumeSource.")
+    empty_dir: KubeObject | None = Field(None, description="core/v1 EmptyDirVolumeSource.")
+    ephemeral: KubeObject | None = Field(None, description="core/v1 EphemeralVolumeSource.")
+    fc: KubeObject | None = Field(None, description="core/v1 FCVolumeSource.")
+    flex_volume: KubeObject | None = Field(None, description="core/v1 FlexVolumeSource.")
+    flocker: KubeObject | None = Field(None, description="core/v1 FlockerVolumeSource.")
+    gce_persistent_disk: KubeObject | None = Field(None, description="core/v1 GCEPersistentDiskVolumeSource.")
+    git_repo: KubeObject | None = Field(None, description="core/v1 GitRepoVolumeSource.")
+    glusterfs: KubeObject | None = Field(None, description="core/v1 GlusterfsVolumeSource.")
+    image: KubeObject | None = Field(None, description="core/v1 ImageVolumeSource.")
+    iscsi: KubeObject | None = Field(None, description="core/v1 ISCSIVolumeSource.")
+    nfs: KubeObject | None = Field(None, description="core/v1 NFSVolumeSource.")
+    photon_persistent_disk: KubeObject | None = Field(None, description="core/v1 PhotonPersistentDiskVolumeSource.")
+    portworx_volume: KubeObject | None = Field(None, description="core/v1 PortworxVolumeSource.")
+    projected: KubeObject | None = Field(None, description="core/v1 ProjectedVolumeSource.")
+    quobyte: KubeObject | None = Field(None, description="core/v1 QuobyteVolumeSource.")
+    rbd: KubeObject | None = Field(None, description="core/v1 RBDVolumeSource.")
+    scale_io: KubeObject | None = Field(None, alias="scaleIO", description="core/v1 ScaleIOVolumeSource.")
+    secret: KubeObject | None = Field(None, description="core/v1 SecretVolumeSource.")
+    storageos: KubeObject | None = Field(None, description="core/v1 StorageOSVolumeSource.")
+    vsphere_volume: KubeObject | None = Field(None, description="core/v1 VsphereVirtualDiskVolumeSource.")
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="[" + ", ".join(f"has(self.{s})" for s in VOLUME_SOURCES) + "].filter(x, x).size() == 1",
+            message="volumes need exactly one volume source (emptyDir, hostPath, persistentVolumeClaim, secret, ...)",
+            check=lambda v: sum(1 for s in VOLUME_SOURCES if v.source(s) is not None) == 1,
+        ),
+    )
+
+    def source(self, wire_name: str) -> object:
+        """The source field called ``wire_name`` on the wire (camelCase), or None."""
+        return next((getattr(self, f) for f, info in type(self).model_fields.items() if info.alias == wire_name or
+                     (info.alias is None and to_camel(f) == wire_name)), None)
 
 
 class LocalObjectReference(ApiModel):

@@ -202,7 +202,15 @@ def _resources(job: RLAIFJob, stage: str, settings: Settings) -> tuple[dict[str,
     return {"requests": dict(amounts), "limits": dict(amounts)}, gpus
 
 
-def stage_command(stage: str, gpus: int, metrics_port: int = 0) -> list[str]:
+def stage_command(
+    stage: str,
+    gpus: int,
+    metrics_port: int = 0,
+    *,
+    nodes: int = 1,
+    node_rank: str = "0",
+    main_process_ip: str = "127.0.0.1",
+) -> list[str]:
     config = f"{CONFIG_DIR}/{stage}.json"
     args = [
         stage,
@@ -214,7 +222,9 @@ def stage_command(stage: str, gpus: int, metrics_port: int = 0) -> list[str]:
     ]
     if metrics_port:
         args += [contract.FLAG_METRICS_PORT, str(metrics_port)]
-    return contract.launch_command(args, gpus_per_node=gpus)
+    return contract.launch_command(
+        args, gpus_per_node=gpus, nodes=nodes, node_rank=node_rank, main_process_ip=main_process_ip
+    )
 
 
 def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:
@@ -350,6 +360,117 @@ def build_stage_job(
         "parallelism": 1,
         "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations}, "spec": pod_spec},
     }
+    shards = spec.resources.shards(stage)
+    if shards > 1:
+        # One pod per shard, all at once; each reads its shard from JOB_COMPLETION_INDEX, which the
+        # Job controller sets in an Indexed Job. backoffLimit 0 still fails the attempt on the
+        # first failed pod, and the retry resumes every shard from what it wrote.
+        job_spec.update({"completionMode": "Indexed", "completions": shards, "parallelism": shards})
     if queue:
         job_spec["suspend"] = True  # Kueue admits (unsuspends) the Job when quota allows
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-node stages: a JobSet
+# --------------------------------------------------------------------------------------------------
+
+JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+JOBSET_KIND = "JobSet"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # JobSet sets it on its Jobs and pods
+REPLICATED_JOB = "node"  # the JobSet's one replicated Job; its pods are the stage's nodes
+# The JobSet webhook refuses a JobSet whose longest pod name, <jobset>-node-0-<last index>-<5
+# random>, is over 63 characters, so the name leaves room for that (3 digits: nodes <= 128).
+MAX_JOBSET_NAME = MAX_NAME - len(f"-{REPLICATED_JOB}-0-127-abcde")
+# The completion index the Job controller gives each pod of an Indexed Job (an env var, which the
+# kubelet substitutes into the command): the node rank.
+NODE_RANK = "$(JOB_COMPLETION_INDEX)"
+
+
+def stage_nodes(job: RLAIFJob, stage: str) -> int:
+    """Pods (nodes) the stage spans: ``resources.<stage>.nodes``; above 1 it runs as a JobSet."""
+    return job.spec.resources.for_stage(stage).nodes
+
+
+def stage_jobset_name(job_name: str, stage: str, attempt: int) -> str:
+    """``<job>-<stage>-<attempt>`` like a stage Job, hashed down to :data:`MAX_JOBSET_NAME`, and
+    starting with a letter (JobSet's names are DNS-1035 labels; an RLAIFJob's may start with a digit)."""
+    base = job_name.replace(".", "-")
+    if not base[:1].isalpha():
+        base = "j" + base
+    return bounded_name(base, f"-{stage}-{attempt}", limit=MAX_JOBSET_NAME)
+
+
+def stage_child_name(job: RLAIFJob, job_name: str, stage: str, attempt: int) -> str:
+    """The name of the child that runs one attempt: a JobSet's for a multi-node stage, else a Job's."""
+    if stage_nodes(job, stage) > 1:
+        return stage_jobset_name(job_name, stage, attempt)
+    return stage_job_name(job_name, stage, attempt)
+
+
+def rank_zero_host(jobset_name: str) -> str:
+    """Rank 0's stable hostname: JobSet names pod ``i`` of Job ``j`` ``<jobset>-<rjob>-<j>-<i>`` in the
+    subdomain of its headless Service, named after the JobSet; the pods' DNS search path (their
+    namespace's ``svc.<cluster domain>``) completes it, whatever the cluster domain is."""
+    return f"{jobset_name}-{REPLICATED_JOB}-0-0.{jobset_name}"
+
+
+def build_stage_jobset(
+    job: RLAIFJob, owner: Owner, stage: str, attempt: int, settings: Settings, image: str
+) -> dict[str, Any]:
+    """The JobSet for one attempt of a multi-node stage: one replicated Job of ``nodes`` Indexed
+    pods, each the stage pod of :func:`build_stage_job`, with one launcher per node.
+
+    The operator's retry accounting stays as for a Job: the child Job has ``backoffLimit: 0`` (a
+    pod that fails fails the Job, and the Job controller stops the other ranks), and the JobSet's
+    ``failurePolicy.maxRestarts: 0`` fails the JobSet with it instead of recreating its Jobs. So a
+    rank that dies fails the attempt once, the operator's backoff and retry budget decide what
+    comes next, and the failed rank's exit code (EXIT_BAD_INPUT or not) says whether to retry.
+    ``successPolicy`` is all pods: a stage is done when every rank finished.
+    """
+    nodes = stage_nodes(job, stage)
+    name = stage_jobset_name(owner.name, stage, attempt)
+    single = build_stage_job(job, owner, stage, attempt, settings, image)
+    template = single["spec"]["template"]
+    container = next(c for c in template["spec"]["containers"] if c["name"] == CONTAINER_NAME)
+    _, gpus = _resources(job, stage, settings)
+    container["command"] = stage_command(
+        stage,
+        gpus,
+        settings.trainer_metrics_port,
+        nodes=nodes,
+        node_rank=NODE_RANK,
+        main_process_ip=rank_zero_host(name),
+    )
+    # Informational (a pod's ports are open whether listed or not): what rank 0 listens on.
+    container["ports"] = [
+        *(container.get("ports") or []),
+        {"name": "rendezvous", "containerPort": contract.RENDEZVOUS_PORT, "protocol": "TCP"},
+    ]
+    meta = single["metadata"]
+    meta["name"] = name
+    child = {
+        "backoffLimit": 0,
+        "completionMode": "Indexed",
+        "completions": nodes,
+        "parallelism": nodes,
+        "template": template,
+    }
+    spec: dict[str, Any] = {
+        "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": {"spec": child}}],
+        "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
+        "failurePolicy": {"maxRestarts": 0},
+        "successPolicy": {"operator": "All"},
+    }
+    if single["spec"].get("suspend"):
+        spec["suspend"] = True  # Kueue admits (unsuspends) the JobSet when quota allows
+    return {"apiVersion": JOBSET_API_VERSION, "kind": JOBSET_KIND, "metadata": meta, "spec": spec}
+
+
+def build_stage_child(
+    job: RLAIFJob, owner: Owner, stage: str, attempt: int, settings: Settings, image: str
+) -> dict[str, Any]:
+    """What runs one attempt of a stage: a JobSet when the stage spans nodes, else a Job."""
+    if stage_nodes(job, stage) > 1:
+        return build_stage_jobset(job, owner, stage, attempt, settings, image)
+    return build_stage_job(job, owner, stage, attempt, settings, image)

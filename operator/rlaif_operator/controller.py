@@ -459,6 +459,7 @@ class Controller:
             owner_uid=uid,
             created=fmt_time(now),
             suspended=bool(manifest["spec"].get("suspend")),
+            completions=int(manifest["spec"].get("completions") or 1),
         )
         try:
             await self.client.create(object_collection(manifest), manifest)

@@ -17,10 +17,11 @@ import rlaif_api as api
 from rlaif_api import STAGE_ORDER, StageStatus
 from rlaif_api.contract import EXIT_BAD_INPUT
 
-from .builders import CONTAINER_NAME, LABEL_ATTEMPT, LABEL_STAGE
+from .builders import CONTAINER_NAME, JOBSET_NAME_LABEL, LABEL_ATTEMPT, LABEL_STAGE
 from .timing import parse_time
 
 MAX_MESSAGE = 1024
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class JobInfo:
     failed_message: str | None = None
     finished_at: str | None = None
     deleting: bool = False
+    completions: int = 1  # pods that must succeed: resources.label.shards for a sharded label Job
+    kind: str = "Job"  # or "JobSet": a multi-node stage (its completions are its nodes)
 
     def for_queueing(self) -> JobInfo:
         """What a watch event must change to be worth a pass: the Job controller's first status
@@ -59,6 +62,7 @@ class PodInfo:
     started_at: str | None = None
     finished_at: str | None = None
     waiting: str | None = None  # why the pod is stuck before running, e.g. "ImagePullBackOff: ..."
+    rank: int | None = None  # the completion index of an Indexed Job's pod (a JobSet's node rank)
 
 
 def summarize_job(body: dict[str, Any]) -> JobInfo | None:
@@ -106,6 +110,7 @@ def summarize_job(body: dict[str, Any]) -> JobInfo | None:
         failed_message=failed_message,
         finished_at=status.get("completionTime") or finished_at,
         deleting=bool(meta.get("deletionTimestamp")),
+        completions=int((body.get("spec") or {}).get("completions") or 1),
     )
 
 
@@ -118,7 +123,10 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
     """A stage pod's essentials: phase and the trainer container's termination state."""
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
-    job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+    # A JobSet's pods are keyed by the JobSet (the stage's child), not by its replicated Job.
+    job_name = (
+        labels.get(JOBSET_NAME_LABEL) or labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+    )
     if not job_name:
         job_name = next(
             (r.get("name") for r in meta.get("ownerReferences") or [] if r.get("kind") == "Job"), None
@@ -161,6 +169,53 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
         waiting=truncate(waiting, 512)
         if waiting and (status.get("phase") or "Pending") == "Pending"
         else None,
+        rank=_completion_index(meta),
+    )
+
+
+def _completion_index(meta: dict[str, Any]) -> int | None:
+    value = (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(
+        COMPLETION_INDEX
+    )
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def summarize_jobset(body: dict[str, Any]) -> JobInfo | None:
+    """A multi-node stage's JobSet, reduced to what a stage Job is reduced to (:func:`summarize_job`):
+    its ``Completed`` and ``Failed`` conditions are a Job's ``Complete`` and ``Failed``; it was started
+    when created unsuspended, or when its ``Suspended`` condition last turned False (Kueue's
+    admission)."""
+    info = summarize_job({**body, "status": {}})
+    if info is None:
+        return None
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    complete = failed = False
+    failed_message = finished_at = None
+    started = None if spec.get("suspend") else info.created
+    for cond in status.get("conditions") or []:
+        kind, true = cond.get("type"), cond.get("status") == "True"
+        if kind == "Completed" and true:
+            complete, finished_at = True, cond.get("lastTransitionTime")
+        elif kind == "Failed" and true:
+            failed, finished_at = True, cond.get("lastTransitionTime")
+            failed_message = cond.get("message") or cond.get("reason")
+        elif kind == "Suspended" and not true and not spec.get("suspend"):
+            started = cond.get("lastTransitionTime") or started
+    replicated = (spec.get("replicatedJobs") or [{}])[0]
+    child = (replicated.get("template") or {}).get("spec") or {}
+    return dataclasses.replace(
+        info,
+        kind="JobSet",
+        started=started,
+        complete=complete,
+        failed=failed,
+        failed_message=failed_message,
+        finished_at=finished_at,
+        completions=int(child.get("completions") or 1) * int(replicated.get("replicas") or 1),
     )
 
 
@@ -215,9 +270,39 @@ def truncate(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _reporting_pod(terminal: list[PodInfo]) -> PodInfo | None:
+    """The pod that speaks for an Indexed (sharded) Job's attempt: a failed pod (one failed pod fails
+    the attempt), else the pod whose summary is the whole stage's (the shard that merged; each other
+    shard's summary has ``shard``), else none: one finished shard is not a finished stage."""
+    failed = [p for p in terminal if p.phase == "Failed"]
+    if failed:
+        return failed[-1]
+    return next(
+        (p for p in reversed(terminal) if (s := parse_summary(p.message)) is not None and "shard" not in s),
+        None,
+    )
+
+
+def _speaking_rank(job: JobInfo, terminal: list[PodInfo]) -> PodInfo | None:
+    """The pod that speaks for a JobSet's attempt: the rank that failed first (one failed rank fails
+    the attempt, and the Job controller then stops the others, whose own failure says nothing),
+    else, once the JobSet completed, rank 0, whose termination message is the stage's summary;
+    else none: a rank that finished is not a finished stage."""
+    failed = [p for p in terminal if p.phase == "Failed"]
+    if failed:
+        return min(failed, key=lambda p: (p.finished_at or "~", p.rank if p.rank is not None else 1 << 30))
+    if job.complete:
+        return next((p for p in terminal if p.rank == 0), None)
+    return None
+
+
 def attempt_of(job: JobInfo, pods: list[PodInfo]) -> Attempt:
     terminal = [p for p in pods if p.phase in ("Succeeded", "Failed")]
     pod = terminal[-1] if terminal else (pods[-1] if pods else None)
+    if job.kind == "JobSet":
+        pod = _speaking_rank(job, terminal)
+    elif job.completions > 1:
+        pod = _reporting_pod(terminal)
     summary = parse_summary(pod.message) if pod else None
     started = job.created or (pod.started_at if pod else None)
     finished = (pod.finished_at if pod and pod.finished_at else None) or job.finished_at
