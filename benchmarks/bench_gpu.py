@@ -696,13 +696,14 @@ def _rl_summary(
 
 def rl_ours(algorithm: str, ctx: Context) -> dict[str, Any]:
     from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import loop_config
 
     a, dev = ctx.args, ctx.dev
     tok = ctx.tokenizer(a.rl_size)
     dev.reset_peak()
     model = build_model("causal", a.rl_size, tok, dev.name, _rl_policy_dtype(dev))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _rl_job(ctx, algorithm, Path(tmp))
+        cfg = loop_config(_rl_job(ctx, algorithm, Path(tmp)))
         trainer = RLTrainer(
             cfg,
             model=model,
@@ -751,11 +752,12 @@ def _ours_prompt_order(cfg: Any, steps: int) -> list[str]:
     ``prompts_for_step`` on just the state it reads, without building a policy."""
     from types import SimpleNamespace
 
-    from rlaif_trainer.data.prompts import split_prompts
     from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import loop_config
 
+    loop = loop_config(cfg)
     state = SimpleNamespace(
-        train_prompts=split_prompts(cfg.spec)[0], rl=cfg.spec.rl, seed=int(cfg.seed), rank=0, world=1
+        train_prompts=list(loop.train_prompts), config=loop, seed=loop.seed, rank=0, world=1
     )
     return [p for s in range(steps) for p in RLTrainer.prompts_for_step(state, s)]  # type: ignore[arg-type]
 

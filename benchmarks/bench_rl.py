@@ -106,12 +106,12 @@ def ours_prompt_order(args: argparse.Namespace, model_path: str, workdir: Path) 
     ours' ``prompts_for_step`` on just the state it reads, without building a policy."""
     from types import SimpleNamespace
 
-    from rlaif_trainer.data.prompts import split_prompts
     from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import loop_config
 
-    cfg = _ours_config(args, model_path, workdir)
+    cfg = loop_config(_ours_config(args, model_path, workdir))
     state = SimpleNamespace(
-        train_prompts=split_prompts(cfg.spec)[0], rl=cfg.spec.rl, seed=int(cfg.seed), rank=0, world=1
+        train_prompts=list(cfg.train_prompts), config=cfg, seed=int(cfg.seed), rank=0, world=1
     )
     return [p for s in range(args.steps + 1) for p in RLTrainer.prompts_for_step(state, s)]  # type: ignore[arg-type]
 
@@ -121,8 +121,9 @@ def bench_ours(args: argparse.Namespace, model_path: str, workdir: Path) -> dict
 
     from rlaif_trainer.modeling.loading import load_causal_lm
     from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import loop_config
 
-    cfg = _ours_config(args, model_path, workdir)
+    cfg = loop_config(_ours_config(args, model_path, workdir))
     model, tok = load_causal_lm(model_path, device="cpu", dtype=torch.float32)
     import rlaif_trainer.rl.loop as loop
 

@@ -40,7 +40,6 @@ import torch
 
 from rlaif_trainer import metrics as prom
 from rlaif_trainer.data.artifacts import partial_dir
-from rlaif_trainer.data.prompts import split_prompts
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.modeling.chat import format_prompts
 from rlaif_trainer.modeling.generation import Generation, generate, response_logprobs
@@ -48,12 +47,15 @@ from rlaif_trainer.modeling.performance import adamw_kwargs, checkpointing, enab
 from rlaif_trainer.modeling.vllm_engine import EngineRollout, GenerationEngine, VLLMEngine
 from rlaif_trainer.rl import losses as alg
 from rlaif_trainer.rl.algorithms import Rollout, build_algorithm
+from rlaif_trainer.rl.config import LoraSettings, RLLoopConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RLTrainer", "RewardFn"]
+__all__ = ["RLLoopConfig", "RLTrainer", "RewardFactory", "RewardFn"]
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
+#: ``(policy model, tokenizer, device) -> RewardFn``
+RewardFactory = Callable[[Any, Any, torch.device], RewardFn]
 
 #: Learning rate of the value head (a linear probe on the policy's detached final hidden states).
 VALUE_HEAD_LR = 1e-3
@@ -134,44 +136,44 @@ def _seed_everything(seed: int) -> None:
 class RLTrainer:
     """Holds the policy, its optimizer and the reward source for one RL stage run.
 
-    ``model``/``tokenizer``/``reward_fn`` may be injected (tests, benchmarks); by default they are
-    built from the stage config. ``work_dir`` holds checkpoints and metrics until the stage finishes.
+    ``config`` is the loop's own :class:`~rlaif_trainer.rl.config.RLLoopConfig` (the ``rl`` stage
+    builds it from its resolved config). ``model``/``tokenizer`` may be injected (tests, benchmarks);
+    by default the policy is loaded from ``config.policy_model``. The reward is ``reward_fn``, or
+    ``reward_factory(model, tokenizer, device)`` called once the policy exists (so that a reward can
+    share its weights). ``work_dir`` holds checkpoints and metrics until the stage finishes.
     """
 
     def __init__(
         self,
-        config,
+        config: RLLoopConfig,
         *,
         model=None,
         tokenizer=None,
         reward_fn: RewardFn | None = None,
-        reward_factory: Callable[..., RewardFn] | None = None,
+        reward_factory: RewardFactory | None = None,
         generation_engine: GenerationEngine | None = None,
         work_dir: str | Path | None = None,
         progress: bool = True,
         device: str | torch.device | None = None,
     ) -> None:
         self.config = config
-        self.spec = config.spec
-        self.rl = config.spec.rl
         self.progress = progress
         self.rank, self.world = (
             (torch.distributed.get_rank(), torch.distributed.get_world_size()) if _dist() else (0, 1)
         )
         self.is_main = self.rank == 0
         self.seed = int(config.seed)
-        policy_dir = Path(config.artifacts.policy)
-        self.work_dir = Path(work_dir) if work_dir else partial_dir(policy_dir)
+        self.work_dir = Path(work_dir) if work_dir else partial_dir(Path(config.output_dir))
         self.ckpt_dir = self.work_dir / "checkpoints"
         self.metrics_path = self.work_dir / "metrics.jsonl"
-        self.algorithm = self.rl.algorithm
-        self.k = self.rl.samples_per_prompt
+        self.algorithm = self.config.algorithm
+        self.k = self.config.samples_per_prompt
         self.strategy = build_algorithm(
             self.algorithm,
             k=self.k,
-            kl_coef=self.rl.kl_coef,
-            clip_range=self.rl.clip_range,
-            ppo_epochs=self.rl.ppo_epochs,
+            kl_coef=self.config.kl_coef,
+            clip_range=self.config.clip_range,
+            ppo_epochs=self.config.ppo_epochs,
         )
         self.kl_estimator = self.strategy.kl_estimator
         if self.k < self.strategy.min_samples_per_prompt:
@@ -179,7 +181,7 @@ class RLTrainer:
                 f"rl.samplesPerPrompt must be >= {self.strategy.min_samples_per_prompt} for {self.algorithm}"
             )
 
-        self.train_prompts, _ = split_prompts(self.spec)
+        self.train_prompts = list(config.train_prompts)
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device == "cuda" and self.world > 1:  # one GPU per process under accelerate launch
@@ -190,11 +192,11 @@ class RLTrainer:
         if model is None or tokenizer is None:
             from rlaif_trainer.modeling.loading import load_causal_lm
 
-            model, tokenizer = load_causal_lm(self.spec.policy.model, device=str(self.device))
+            model, tokenizer = load_causal_lm(self.config.policy_model, device=str(self.device))
         self.tokenizer = tokenizer
         self.model = self._with_lora(model).to(self.device)
         self.model.eval()  # no dropout: the sampling distribution is the one being scored
-        if self.rl.gradient_checkpointing:
+        if self.config.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         hidden = self.model.get_input_embeddings().weight.shape[1]
         # Zero-initialised; seeded identically on every rank.
@@ -206,7 +208,7 @@ class RLTrainer:
             raise RuntimeError("the policy has no trainable (LoRA) parameters")
         self.optimizer = torch.optim.AdamW(
             [
-                {"params": self.lora_params, "lr": self.rl.learning_rate},
+                {"params": self.lora_params, "lr": self.config.learning_rate},
                 {"params": list(self.value_head.parameters()), "lr": VALUE_HEAD_LR},
             ],
             weight_decay=0.0,
@@ -215,19 +217,19 @@ class RLTrainer:
         # rl.generation: vllm samples through a colocated engine that is sent the policy's weights
         # before each rollout that follows an update; ``generation_engine`` injects one (tests).
         self.engine: EngineRollout | None = None
-        if self.rl.generation == "vllm":
+        if self.config.generation == "vllm":
             if generation_engine is None:
                 generation_engine = VLLMEngine(
-                    self.spec.policy.model,
+                    self.config.policy_model,
                     seed=self.seed + self.rank,
-                    gpu_memory_utilization=self.rl.vllm_gpu_memory_utilization,
+                    gpu_memory_utilization=self.config.vllm_gpu_memory_utilization,
                 )
             self.engine = EngineRollout(generation_engine)
         if reward_fn is None:
             if reward_factory is None:
                 raise ValueError("RLTrainer needs a reward_fn or a reward_factory")
             # Built after the policy, so that a reward sharing the policy's weights can use them.
-            reward_fn = reward_factory(config, self.model, self.tokenizer, self.device)
+            reward_fn = reward_factory(self.model, self.tokenizer, self.device)
         self.reward_fn = reward_fn
         self.step = 0
         self.resumed_from: int | None = None
@@ -239,12 +241,12 @@ class RLTrainer:
 
         if isinstance(model, PeftModel):
             return model
-        lora = self.spec.policy.lora
+        lora = self.config.lora or LoraSettings()
         cfg = LoraConfig(
-            r=lora.r if lora else 16,
-            lora_alpha=lora.alpha if lora else 32,
-            lora_dropout=lora.dropout if lora else 0.0,
-            target_modules=list(lora.target_modules) if lora else ["q_proj", "v_proj"],
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
             task_type="CAUSAL_LM",
         )
         # LoRA's B matrices start at zero, so the policy equals the reference at step 0 on every
@@ -257,7 +259,7 @@ class RLTrainer:
 
     def prompts_for_step(self, step: int) -> list[str]:
         """This process's prompts for ``step``: a seeded permutation per epoch, sliced by rank."""
-        n, B = len(self.train_prompts), self.rl.batch_size
+        n, B = len(self.train_prompts), self.config.batch_size
         out: list[str] = []
         for j in range(step * B, (step + 1) * B):
             epoch, pos = divmod(j, n)
@@ -278,7 +280,7 @@ class RLTrainer:
                 gen.query_mask,
                 gen.response_ids,
                 gen.response_mask,
-                temperature=self.rl.temperature,
+                temperature=self.config.temperature,
                 with_entropy=with_entropy,
                 with_hidden=with_hidden,
             )
@@ -305,9 +307,9 @@ class RLTrainer:
                 self.tokenizer,
                 formatted,
                 version=step,
-                max_new_tokens=self.rl.max_new_tokens,
-                temperature=self.rl.temperature,
-                top_p=self.rl.top_p,
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=self.config.temperature,
+                top_p=self.config.top_p,
                 device=self.device,
             )
         else:
@@ -315,17 +317,17 @@ class RLTrainer:
                 self.model,
                 self.tokenizer,
                 formatted,
-                max_new_tokens=self.rl.max_new_tokens,
-                temperature=self.rl.temperature,
-                top_p=self.rl.top_p,
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=self.config.temperature,
+                top_p=self.config.top_p,
                 max_prompt_tokens=None,
                 device=self.device,
             )
         too_long = int(gen.query_mask.sum(dim=1).max())
-        if too_long > self.spec.policy.max_prompt_length:
+        if too_long > self.config.max_prompt_length:
             raise BadInputError(
-                f"{self.spec.dataset.prompts}: a prompt is {too_long} tokens, longer than "
-                f"policy.maxPromptLength={self.spec.policy.max_prompt_length}"
+                f"{self.config.prompts_source}: a prompt is {too_long} tokens, longer than "
+                f"policy.maxPromptLength={self.config.max_prompt_length}"
             )
         t1 = time.perf_counter()
         scores = torch.tensor(self.reward_fn(raw_k, gen.texts), dtype=torch.float32, device=self.device)
@@ -338,7 +340,7 @@ class RLTrainer:
         _, gen, scores, timing = self.rollout(step)
         t_train0 = time.perf_counter()
         mask = gen.response_mask
-        beta = self.rl.kl_coef
+        beta = self.config.kl_coef
         with torch.no_grad(), self.model.disable_adapter():
             ref_logp, _, _ = self.forward(gen, with_hidden=False)
 
@@ -463,7 +465,7 @@ class RLTrainer:
 
     def train(self, until: int | None = None) -> list[dict[str, Any]]:
         """Resume from the latest checkpoint if any, then run steps up to ``until`` (default ``rl.steps``)."""
-        total = self.rl.steps if until is None else min(until, self.rl.steps)
+        total = self.config.steps if until is None else min(until, self.config.steps)
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.world > 1:
@@ -478,11 +480,11 @@ class RLTrainer:
             log.info(
                 "rl: algorithm=%s reward=%s kl_estimator=%s beta=%s steps=%d batch=%d x k=%d processes=%d",
                 self.algorithm,
-                self.rl.reward,
+                self.config.reward,
                 self.kl_estimator,
-                self.rl.kl_coef,
+                self.config.kl_coef,
                 total,
-                self.rl.batch_size,
+                self.config.batch_size,
                 self.k,
                 self.world,
             )
@@ -515,7 +517,7 @@ class RLTrainer:
                     kl=f"{metrics['kl']:.3f}",
                     len=f"{metrics['response_length']:.0f}",
                 )
-            if self.step % self.rl.checkpoint_every == 0 or self.step == total:
+            if self.step % self.config.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint(self.step)
             for key in ("reward", "kl", "loss"):
                 if not math.isfinite(metrics[key]):
@@ -558,9 +560,9 @@ class RLTrainer:
         return {
             "stage": "rl",
             "algorithm": self.algorithm,
-            "reward_source": self.rl.reward,
+            "reward_source": self.config.reward,
             "kl_estimator": self.kl_estimator,
-            "kl_coef": self.rl.kl_coef,
+            "kl_coef": self.config.kl_coef,
             "steps": len(rows),
             "processes": self.world,
             "initial_reward": mean("reward", head),
@@ -590,10 +592,10 @@ class RLTrainer:
         (out_dir / "policy.json").write_text(
             json.dumps(
                 {
-                    "base_model": self.spec.policy.model,
+                    "base_model": self.config.policy_model,
                     "adapter": "adapter",
                     "algorithm": self.algorithm,
-                    "reward": self.rl.reward,
+                    "reward": self.config.reward,
                     "steps": summary["steps"],
                 },
                 indent=2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -11,12 +12,50 @@ from typing import Any
 
 import torch
 
+from rlaif_trainer.data.prompts import split_prompts
 from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.rl.config import LoraSettings, RLLoopConfig
 from rlaif_trainer.rl.loop import RewardFn, RLTrainer, _dist
 from rlaif_trainer.stages.common import device as stage_device
 from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 
 log = logging.getLogger(__name__)
+
+
+def loop_config(config) -> RLLoopConfig:
+    """The RL loop's settings from the stage's resolved config (the loop does not read the spec)."""
+    spec = config.spec
+    rl, policy = spec.rl, spec.policy
+    lora = policy.lora
+    return RLLoopConfig(
+        policy_model=policy.model,
+        train_prompts=tuple(split_prompts(spec)[0]),
+        output_dir=Path(config.artifacts.policy),
+        seed=int(config.seed),
+        algorithm=rl.algorithm,
+        reward=rl.reward,
+        steps=rl.steps,
+        batch_size=rl.batch_size,
+        samples_per_prompt=rl.samples_per_prompt,
+        kl_coef=rl.kl_coef,
+        learning_rate=rl.learning_rate,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        max_new_tokens=rl.max_new_tokens,
+        max_prompt_length=policy.max_prompt_length,
+        ppo_epochs=rl.ppo_epochs,
+        clip_range=rl.clip_range,
+        checkpoint_every=rl.checkpoint_every,
+        gradient_checkpointing=rl.gradient_checkpointing,
+        generation=rl.generation,
+        vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+        lora=None
+        if lora is None
+        else LoraSettings(
+            r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=tuple(lora.target_modules)
+        ),
+        prompts_source=str(spec.dataset.prompts),
+    )
 
 
 def build_reward_fn(config, policy_model=None, tokenizer=None, device=None) -> RewardFn:
@@ -82,7 +121,12 @@ def run(config, *, progress: bool = True) -> dict[str, Any]:
         return done
     _init_distributed()
     t0 = time.perf_counter()
-    trainer = RLTrainer(config, reward_factory=build_reward_fn, progress=progress, device=stage_device())
+    trainer = RLTrainer(
+        loop_config(config),
+        reward_factory=functools.partial(build_reward_fn, config),
+        progress=progress,
+        device=stage_device(),
+    )
     trainer.train()
     in_sync = trainer.replicas_in_sync()
     summary = trainer.summary(time.perf_counter() - t0)

@@ -96,11 +96,17 @@ def test_rl_gradient_checkpointing_option_turns_it_on(tmp_path, tiny_model_dir):
 def test_bf16_base_keeps_fp32_adapters_and_the_update_runs(tmp_path, tiny_model_dir):
     from rlaif_trainer.modeling.loading import load_causal_lm
     from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import loop_config
 
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu", dtype=torch.bfloat16)
     cfg = make_config(tmp_path, tiny_model_dir, rl={"algorithm": "rloo"})
     trainer = RLTrainer(
-        cfg, model=model, tokenizer=tok, progress=False, device="cpu", reward_fn=lambda p, r: [0.0] * len(r)
+        loop_config(cfg),
+        model=model,
+        tokenizer=tok,
+        progress=False,
+        device="cpu",
+        reward_fn=lambda p, r: [0.0] * len(r),
     )
     frozen = {p.dtype for n, p in trainer.model.named_parameters() if not p.requires_grad}
     trained = {p.dtype for p in trainer.lora_params}
@@ -133,11 +139,17 @@ def test_cuda_rl_step_bf16_fused(tmp_path, tiny_model_dir):
     with the bf16 base, fp32 adapters and fused AdamW."""
     from rlaif_trainer.modeling.loading import load_causal_lm
     from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import loop_config
 
     model, tok = load_causal_lm(str(tiny_model_dir), device="cuda")
     cfg = make_config(tmp_path, tiny_model_dir, rl={"algorithm": "grpo"})
     trainer = RLTrainer(
-        cfg, model=model, tokenizer=tok, progress=False, device="cuda", reward_fn=lambda p, r: [0.0] * len(r)
+        loop_config(cfg),
+        model=model,
+        tokenizer=tok,
+        progress=False,
+        device="cuda",
+        reward_fn=lambda p, r: [0.0] * len(r),
     )
     assert trainer.optimizer.defaults.get("fused") is True
     assert next(p for n, p in trainer.model.named_parameters() if "base_layer" in n).dtype == torch.bfloat16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -71,12 +72,13 @@ def make_config(
 def make_trainer(config: StageConfig, model_dir: Path, **kwargs):
     from rlaif_trainer.modeling.loading import load_causal_lm
     from rlaif_trainer.rl.loop import RLTrainer
-    from rlaif_trainer.stages.rl import build_reward_fn
+    from rlaif_trainer.stages.rl import build_reward_fn, loop_config
 
     model, tok = load_causal_lm(str(model_dir), device="cpu")
     if "reward_fn" not in kwargs:
-        kwargs["reward_factory"] = build_reward_fn
-    return RLTrainer(config, model=model, tokenizer=tok, progress=False, device="cpu", **kwargs)
+        kwargs["reward_factory"] = functools.partial(build_reward_fn, config)
+    # The loop takes its own settings, built from the stage config as the rl stage builds them.
+    return RLTrainer(loop_config(config), model=model, tokenizer=tok, progress=False, device="cpu", **kwargs)
 
 
 def _randomize_lora(model, seed: int = 1) -> None:
@@ -167,8 +169,8 @@ def _mean_words(trainer, n_rounds: int = 6) -> float:
             trainer.model,
             trainer.tokenizer,
             format_prompts(trainer.tokenizer, trainer.train_prompts * n_rounds),
-            max_new_tokens=trainer.rl.max_new_tokens,
-            temperature=trainer.rl.temperature,
+            max_new_tokens=trainer.config.max_new_tokens,
+            temperature=trainer.config.temperature,
         )
     return sum(len(t.split()) for t in g.texts) / len(g.texts)
 

@@ -20,6 +20,7 @@ def test_headline_window(steps: int, window: int):
 def test_summary_compares_as_many_steps_at_each_end(tmp_path: Path, tiny_model_dir: Path):
     from rlaif_trainer.modeling.loading import load_causal_lm
     from rlaif_trainer.rl.loop import RLTrainer
+    from rlaif_trainer.stages.rl import loop_config
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Say {i}."}) + "\n" for i in range(4)))
@@ -44,7 +45,12 @@ def test_summary_compares_as_many_steps_at_each_end(tmp_path: Path, tiny_model_d
     cfg = resolve_stage_configs(job, tmp_path / "ws")["rl"]
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
     trainer = RLTrainer(
-        cfg, model=model, tokenizer=tok, reward_fn=lambda p, r: [0.0] * len(r), progress=False, device="cpu"
+        loop_config(cfg),
+        model=model,
+        tokenizer=tok,
+        reward_fn=lambda p, r: [0.0] * len(r),
+        progress=False,
+        device="cpu",
     )
     trainer.work_dir.mkdir(parents=True, exist_ok=True)
     rows = [
