@@ -10,6 +10,8 @@ These pydantic models serve three consumers, so they must import neither torch n
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -35,6 +37,7 @@ from rlaif_api.types import (
     Quantity,
     ShortStr,
     Text,
+    _cel_string,
     key_rule,
     qualified_key_ok,
 )
@@ -463,6 +466,16 @@ class LabelResourceSpec(ResourceSpec):
     )
 
 
+def _one_node(where: str) -> Callable[[object], bool]:
+    """The Python twin of a 'resources.<where>.nodes <= 1' rule."""
+
+    def check(resources: object) -> bool:
+        spec = getattr(resources, where)
+        return spec is None or spec.nodes <= 1
+
+    return check
+
+
 class StageResources(ApiModel):
     """Resources per stage; each stage's fields override 'default' field by field."""
 
@@ -485,7 +498,7 @@ class StageResources(ApiModel):
                 "resources.rl.nodes can be above 1"
             ),
             field_path=f".{where}.nodes",
-            check=lambda s, where=where: getattr(s, where) is None or getattr(s, where).nodes <= 1,
+            check=_one_node(where),
         )
         for where, what in (
             ("default", "the default applies to the label and evaluate stages too, which run on one node"),

@@ -34,6 +34,8 @@ class Reason(str, Enum):
     NO_TRAINER_IMAGE = "NoTrainerImage"
     STAGE_POD_WAITING = "StagePodWaiting"
     STAGE_JOB_REFUSED = "StageJobRefused"
+    # A multi-node stage (resources.<stage>.nodes > 1) needs JobSet, which the cluster does not serve.
+    JOBSET_NOT_INSTALLED = "JobSetNotInstalled"
     # The Queued condition: Kueue holds the stage Job (never admitted yet, or preempted).
     PREEMPTED = "Preempted"
     # More job-level outcomes.
@@ -60,6 +62,7 @@ WAIT_REASONS: frozenset[Reason] = frozenset(
         Reason.NO_TRAINER_IMAGE,
         Reason.STAGE_POD_WAITING,
         Reason.STAGE_JOB_REFUSED,
+        Reason.JOBSET_NOT_INSTALLED,
     }
 )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -31,10 +32,10 @@ from typing import Any
 
 import rlaif_api as api
 
-from .builders import ANNOTATION_JOB_NAME, stage_job_name
+from .builders import ANNOTATION_JOB_NAME, JOBSET_API_VERSION, JOBSET_KIND, stage_job_name
 from .kube import RETRYABLE, ApiError, KubeClient, collection_path, object_collection
 from .metrics import Metrics
-from .observe import JobInfo, Observed, PodInfo
+from .observe import JobInfo, Observed, PodInfo, summarize_jobset
 from .plan import EventSpec, Plan
 from .reconcile import reconcile
 from .settings import Settings
@@ -91,9 +92,11 @@ class Indexes:
         pods: Mapping[Key, Iterable[PodInfo]],
         claims: Mapping[str, Iterable[str]],
         claims_known: Callable[[], bool] = lambda: True,
+        jobsets: Mapping[Key, Iterable[JobInfo]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.children = children
+        self.jobsets: Mapping[Key, Iterable[JobInfo]] = jobsets if jobsets is not None else {}
         self.pods = pods
         self.claims = claims
         self.claims_known = claims_known
@@ -140,6 +143,9 @@ class Controller:
         # whose DELETED event was lost across a watch relist goes when its RLAIFJob is forgotten.
         self.summaries: dict[Key, dict[str, object]] = {}
         self.refusals: dict[Key, dict[str, Refusal]] = {}  # stage Job name -> last refusal
+        # Until when (monotonic) the JobSet API counts as missing: a JobSet create was answered 404.
+        # Forgotten after a while, so that installing JobSet later is noticed by the next create.
+        self.jobset_missing_until = 0.0
         self.tasks: list[asyncio.Task[None]] = []
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
 
@@ -314,7 +320,10 @@ class Controller:
     def observe(self, namespace: str, name: str, uid: str, generation: int | None = None) -> Observed:
         now = time.monotonic()
         jobs: dict[str, JobInfo] = {}
-        for info in self.indexes.children.get((namespace, name), ()):
+        for info in (
+            *self.indexes.children.get((namespace, name), ()),
+            *self.indexes.jobsets.get((namespace, name), ()),
+        ):
             recently_deleted = self.deleted.get((namespace, info.name))
             if recently_deleted is not None and now - recently_deleted < WRITE_LAG_SECONDS:
                 continue
@@ -331,7 +340,14 @@ class Controller:
             if r.generation == generation and now < r.until and not r.invalid
         }
         invalid = {j: r.message for j, r in refusals.items() if r.generation == generation and r.invalid}
-        return Observed(jobs=list(jobs.values()), pods=pods, claims=claims, refused=refused, invalid=invalid)
+        return Observed(
+            jobs=list(jobs.values()),
+            pods=pods,
+            claims=claims,
+            refused=refused,
+            invalid=invalid,
+            jobset_api=False if now < self.jobset_missing_until else None,
+        )
 
     async def reconcile_key(self, key: Key) -> Plan | None:
         started = time.perf_counter()
@@ -461,9 +477,24 @@ class Controller:
             suspended=bool(manifest["spec"].get("suspend")),
             completions=int(manifest["spec"].get("completions") or 1),
         )
+        if manifest["kind"] == JOBSET_KIND:
+            info = dataclasses.replace(
+                summarize_jobset(manifest) or info, owner_uid=uid, created=fmt_time(now)
+            )
         try:
             await self.client.create(object_collection(manifest), manifest)
         except ApiError as err:
+            if err.status == 404 and manifest["kind"] == JOBSET_KIND:
+                # No JobSet API in this cluster: the pass is planned again and waits with
+                # JobSetNotInstalled; a create is tried again after the wait requeue.
+                self.jobset_missing_until = time.monotonic() + self.settings.wait_requeue_seconds
+                log.warning(
+                    "cannot create JobSet %s/%s: the cluster does not serve %s (is JobSet installed?)",
+                    meta["namespace"],
+                    meta["name"],
+                    JOBSET_API_VERSION,
+                )
+                return "refused"
             if err.status in REFUSED_STATUSES:
                 self._refused(key, meta["name"], err, generation)
                 return "refused"
@@ -499,6 +530,8 @@ class Controller:
     async def _delete_job(self, key: Key, job_name: str) -> None:
         namespace = key[0]
         path = collection_path("batch/v1", "jobs", namespace) + f"/{job_name}"
+        if self._is_jobset(key, job_name):
+            path = collection_path(JOBSET_API_VERSION, "jobsets", namespace) + f"/{job_name}"
         try:
             await self.client.delete(path, {"propagationPolicy": "Background"})
         except ApiError as err:
@@ -506,6 +539,13 @@ class Controller:
                 raise
         self.deleted[(namespace, job_name)] = time.monotonic()
         self.created.get(key, {}).pop(job_name, None)
+
+    def _is_jobset(self, key: Key, job_name: str) -> bool:
+        """Whether the stage child ``job_name`` of ``key`` is a JobSet (a multi-node stage's)."""
+        if any(info.name == job_name for info in self.indexes.jobsets.get(key, ())):
+            return True
+        created = self.created.get(key, {}).get(job_name)
+        return created is not None and created[1].kind == JOBSET_KIND
 
     async def _delete_self(self, namespace: str, name: str, uid: str) -> None:
         path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}"

@@ -16,6 +16,7 @@ resource                    verbs                                 why
 rlaif.dev rlaifjobs         list, watch, delete                   watch/index; TTL deletion
 rlaif.dev rlaifjobs/status  patch                                 merge-patch of the status
 batch jobs                  list, watch, create, delete           stage attempts; suspend/deadline
+jobset.x-k8s.io jobsets     list, watch, create, delete           multi-node stage attempts (nodes > 1)
 pods                        list, watch                           exit codes, termination messages
 configmaps                  get, create, patch                    resolved stage configs
 persistentvolumeclaims      list, watch, create                   claim existence; owned workspace
@@ -40,7 +41,7 @@ from .builders import LABEL_STAGE
 from .controller import Controller, Indexes, job_owner_key, pod_owner_key
 from .kube import KubeClient
 from .metrics import Metrics
-from .observe import summarize_job, summarize_pod
+from .observe import summarize_job, summarize_jobset, summarize_pod
 from .settings import Settings
 
 log = logging.getLogger("rlaif_operator")
@@ -118,6 +119,7 @@ def _controller(memo: Any) -> Controller:
 async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None:
     rlaif_jobs, rlaif_stage_jobs = kw["rlaif_jobs"], kw["rlaif_stage_jobs"]
     rlaif_stage_pods, rlaif_claims = kw["rlaif_stage_pods"], kw["rlaif_claims"]
+    rlaif_stage_jobsets = kw["rlaif_stage_jobsets"]
     configure_kopf(settings)
 
     op_settings: Settings = getattr(memo, "operator_settings", None) or Settings()
@@ -134,7 +136,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None
             )
         return KubeClient(info, on_request=metrics.api_request)
 
-    indexes = Indexes(rlaif_jobs, rlaif_stage_jobs, rlaif_stage_pods, rlaif_claims)
+    indexes = Indexes(
+        rlaif_jobs, rlaif_stage_jobs, rlaif_stage_pods, rlaif_claims, jobsets=rlaif_stage_jobsets
+    )
     controller = Controller(
         client(), indexes, op_settings, metrics, workers=getattr(memo, "workers", 64), relogin=client
     )
@@ -176,6 +180,14 @@ async def rlaif_stage_jobs(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {key: info} if key is not None and info is not None else {}
 
 
+@kopf.index("jobset.x-k8s.io", "v1alpha2", "jobsets", labels={LABEL_STAGE: kopf.PRESENT})
+async def rlaif_stage_jobsets(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Multi-node stages' JobSets, beside the stage Jobs. Without the JobSet CRD kopf watches
+    nothing here and the index stays empty; it starts watching when the CRD is installed."""
+    key, info = job_owner_key(body), summarize_jobset(dict(body))
+    return {key: info} if key is not None and info is not None else {}
+
+
 @kopf.index("v1", "pods", labels={LABEL_STAGE: kopf.PRESENT})
 async def rlaif_stage_pods(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
     info = summarize_pod(dict(body))
@@ -206,6 +218,15 @@ async def rlaif_job_event(event: Any, memo: Any, **kw: Any) -> None:
 async def stage_job_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
     deleted = event.get("type") == "DELETED"
     info = summarize_job(dict(body))
+    _controller(memo).child_event(
+        job_owner_key(body), kw.get("uid") or "", info.for_queueing() if info else None, deleted
+    )
+
+
+@kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels={LABEL_STAGE: kopf.PRESENT})
+async def stage_jobset_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
+    deleted = event.get("type") == "DELETED"
+    info = summarize_jobset(dict(body))
     _controller(memo).child_event(
         job_owner_key(body), kw.get("uid") or "", info.for_queueing() if info else None, deleted
     )

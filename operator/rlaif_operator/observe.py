@@ -231,6 +231,9 @@ class Observed:
     # stage Job name -> the API server's message, for a Job refused as invalid (HTTP 422) for the
     # current spec: it would be refused again, so the job fails instead of retrying
     invalid: dict[str, str] = field(default_factory=dict)
+    # Whether the cluster serves jobset.x-k8s.io/v1alpha2 (multi-node stages run as JobSets): False
+    # once creating a JobSet was answered "no such resource", None while unknown
+    jobset_api: bool | None = None
 
 
 @dataclass(frozen=True)

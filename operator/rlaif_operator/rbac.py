@@ -7,6 +7,9 @@ Every rule below is used by :mod:`rlaif_operator.handlers` / :mod:`rlaif_operato
   finalizers or diff-base annotations, so no ``patch`` and no ``rlaifjobs/finalizers``.
 * ``rlaifjobs/status``: patch (JSON merge patch on the status subresource).
 * ``batch/jobs``: list/watch (index), create (stage attempts), delete (suspend, deadline).
+* ``jobset.x-k8s.io/jobsets``: the same, for multi-node stages (``resources.<stage>.nodes > 1``). Harmless
+  where JobSet is not installed: kopf then watches nothing there, and such a stage waits with
+  ``JobSetNotInstalled``.
 * ``pods``: list/watch (index of stage pods: exit codes and termination messages).
 * ``configmaps``: create (resolved stage configs), get + patch (update them if the spec changed
   before the job started).
@@ -28,6 +31,7 @@ RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["rlaif.dev"], "resources": ["rlaifjobs"], "verbs": ["list", "watch", "delete"]},
     {"apiGroups": ["rlaif.dev"], "resources": ["rlaifjobs/status"], "verbs": ["patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
+    {"apiGroups": ["jobset.x-k8s.io"], "resources": ["jobsets"], "verbs": ["list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["list", "watch", "create"]},

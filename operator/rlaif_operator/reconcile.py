@@ -36,7 +36,16 @@ from rlaif_api import (
     StageStatus,
 )
 
-from .builders import Owner, build_configmap, build_pvc, build_stage_job, stage_job_name, wants_pvc
+from .builders import (
+    JOBSET_API_VERSION,
+    Owner,
+    build_configmap,
+    build_pvc,
+    build_stage_child,
+    stage_child_name,
+    stage_nodes,
+    wants_pvc,
+)
 from .conditions import (
     condition,
     conditions_for,
@@ -359,8 +368,19 @@ def _advance(
         st.state = "Pending"
         st.message = blocker[1]
         return blocker
+    nodes = stage_nodes(job, stage)
+    if nodes > 1 and observed.jobset_api is False:
+        # Waits rather than fails: installing JobSet (or fixing the operator's RBAC) lets it go on.
+        plan.requeue(settings.wait_requeue_seconds)
+        st.state = "Pending"
+        st.message = (
+            f"resources.{stage}.nodes is {nodes}, which runs as a JobSet ({JOBSET_API_VERSION}), but this "
+            "cluster does not serve that API: install JobSet (https://jobset.sigs.k8s.io) or set "
+            f"resources.{stage}.nodes to 1"
+        )
+        return Reason.JOBSET_NOT_INSTALLED, f"stage {stage}: {st.message}"
     attempt = view.highest + 1
-    job_name = stage_job_name(owner.name, stage, attempt)
+    job_name = stage_child_name(job, owner.name, stage, attempt)
     invalid = observed.invalid.get(job_name)
     if invalid is not None:
         st.state = "Failed"
@@ -380,7 +400,7 @@ def _advance(
             f"stage {stage}: {st.message}; retrying with backoff, and at once when the spec changes",
         )
     image = job.spec.image or settings.trainer_image or ""
-    plan.create.append(build_stage_job(job, owner, stage, attempt, settings, image))
+    plan.create.append(build_stage_child(job, owner, stage, attempt, settings, image))
     st.job_name = job_name
     st.attempts = attempt
     # worded as the next pass will see it, so observing the new Job needs no second status write

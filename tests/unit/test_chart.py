@@ -31,6 +31,7 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("rlaif.dev", "rlaifjobs"): {"list", "watch", "delete"},
     ("rlaif.dev", "rlaifjobs/status"): {"patch"},
     ("batch", "jobs"): {"list", "watch", "create", "delete"},
+    ("jobset.x-k8s.io", "jobsets"): {"list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("", "persistentvolumeclaims"): {"list", "watch", "create"},

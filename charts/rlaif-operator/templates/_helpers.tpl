@@ -73,6 +73,11 @@ fails when the two differ. docs/operator-guide.md gives the reason for every rul
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "delete"]
+# Multi-node stages (resources.<stage>.nodes > 1) run as JobSets: JobSet (jobset.x-k8s.io) must be
+# installed for them; without it these rules grant nothing and such a stage waits (JobSetNotInstalled).
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+  verbs: ["list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
