@@ -33,8 +33,11 @@ class StageSummary(BaseModel):
     resumed: bool | None = None  # the stage found its artifact complete (DONE) and did not run again
 
     def to_message(self) -> dict[str, Any]:
-        """The summary as the stage reports it (unset optional fields left out)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The summary as the stage reports it: the one serialisation of the termination message,
+        the ``DONE`` marker and the pipeline's summary. Fields the stage did not set are left out;
+        a field it set to ``None`` stays, as ``null`` (e.g. a pointwise labeler's consistency,
+        which has no meaning there)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class LabelSummary(StageSummary):

@@ -105,7 +105,7 @@ def _run(tmp_path: Path, mode: str) -> tuple[dict, list[dict]]:
         }
     )
     cfg = resolve_stage_configs(job, tmp_path / "ws", base_dir=tmp_path)["label"]
-    summary = label.run(cfg, progress=False)
+    summary = label.run(cfg, progress=False).to_message()
     rows = [json.loads(x) for x in (Path(cfg.artifacts.labels) / "labels.jsonl").read_text().splitlines()]
     return summary, rows
 

@@ -24,19 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from rlaif_api.contract import EXIT_OK, STAGE_ORDER, STAGES
+from rlaif_api.summaries import EvaluateSummary, LabelSummary, RewardSummary, RLSummary, StageSummary
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.stages import run_stage
 
 log = logging.getLogger(__name__)
 
 __all__ = ["format_summary_table", "run_pipeline"]
-
-
-def _first(summary: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if summary.get(k) is not None:
-            return summary[k]
-    return None
 
 
 def _fmt(x: Any, nd: int = 3) -> str:
@@ -47,8 +41,7 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
-def _ci(s: dict[str, Any], key: str, nd: int = 3) -> str:
-    lo, hi = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
+def _ci(lo: float | None, hi: float | None, nd: int = 3) -> str:
     return f"[95% CI {_fmt(lo, nd)}, {_fmt(hi, nd)}]" if lo is not None and hi is not None else ""
 
 
@@ -64,65 +57,67 @@ def _verdict(low: Any, p: Any = None) -> str:
     return "no significant gain"
 
 
-def _headline(stage: str, s: dict[str, Any]) -> str | list[str]:
+def _failure_headline(message: dict[str, Any]) -> str:
+    """A failed stage's message (:class:`rlaif_trainer.stages.StageOutcome`) in one line."""
+    return f"FAILED ({message.get('reason') or 'error'}): {message.get('error')}"
+
+
+def _headline(s: StageSummary) -> str | list[str]:
     """The stage's result in one line, or several (the evaluate stage's three kinds of evidence)."""
-    if s.get("error"):
-        return f"FAILED ({s.get('reason') or 'error'}): {s['error']}"
-    if stage == "label":
-        n = _first(s, "pairs", "labels", "labeled", "n_pairs")
-        cons = s.get("consistency_rate")
-        conf = _first(s, "mean_confidence")
-        text = f"labels {_fmt(n)}, mean confidence {_fmt(conf)}, " + (
+    if isinstance(s, LabelSummary):
+        cons = s.consistency_rate
+        text = f"labels {_fmt(s.pairs)}, mean confidence {_fmt(s.mean_confidence)}, " + (
             f"position consistency {_fmt(cons)}" if cons is not None else "no position bias (pointwise)"
         )
-        if s.get("calibration_alignment") is not None:
+        if s.calibration_alignment is not None:
             text += (
-                f"; human calibration: alignment {_fmt(s['calibration_alignment'])} "
-                f"(95% CI from {_fmt(s.get('calibration_alignment_ci_low'))}) on {s.get('calibration_pairs')} pairs"
+                f"; human calibration: alignment {_fmt(s.calibration_alignment)} "
+                f"(95% CI from {_fmt(s.calibration_alignment_ci_low)}) on {s.calibration_pairs} pairs"
             )
         return text
-    if stage == "reward":
-        acc = s.get("accuracy")
-        gate = "passed" if s.get("gate_passed") else "FAILED" if s.get("gate_passed") is False else "-"
+    if isinstance(s, RewardSummary):
+        gate = "passed" if s.gate_passed else "FAILED" if s.gate_passed is False else "-"
         return (
-            f"held-out accuracy {_fmt(acc)} {_ci(s, 'accuracy')} on {_fmt(s.get('eval_pairs'))} pairs, "
-            f"gate (lower end > {_fmt(s.get('min_held_out_accuracy'), 2)}) {gate}, loss {_fmt(s.get('eval_loss'))}"
+            f"held-out accuracy {_fmt(s.accuracy)} {_ci(s.accuracy_ci_low, s.accuracy_ci_high)} on "
+            f"{_fmt(s.eval_pairs)} pairs, gate (lower end > {_fmt(s.min_held_out_accuracy, 2)}) {gate}, "
+            f"loss {_fmt(s.eval_loss)}"
         )
-    if stage == "rl":
-        m = s.get("headline_steps")
+    if isinstance(s, RLSummary):
+        m = s.headline_steps
         span = f" (mean of first/last {m} steps)" if m else ""
         return (
-            f"reward ({s.get('reward_source', '?')}) {_fmt(s.get('initial_reward'))} -> {_fmt(s.get('final_reward'))}{span}, "
-            f"KL({s.get('kl_estimator', '?')}) {_fmt(s.get('final_kl'))}, "
-            f"{_fmt(s.get('tokens_per_s'), 1)} tok/s"
+            f"reward ({s.reward_source or '?'}) {_fmt(s.initial_reward)} -> {_fmt(s.final_reward)}{span}, "
+            f"KL({s.kl_estimator or '?'}) {_fmt(s.final_kl)}, "
+            f"{_fmt(s.tokens_per_s, 1)} tok/s"
         )
-    if stage == "evaluate":
-        n, k = s.get("prompts"), s.get("samples_per_prompt")
-        lines = [f"{_fmt(n)} held-out prompts x {_fmt(k)} samples per policy, paired by prompt"]
-        if s.get("reward_gain") is not None:
+    if isinstance(s, EvaluateSummary):
+        lines = [
+            f"{_fmt(s.prompts)} held-out prompts x {_fmt(s.samples_per_prompt)} samples per policy, paired by prompt"
+        ]
+        if s.reward_gain is not None:
             lines.append(
-                f"(a) optimised reward {_fmt(s.get('reward_initial'))} -> {_fmt(s.get('reward_trained'))}: "
-                f"{_signed(s.get('reward_gain'))} {_ci(s, 'reward_gain')}, p={_fmt(s.get('reward_gain_p_value'), 4)} "
-                f"{_verdict(s.get('reward_gain_ci_low'))}"
+                f"(a) optimised reward {_fmt(s.reward_initial)} -> {_fmt(s.reward_trained)}: "
+                f"{_signed(s.reward_gain)} {_ci(s.reward_gain_ci_low, s.reward_gain_ci_high)}, "
+                f"p={_fmt(s.reward_gain_p_value, 4)} {_verdict(s.reward_gain_ci_low)}"
             )
         else:
             lines.append("(a) optimised reward: not available")
         lines.append(
-            f"(b) AI-judge win rate vs initial {_fmt(s.get('win_rate_vs_initial'))} {_ci(s, 'win_rate')}, "
-            f"at equal length {_fmt(s.get('win_rate_equal_length'))}; A/A null {_fmt(s.get('aa_win_rate'))} "
-            f"{_ci(s, 'aa_win_rate')}"
+            f"(b) AI-judge win rate vs initial {_fmt(s.win_rate_vs_initial)} "
+            f"{_ci(s.win_rate_ci_low, s.win_rate_ci_high)}, at equal length {_fmt(s.win_rate_equal_length)}; "
+            f"A/A null {_fmt(s.aa_win_rate)} {_ci(s.aa_win_rate_ci_low, s.aa_win_rate_ci_high)}"
             + (
                 "; the judge IS the reward source: not independent evidence"
-                if s.get("judge_is_reward_source")
+                if s.judge_is_reward_source
                 else ""
             )
         )
-        if s.get("rouge_l_gain") is not None:
+        if s.rouge_l_gain is not None:
             lines.append(
-                f"(c) ROUGE-L vs references (never optimised) {_fmt(s.get('rouge_l_initial'))} -> "
-                f"{_fmt(s.get('rouge_l_trained'))}: {_signed(s.get('rouge_l_gain'))} {_ci(s, 'rouge_l_gain')}, "
-                f"p={_fmt(s.get('rouge_l_gain_p_value'), 4)} "
-                f"{_verdict(s.get('rouge_l_gain_ci_low'), s.get('rouge_l_gain_p_value'))}"
+                f"(c) ROUGE-L vs references (never optimised) {_fmt(s.rouge_l_initial)} -> "
+                f"{_fmt(s.rouge_l_trained)}: {_signed(s.rouge_l_gain)} "
+                f"{_ci(s.rouge_l_gain_ci_low, s.rouge_l_gain_ci_high)}, p={_fmt(s.rouge_l_gain_p_value, 4)} "
+                f"{_verdict(s.rouge_l_gain_ci_low, s.rouge_l_gain_p_value)}"
             )
         else:
             lines.append("(c) never-optimised signal: none (set dataset.evalReferences)")
@@ -207,19 +202,19 @@ def run_pipeline(
                     "stage": stage,
                     "status": "failed",
                     "wall_s": wall,
-                    "headline": _headline(stage, outcome.message),
+                    "headline": _failure_headline(outcome.message),
                 }
             )
             break
         summary = outcome.summary
         assert summary is not None  # set on success
-        summaries[stage] = summary
+        summaries[stage] = summary.to_message()
         rows.append(
             {
                 "stage": stage,
                 "status": "skipped (done)" if already else "ran",
                 "wall_s": None if already else wall,
-                "headline": _headline(stage, summary),
+                "headline": _headline(summary),
             }
         )
         gc.collect()

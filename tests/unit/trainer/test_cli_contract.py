@@ -17,6 +17,7 @@ import pytest
 
 import rlaif_api as api
 from rlaif_api.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, compact_summary
+from rlaif_api.summaries import LabelSummary, RewardSummary
 from rlaif_trainer import cli
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.stages import REGISTRY
@@ -49,13 +50,29 @@ def test_success_writes_the_summary(fake_stage, label_config: Path, tmp_path: Pa
 
     def run(config, *, progress):
         seen["config"], seen["progress"] = config, progress
-        return {"pairs": 16, "consistency_rate": 0.75}
+        return LabelSummary(pairs=16, consistency_rate=0.75, mean_confidence=None)
 
     fake_stage.run = run
     log = tmp_path / "termination-log"
     assert _run(label_config, log) == EXIT_OK
-    assert json.loads(log.read_text()) == {"stage": "label", "pairs": 16, "consistency_rate": 0.75}
+    # the summary's fields as the stage set them (an explicit None is reported as null), after the stage
+    assert json.loads(log.read_text()) == {
+        "stage": "label",
+        "pairs": 16,
+        "consistency_rate": 0.75,
+        "mean_confidence": None,
+    }
     assert seen["config"].stage == "label" and seen["progress"] is False
+
+
+def test_a_stage_must_return_its_own_summary_model(fake_stage, label_config: Path, tmp_path: Path):
+    # A plain dict, or another stage's model, is a trainer bug: retryable, and it says which stage.
+    for wrong in ({"pairs": 16}, RewardSummary(accuracy=0.5)):
+        fake_stage.run = lambda config, *, progress, wrong=wrong: wrong
+        log = tmp_path / "termination-log"
+        assert _run(label_config, log) == EXIT_RETRYABLE
+        message = json.loads(log.read_text())
+        assert message["permanent"] is False and "not its LabelSummary" in message["error"]
 
 
 def test_bad_input_is_permanent(fake_stage, label_config: Path, tmp_path: Path):
@@ -103,7 +120,7 @@ def test_summary_is_cut_to_four_kib():
 def test_only_rank_zero_writes(
     fake_stage, label_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    fake_stage.run = lambda config, *, progress: {"pairs": 1}
+    fake_stage.run = lambda config, *, progress: LabelSummary(pairs=1)
     monkeypatch.setenv("RANK", "1")
     log = tmp_path / "termination-log"
     assert _run(label_config, log) == EXIT_OK

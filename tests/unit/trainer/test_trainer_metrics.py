@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import rlaif_api as api
 from rlaif_api.contract import EXIT_OK
+from rlaif_api.summaries import LabelSummary
 from rlaif_trainer import cli, metrics
 from rlaif_trainer.stages import REGISTRY
 from tests.api_cases import base_job
@@ -161,7 +162,7 @@ def test_stage_command_serves_metrics_while_the_stage_runs(
         metrics.record_step(samples=5, seconds=1.0, progress=0.5)
         metrics.record_step(samples=5, seconds=2.0, progress=1.0)
         seen["end"] = scrape(port)
-        return {"pairs": 10}
+        return LabelSummary(pairs=10)
 
     module = types.ModuleType("fake_stage")
     module.run = run  # type: ignore[attr-defined]

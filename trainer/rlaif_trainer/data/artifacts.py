@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rlaif_api.summaries import StageSummary
+
 #: The label stage's output file in its artifact directory, read by the reward stage.
 LABELS_FILE = "labels.jsonl"
 #: The sampled candidate pairs in the candidates artifact directory.
@@ -38,9 +40,15 @@ def read_done(final: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def finalize_dir(
-    work: str | os.PathLike[str], final: str | os.PathLike[str], summary: dict[str, Any]
+    work: str | os.PathLike[str], final: str | os.PathLike[str], summary: StageSummary | dict[str, Any]
 ) -> Path:
-    """Rename ``work`` to ``final`` (replacing an unfinished ``final``), then write ``DONE``."""
+    """Rename ``work`` to ``final`` (replacing an unfinished ``final``), then write ``DONE``.
+
+    ``summary`` is a stage's typed summary (stored as :meth:`StageSummary.to_message`, the same JSON
+    as its termination message), or a plain record for an artifact that is not a stage's own (the
+    sampled candidates)."""
+    if isinstance(summary, StageSummary):
+        summary = summary.to_message()
     w, f = Path(work), Path(final)
     if f.exists():
         shutil.rmtree(f)

@@ -15,23 +15,41 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import ValidationError
 
 from rlaif_api import LabelerSpec, RLAIFJobSpec
 from rlaif_api.contract import ENV_DEVICE
-from rlaif_trainer.data.artifacts import is_done, read_done
+from rlaif_api.summaries import StageSummary
+from rlaif_trainer.data.artifacts import DONE, is_done, read_done
+from rlaif_trainer.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["device", "resumed_summary", "shares_policy_weights"]
 
+S = TypeVar("S", bound=StageSummary)
 
-def resumed_summary(artifact: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The saved summary of a finished stage, marked resumed; ``None`` when the stage must run."""
+
+def resumed_summary(artifact: str | os.PathLike[str], model: type[S]) -> S | None:
+    """The saved summary of a finished stage (its ``model``), marked resumed; ``None`` when the
+    stage must run.
+
+    A ``DONE`` marker that does not hold a valid summary is bad input, not a reason to retry: the
+    artifact it vouches for is suspect, and the message says how to run the stage again.
+    """
     if not is_done(artifact):
         return None
     log.info("%s is complete (DONE): not running the stage again", artifact)
-    return {**read_done(artifact), "resumed": True}
+    try:
+        return model.model_validate({**read_done(artifact), "resumed": True})
+    except ValidationError as err:
+        raise BadInputError(
+            f"{Path(artifact) / DONE} does not hold a valid {model.__name__} ({err.error_count()} "
+            f"error(s): {err.errors()[0]['loc']} {err.errors()[0]['msg']}): delete {artifact} to run the stage again"
+        ) from err
 
 
 def device() -> str | None:

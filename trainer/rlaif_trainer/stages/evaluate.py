@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlaif_api.summaries import EvaluateSummary
 from rlaif_trainer import metrics as prom
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.stages.common import device as stage_device
@@ -528,48 +529,49 @@ def _r(x: Any, nd: int = 4) -> Any:
     return round(x, nd) if isinstance(x, float) else x
 
 
-def summary_of(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
+def summary_of(report: dict[str, Any], wall_s: float) -> EvaluateSummary:
+    """The stage summary of an :func:`evaluate` report: its headline figures, rounded."""
     lc = report["length_controlled"]
     rw, rg, aa = report["reward"], report["rouge_l"] or {}, report["aa_null"]
-    return {
-        "stage": "evaluate",
-        "prompts": report["prompts"],
-        "samples_per_prompt": report["samples_per_prompt"],
-        "reward_initial": _r(rw.get("initial")),
-        "reward_trained": _r(rw.get("trained")),
-        "reward_gain": _r(rw.get("mean_diff")),
-        "reward_gain_ci_low": _r(rw["ci95"][0]) if "ci95" in rw else None,
-        "reward_gain_ci_high": _r(rw["ci95"][1]) if "ci95" in rw else None,
-        "reward_gain_p_value": _r(rw.get("p_value")),
-        "rouge_l_initial": _r(rg.get("initial")),
-        "rouge_l_trained": _r(rg.get("trained")),
-        "rouge_l_gain": _r(rg.get("mean_diff")),
-        "rouge_l_gain_ci_low": _r(rg["ci95"][0]) if "ci95" in rg else None,
-        "rouge_l_gain_ci_high": _r(rg["ci95"][1]) if "ci95" in rg else None,
-        "rouge_l_gain_p_value": _r(rg.get("p_value")),
-        "win_rate_vs_initial": round(report["win_rate"], 4),
-        "win_rate_ci_low": round(report["win_rate_ci95"][0], 4),
-        "win_rate_ci_high": round(report["win_rate_ci95"][1], 4),
-        "soft_win_rate": round(report["soft_win_rate"], 4),
-        "win_rate_equal_length": round(lc["win_rate_at_equal_length"], 4),
-        "aa_win_rate": round(aa["win_rate"], 4),
-        "aa_win_rate_ci_low": round(aa["win_rate_ci95"][0], 4),
-        "aa_win_rate_ci_high": round(aa["win_rate_ci95"][1], 4),
-        "judge_is_reward_source": report["judge_is_reward_source"],
-        "ties": report["ties"],
-        "judge_consistency": report.get("consistency_rate"),
-        "mean_length_trained": round(report["mean_length_trained"], 2),
-        "mean_length_initial": round(report["mean_length_initial"], 2),
-        "wall_s": round(wall_s, 3),
-    }
+    return EvaluateSummary(
+        stage="evaluate",
+        prompts=report["prompts"],
+        samples_per_prompt=report["samples_per_prompt"],
+        reward_initial=_r(rw.get("initial")),
+        reward_trained=_r(rw.get("trained")),
+        reward_gain=_r(rw.get("mean_diff")),
+        reward_gain_ci_low=_r(rw["ci95"][0]) if "ci95" in rw else None,
+        reward_gain_ci_high=_r(rw["ci95"][1]) if "ci95" in rw else None,
+        reward_gain_p_value=_r(rw.get("p_value")),
+        rouge_l_initial=_r(rg.get("initial")),
+        rouge_l_trained=_r(rg.get("trained")),
+        rouge_l_gain=_r(rg.get("mean_diff")),
+        rouge_l_gain_ci_low=_r(rg["ci95"][0]) if "ci95" in rg else None,
+        rouge_l_gain_ci_high=_r(rg["ci95"][1]) if "ci95" in rg else None,
+        rouge_l_gain_p_value=_r(rg.get("p_value")),
+        win_rate_vs_initial=round(report["win_rate"], 4),
+        win_rate_ci_low=round(report["win_rate_ci95"][0], 4),
+        win_rate_ci_high=round(report["win_rate_ci95"][1], 4),
+        soft_win_rate=round(report["soft_win_rate"], 4),
+        win_rate_equal_length=round(lc["win_rate_at_equal_length"], 4),
+        aa_win_rate=round(aa["win_rate"], 4),
+        aa_win_rate_ci_low=round(aa["win_rate_ci95"][0], 4),
+        aa_win_rate_ci_high=round(aa["win_rate_ci95"][1], 4),
+        judge_is_reward_source=report["judge_is_reward_source"],
+        ties=report["ties"],
+        judge_consistency=report.get("consistency_rate"),
+        mean_length_trained=round(report["mean_length_trained"], 2),
+        mean_length_initial=round(report["mean_length_initial"], 2),
+        wall_s=round(wall_s, 3),
+    )
 
 
-def run(config, *, progress: bool = True) -> dict[str, Any]:
+def run(config, *, progress: bool = True) -> EvaluateSummary:
     """The ``evaluate`` stage: write ``<eval>/`` atomically with a DONE marker; return the summary."""
     from rlaif_trainer.data.artifacts import finalize_dir, partial_dir
 
     out = Path(config.artifacts.eval)
-    if (done := resumed_summary(out)) is not None:
+    if (done := resumed_summary(out, EvaluateSummary)) is not None:
         return done
     t0 = time.perf_counter()
     report, samples, rl_metrics = evaluate(config, progress=progress)
@@ -589,16 +591,16 @@ def run(config, *, progress: bool = True) -> dict[str, Any]:
         )
         report["plot"] = "training_curves.png"
     (work / "report.json").write_text(json.dumps(report, indent=2))
-    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    (work / "summary.json").write_text(json.dumps(summary.to_message(), indent=2))
     finalize_dir(work, out, summary)
     log.info(
         "evaluate: reward gain %s (p %s), ROUGE-L gain %s (p %s), win rate %.3f [%.3f, %.3f], A/A %.3f",
-        summary["reward_gain"],
-        summary["reward_gain_p_value"],
-        summary["rouge_l_gain"],
-        summary["rouge_l_gain_p_value"],
+        summary.reward_gain,
+        summary.reward_gain_p_value,
+        summary.rouge_l_gain,
+        summary.rouge_l_gain_p_value,
         report["win_rate"],
         *report["win_rate_ci95"],
-        summary["aa_win_rate"],
+        summary.aa_win_rate,
     )
     return summary

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlaif_api.summaries import LabelSummary
 from rlaif_trainer.data.artifacts import (
     CANDIDATES_FILE,
     LABELS_FILE,
@@ -77,11 +78,11 @@ def labeler_name(spec: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
+def run(config: Any, *, progress: bool = True) -> LabelSummary:
     """Run the label stage; returns the summary (also stored in ``<labels>/DONE``)."""
     spec = config.spec
     art = config.artifacts
-    if (done := resumed_summary(art.labels)) is not None:
+    if (done := resumed_summary(art.labels, LabelSummary)) is not None:
         return done
     if spec.labeler is None:
         raise BadInputError("the label stage needs spec.labeler")
@@ -146,20 +147,20 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         (work / "calibration_report.json").write_text(json.dumps(cal_report, indent=2))
         calibration = calibration_summary(cal_report)
         log.info("label: calibration against human preferences\n%s", format_calibration(cal_report))
-    summary: dict[str, Any] = {
+    summary = LabelSummary(
         **summarize(records),
         **calibration,
-        "mode": lspec.mode,
-        "provider": lspec.provider,
-        "labelled_now": int(timing["labelled_now"]),
-        "pairs_per_s": round(timing["labelled_now"] / timing["seconds"], 3)
+        mode=lspec.mode,
+        provider=lspec.provider,
+        labelled_now=int(timing["labelled_now"]),
+        pairs_per_s=round(timing["labelled_now"] / timing["seconds"], 3)
         if timing["seconds"] > 0 and timing["labelled_now"]
         else None,
-        "candidates": cand_summary.get("source"),
-    }
+        candidates=cand_summary.get("source"),
+    )
     if lspec.mode == "pointwise":
         # Each response is judged alone: both orders agree by construction, so a consistency of 1.0
         # would say nothing about the labeler. Its quality figure is the calibration alignment.
-        summary["consistency_rate"] = None
+        summary.consistency_rate = None
     finalize_dir(work, art.labels, summary)
     return summary

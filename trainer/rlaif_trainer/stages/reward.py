@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif_api.status import Reason
+from rlaif_api.summaries import RewardSummary
 from rlaif_trainer.data.artifacts import LABELS_FILE, finalize_dir, is_done, partial_dir
 from rlaif_trainer.data.records import read_pairs
 from rlaif_trainer.errors import BadInputError
@@ -93,7 +94,7 @@ class RewardModelGateError(BadInputError):
 
     reason = Reason.REWARD_MODEL_BELOW_GATE.value
 
-    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+    def __init__(self, message: str, summary: RewardSummary) -> None:
         super().__init__(message)
         self.summary = summary
 
@@ -124,7 +125,7 @@ def _load_labels(config: Any) -> list[dict[str, Any]]:
     )
 
 
-def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
+def run(config: Any, *, progress: bool = True) -> RewardSummary:
     """Run the reward stage; returns the summary (also stored in ``<reward_model>/DONE``)."""
     import torch
     from accelerate import Accelerator
@@ -132,7 +133,7 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
     from rlaif_trainer.modeling.loading import load_reward_model
 
     spec, art = config.spec, config.artifacts
-    if (done := resumed_summary(art.reward_model)) is not None:
+    if (done := resumed_summary(art.reward_model, RewardSummary)) is not None:
         return done
     rm = spec.reward_model
     pairs = _load_labels(config)
@@ -169,30 +170,29 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
         progress=progress,
     )
     trained = metrics.pop("model")
-    summary: dict[str, Any] = {
-        "accuracy": metrics["accuracy"],
-        "loss": metrics["loss"],
-        "eval_loss": metrics["eval_loss"],
-        "samples_per_s": metrics["samples_per_s"],
-        "train_pairs": metrics["train_pairs"],
-        "eval_pairs": metrics["eval_pairs"],
-        "steps": metrics["steps"],
-        "resumed_from_step": metrics["resumed_from_step"],
-        "processes": metrics["processes"],
-        "loss_type": rm.loss,
-        "lora": rm.lora is not None,
+    summary = RewardSummary(
+        accuracy=metrics["accuracy"],
+        loss=metrics["loss"],
+        eval_loss=metrics["eval_loss"],
+        samples_per_s=metrics["samples_per_s"],
+        train_pairs=metrics["train_pairs"],
+        eval_pairs=metrics["eval_pairs"],
+        steps=metrics["steps"],
+        resumed_from_step=metrics["resumed_from_step"],
+        processes=metrics["processes"],
+        loss_type=rm.loss,
+        lora=rm.lora is not None,
         **gate_check(metrics["accuracy"], metrics["eval_pairs"], rm.min_held_out_accuracy),
-    }
-    if not summary["gate_passed"]:
+    )
+    if not summary.gate_passed:
         # Nothing is saved: a failed gate must not leave a reward model that a later rl stage uses.
         if acc.is_main_process:
             shutil.rmtree(work / "checkpoint", ignore_errors=True)
         acc.wait_for_everyone()
-        n = summary["eval_pairs"]
-        acc_text = "none" if summary["accuracy"] is None else f"{summary['accuracy']:.3f}"
+        acc_text = "none" if summary.accuracy is None else f"{summary.accuracy:.3f}"
         raise RewardModelGateError(
-            f"reward model held-out accuracy {acc_text} on {n} pairs, 95% interval "
-            f"[{summary['accuracy_ci_low']:.3f}, {summary['accuracy_ci_high']:.3f}]: the lower end is not above "
+            f"reward model held-out accuracy {acc_text} on {summary.eval_pairs} pairs, 95% interval "
+            f"[{summary.accuracy_ci_low:.3f}, {summary.accuracy_ci_high:.3f}]: the lower end is not above "
             f"rewardModel.minHeldOutAccuracy={rm.min_held_out_accuracy}, so RL would optimise noise. The labels "
             "are too weak for a reward model: label more pairs (dataset.maxPrompts), choose principles or a "
             "labeler that score well on dataset.calibrationPairs (`rlaif-train calibrate`), or use "
@@ -216,7 +216,7 @@ def run(config: Any, *, progress: bool = True) -> dict[str, Any]:
                     "base_model": rm.model or spec.policy.model,
                     "max_length": rm.max_length,
                     "loss": rm.loss,
-                    "accuracy": summary["accuracy"],
+                    "accuracy": summary.accuracy,
                 }
             )
         )

@@ -8,10 +8,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from rlaif_api.summaries import RLSummary
 from rlaif_trainer.data.prompts import split_prompts
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.rl.config import LoraSettings, RLLoopConfig
@@ -91,13 +91,13 @@ def build_reward_fn(config, policy_model=None, tokenizer=None, device=None) -> R
     return load_reward_scorer(path, device=device)
 
 
-def _finish_atomically(trainer: RLTrainer, final_dir: Path, summary: dict[str, Any]) -> None:
+def _finish_atomically(trainer: RLTrainer, final_dir: Path, summary: RLSummary) -> None:
     """Final files into the work dir (checkpoints dropped), rename it to the artifact dir, then DONE."""
     from rlaif_trainer.data.artifacts import finalize_dir
 
     work = trainer.work_dir
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    trainer.save_final(work, summary)
+    trainer.save_final(work, summary.to_message())  # summary.json: the same JSON as DONE
     finalize_dir(work, final_dir, summary)
 
 
@@ -113,11 +113,11 @@ def _init_distributed() -> None:
             torch.distributed.init_process_group(backend)
 
 
-def run(config, *, progress: bool = True) -> dict[str, Any]:
+def run(config, *, progress: bool = True) -> RLSummary:
     """The ``rl`` stage: train, checkpoint/resume, and write ``<policy>/`` atomically with a DONE marker."""
 
     final_dir = Path(config.artifacts.policy)
-    if (done := resumed_summary(final_dir)) is not None:
+    if (done := resumed_summary(final_dir, RLSummary)) is not None:
         return done
     _init_distributed()
     t0 = time.perf_counter()
@@ -129,8 +129,9 @@ def run(config, *, progress: bool = True) -> dict[str, Any]:
     )
     trainer.train()
     in_sync = trainer.replicas_in_sync()
-    summary = trainer.summary(time.perf_counter() - t0)
-    summary["replicas_in_sync"] = in_sync
+    summary = RLSummary.model_validate(
+        {**trainer.summary(time.perf_counter() - t0), "replicas_in_sync": in_sync}
+    )
     if trainer.is_main:
         _finish_atomically(trainer, final_dir, summary)
     if trainer.world > 1:

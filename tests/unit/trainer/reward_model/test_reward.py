@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlaif_api.summaries import RewardSummary
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.modeling.loading import load_reward_model
 from rlaif_trainer.reward_model.batching import length_grouped_batches, split_pairs
@@ -177,16 +178,18 @@ def _reward_spec(tmp_path: Path, model_dir: Path, n: int = 20) -> dict:
 def test_reward_stage_end_to_end_and_scorer(tmp_path: Path, tiny_model_dir: Path):
     cfg = make_stage_config(tmp_path, "reward", _reward_spec(tmp_path, tiny_model_dir))
     summary = reward.run(cfg, progress=False)
-    assert {"accuracy", "loss", "samples_per_s", "eval_pairs", "train_pairs"} <= set(summary)
+    assert isinstance(summary, RewardSummary)
+    assert None not in (summary.accuracy, summary.loss, summary.samples_per_s)
     # 20 pairs: half are held out (the gate wants 50 when there are 100), 10 train pairs = 3 batches of 4
-    assert summary["eval_pairs"] == 10 and summary["train_pairs"] == 10 and summary["steps"] == 6
-    assert summary["gate_passed"] is True
+    assert summary.eval_pairs == 10 and summary.train_pairs == 10 and summary.steps == 6
+    assert summary.gate_passed is True
     out = Path(cfg.artifacts.reward_model)
     assert (out / "DONE").is_file() and (out / "config.json").is_file() and not (out / "checkpoint").exists()
     scorer = load_reward_scorer(out, device="cpu")
     good, bad = scorer(["question 1", "question 1"], ["good answer", "bad"])
     assert good > bad
-    assert reward.run(cfg, progress=False)["resumed"] is True
+    again = reward.run(cfg, progress=False)
+    assert again.resumed is True and again.accuracy == summary.accuracy
 
 
 def test_reward_stage_without_labels_is_bad_input(tmp_path: Path, tiny_model_dir: Path):

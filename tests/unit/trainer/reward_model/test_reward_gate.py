@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rlaif_api.contract import EXIT_BAD_INPUT
+from rlaif_api.summaries import RewardSummary
 from rlaif_trainer import cli
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback.winrate import wilson_interval
@@ -117,8 +118,9 @@ def _spec(tmp_path: Path, model_dir: Path, pairs: list[dict], **rm) -> dict:
 def test_a_reward_model_that_learns_passes_the_gate(tmp_path: Path, tiny_model_dir: Path):
     cfg = make_stage_config(tmp_path, "reward", _spec(tmp_path, tiny_model_dir, _pairs(40)))
     summary = reward.run(cfg, progress=False)
-    assert summary["eval_pairs"] == 20 and summary["gate_passed"] is True
-    assert summary["accuracy_ci_low"] > 0.5 and summary["min_held_out_accuracy"] == 0.5
+    assert summary.eval_pairs == 20 and summary.gate_passed is True
+    assert summary.accuracy_ci_low is not None and summary.accuracy_ci_low > 0.5
+    assert summary.min_held_out_accuracy == 0.5
     assert (Path(cfg.artifacts.reward_model) / "DONE").is_file()
 
 
@@ -127,7 +129,12 @@ def test_labels_without_signal_fail_the_gate_and_leave_no_model(tmp_path: Path, 
     with pytest.raises(RewardModelGateError, match=r"minHeldOutAccuracy=0.5") as info:
         reward.run(cfg, progress=False)
     assert isinstance(info.value, BadInputError) and info.value.reason == "RewardModelBelowGate"
-    assert info.value.summary["gate_passed"] is False and info.value.summary["accuracy_ci_low"] <= 0.5
+    figures = info.value.summary
+    assert (
+        figures.gate_passed is False
+        and figures.accuracy_ci_low is not None
+        and figures.accuracy_ci_low <= 0.5
+    )
     assert not (Path(cfg.artifacts.reward_model) / "DONE").exists()
 
 
@@ -140,7 +147,9 @@ def test_the_gate_failure_reaches_the_termination_log_with_its_reason(tmp_path: 
     module = types.ModuleType("gate_stage")
 
     def run(config, *, progress):
-        raise RewardModelGateError("held-out accuracy 0.520", {"accuracy": 0.52, "accuracy_ci_low": 0.38})
+        raise RewardModelGateError(
+            "held-out accuracy 0.520", RewardSummary(accuracy=0.52, accuracy_ci_low=0.38)
+        )
 
     module.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "gate_stage", module)

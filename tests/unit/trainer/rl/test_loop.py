@@ -271,11 +271,12 @@ def test_run_writes_the_artifact_atomically_and_skips_when_done(tmp_path, tiny_m
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
     assert not Path(str(out) + ".partial").exists()  # checkpoints are cleaned up
-    assert summary["steps"] == 3 and summary["replicas_in_sync"] is True
-    assert summary["kl_estimator"] == "k1" and summary["reward_source"] == "direct"
-    assert len(json.dumps(summary)) < 4096
+    assert summary.steps == 3 and summary.replicas_in_sync is True
+    assert summary.kl_estimator == "k1" and summary.reward_source == "direct"
+    assert len(json.dumps(summary.to_message())) < 4096
+    assert json.loads((out / "DONE").read_text()) == summary.to_message()
     again = run(cfg, progress=False)
-    assert again["resumed"] is True and again["final_reward"] == summary["final_reward"]
+    assert again.resumed is True and again.final_reward == summary.final_reward
 
 
 def test_prompt_longer_than_the_limit_is_bad_input(tmp_path, tiny_model_dir):

@@ -92,12 +92,13 @@ def test_an_untrained_adapter_ties_with_the_initial_policy(tmp_path, tiny_model_
     out = Path(cfg.artifacts.eval)
     report = json.loads((out / "report.json").read_text())
     assert report["identical_responses"] == 10
-    assert summary["ties"] == 10 and summary["win_rate_vs_initial"] == 0.5
-    assert summary["win_rate_ci_low"] <= 0.5 <= summary["win_rate_ci_high"]
+    assert summary.ties == 10 and summary.win_rate_vs_initial == 0.5
+    assert summary.win_rate_ci_low is not None and summary.win_rate_ci_high is not None
+    assert summary.win_rate_ci_low <= 0.5 <= summary.win_rate_ci_high
     assert json.loads((out / "DONE").read_text())["win_rate_vs_initial"] == 0.5
     # (a) the optimised reward is the same for identical responses: a gain of exactly 0, p = 1
-    assert summary["reward_gain"] == 0.0 and summary["reward_gain_p_value"] == 1.0
-    assert summary["judge_is_reward_source"] is True
+    assert summary.reward_gain == 0.0 and summary.reward_gain_p_value == 1.0
+    assert summary.judge_is_reward_source is True
 
 
 def test_several_samples_references_and_the_a_a_null(tmp_path, tiny_model_dir, monkeypatch):
@@ -112,7 +113,7 @@ def test_several_samples_references_and_the_a_a_null(tmp_path, tiny_model_dir, m
     report = json.loads((out / "report.json").read_text())
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 30 and [s["sample"] for s in samples[:3]] == [0, 1, 2]
-    assert summary["samples_per_prompt"] == 3 and summary["prompts"] == 10
+    assert summary.samples_per_prompt == 3 and summary.prompts == 10
     # Recomputable from the samples: the reward RL optimised (direct: the labeler's score), the
     # judge, and ROUGE-L against the references.
     for s in samples:
@@ -130,10 +131,11 @@ def test_several_samples_references_and_the_a_a_null(tmp_path, tiny_model_dir, m
     assert 0 < report["reward"]["p_value"] <= 1 and report["rouge_l"]["n_prompts"] == 10
     # The A/A null compares two samples of the initial policy: different responses, so not all ties.
     assert report["aa_null"]["pairs"] == 10  # disjoint pairs of the initial policy's samples: 0 v 1
-    assert 0 <= summary["aa_win_rate_ci_low"] <= summary["aa_win_rate"] <= summary["aa_win_rate_ci_high"] <= 1
+    aa = summary.to_message()
+    assert 0 <= aa["aa_win_rate_ci_low"] <= aa["aa_win_rate"] <= aa["aa_win_rate_ci_high"] <= 1
     assert report["judge_is_reward_source"] is True and "restates" in report["judge_note"]
     assert {"win_rate_at_equal_length", "length_coef"} <= set(report["length_controlled"])
-    assert len(json.dumps(summary)) < 4096
+    assert len(json.dumps(summary.to_message())) < 4096
 
 
 def test_judge_is_reward_source_only_when_the_judge_is_the_labeler_rl_optimised(tmp_path, tiny_model_dir):
@@ -186,6 +188,9 @@ def test_evaluate_writes_report_samples_and_plot(tmp_path, tiny_model_dir, monke
     assert report["identical_responses"] < 10  # the perturbed adapter changes the policy
     assert report["rl_algorithm"] == "rloo" and report["plot"] == "training_curves.png"
     assert {"win_rate_at_equal_length", "length_coef"} <= set(report["length_controlled"])
-    assert len(json.dumps(summary)) < 4096
+    assert len(json.dumps(summary.to_message())) < 4096
+    # summary.json and DONE hold the summary's one serialisation
+    assert json.loads((out / "summary.json").read_text()) == summary.to_message()
+    assert json.loads((out / "DONE").read_text()) == summary.to_message()
     again = run(cfg, progress=False)
-    assert again["resumed"] is True and again["win_rate_vs_initial"] == summary["win_rate_vs_initial"]
+    assert again.resumed is True and again.win_rate_vs_initial == summary.win_rate_vs_initial

@@ -44,6 +44,7 @@ def test_label_stage_reports_the_calibration(tmp_path: Path, tiny_model_dir: Pat
     }
     cfg = make_stage_config(tmp_path, "label", spec)
     summary = label.run(cfg, progress=False)
+    summary = summary.to_message()
     assert summary["calibration_pairs"] == 2
     assert 0 <= summary["calibration_alignment_ci_low"] <= summary["calibration_alignment"] <= 1
     assert 0 <= summary["calibration_position_bias_rate"] <= 1  # pairwise: measured in both orders

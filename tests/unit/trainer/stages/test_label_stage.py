@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlaif_api.contract import EXIT_BAD_INPUT
+from rlaif_api.summaries import LabelSummary
 from rlaif_trainer import cli
 from rlaif_trainer.data.records import JsonlAppender
 from rlaif_trainer.errors import BadInputError
@@ -90,14 +91,19 @@ def test_label_stage_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir
         tmp_path, "label", _spec(tmp_path, tiny_model_dir, mode="pointwise", principles=["Relevant?"])
     )
     summary = label.run(cfg, progress=False)
+    assert isinstance(summary, LabelSummary)
     # 7 prompts: the last 10% (1 prompt) is held out for evaluation
-    assert summary["pairs"] == 6 and summary["mode"] == "pointwise"
-    assert summary["consistency_rate"] is None  # pointwise: no position bias to measure
-    assert 0 <= summary["mean_confidence"] <= 1 and summary["pairs_per_s"] > 0
-    assert len(json.dumps(summary)) < 4096
+    assert summary.pairs == 6 and summary.mode == "pointwise"
+    assert summary.consistency_rate is None  # pointwise: no position bias to measure
+    assert summary.to_message()["consistency_rate"] is None  # reported as null, not left out
+    assert summary.mean_confidence is not None and 0 <= summary.mean_confidence <= 1
+    assert summary.pairs_per_s is not None and summary.pairs_per_s > 0
+    assert len(json.dumps(summary.to_message())) < 4096
     cand = Path(cfg.artifacts.candidates)
     lab = Path(cfg.artifacts.labels)
     assert (cand / "DONE").is_file() and (lab / "DONE").is_file()
+    # DONE holds the same serialisation as the termination message
+    assert json.loads((lab / "DONE").read_text()) == summary.to_message()
     assert not Path(str(lab) + ".partial").exists()
     rows = [json.loads(x) for x in (lab / "labels.jsonl").read_text().splitlines()]
     assert len(rows) == 6
@@ -120,7 +126,8 @@ def test_label_stage_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir
     assert [c["id"] for c in cands] == [r["id"] for r in rows]
     # a finished stage is not redone
     again = label.run(cfg, progress=False)
-    assert again["resumed"] is True and again["pairs"] == 6
+    assert isinstance(again, LabelSummary) and again.resumed is True
+    assert again.model_dump(exclude={"resumed"}) == summary.model_dump(exclude={"resumed"})
 
 
 def test_candidates_are_seeded_and_resumable(tmp_path: Path, tiny_model_and_tokenizer):
@@ -206,8 +213,4 @@ def test_stage_with_a_python_labeler(tmp_path: Path, tiny_model_dir: Path, monke
     spec["dataset"]["pairs"] = "pairs.jsonl"
     write_jsonl(tmp_path / "pairs.jsonl", _pairs(5))
     summary = label.run(make_stage_config(tmp_path, "label", spec), progress=False)
-    assert (
-        summary["pairs"] == 5
-        and summary["consistency_rate"] == 1.0
-        and summary["candidates"] == "dataset.pairs"
-    )
+    assert summary.pairs == 5 and summary.consistency_rate == 1.0 and summary.candidates == "dataset.pairs"
