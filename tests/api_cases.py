@@ -173,4 +173,78 @@ INVALID_CASES = [
         _set("spec.podTemplate.tolerations", [{"operator": "Equal"}]),
         "operator",
     ),
+    # podTemplate volumes and mounts: what the API server's ValidateVolumes/ValidateVolumeMounts refuse.
+    InvalidCase(
+        "volume-name-not-dns", _set("spec.podTemplate.volumes", [{"name": "Data", "emptyDir": {}}]), "name"
+    ),
+    InvalidCase(
+        "volume-without-source", _set("spec.podTemplate.volumes", [{"name": "data"}]), "volume source"
+    ),
+    InvalidCase(
+        "volume-two-sources",
+        _set("spec.podTemplate.volumes", [{"name": "data", "emptyDir": {}, "hostPath": {"path": "/d"}}]),
+        "volume source",
+    ),
+    InvalidCase(
+        "volume-host-path-without-path",
+        _set("spec.podTemplate.volumes", [{"name": "data", "hostPath": {}}]),
+        "hostPath.path",
+    ),
+    InvalidCase(
+        "volume-claim-name",
+        _set(
+            "spec.podTemplate.volumes", [{"name": "data", "persistentVolumeClaim": {"claimName": "Data_PVC"}}]
+        ),
+        "claimName",
+    ),
+    InvalidCase(
+        "volume-names-repeat",
+        _set(
+            "spec.podTemplate.volumes", [{"name": "data", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+        ),
+        "volumes names must be unique",
+    ),
+    InvalidCase(
+        "mount-of-no-volume",
+        _set("spec.podTemplate.volumeMounts", [{"name": "data", "mountPath": "/data"}]),
+        "volumeMounts name",
+    ),
+    InvalidCase(
+        "mount-path-relative",
+        _all(
+            _set("spec.podTemplate.volumes", [{"name": "data", "emptyDir": {}}]),
+            _set("spec.podTemplate.volumeMounts", [{"name": "data", "mountPath": "data"}]),
+        ),
+        "mountPath",
+    ),
+    InvalidCase(
+        "mount-path-repeats",
+        _all(
+            _set("spec.podTemplate.volumes", [{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}]),
+            _set(
+                "spec.podTemplate.volumeMounts",
+                [{"name": "a", "mountPath": "/data"}, {"name": "b", "mountPath": "/data"}],
+            ),
+        ),
+        "mountPath must be unique",
+    ),
+    InvalidCase(
+        "mount-over-the-workspace",
+        _all(
+            _set("spec.podTemplate.volumes", [{"name": "data", "emptyDir": {}}]),
+            _set("spec.podTemplate.volumeMounts", [{"name": "data", "mountPath": "/workspace"}]),
+        ),
+        "mountPath",
+    ),
+    InvalidCase(
+        "mount-sub-path-backstep",
+        _all(
+            _set("spec.podTemplate.volumes", [{"name": "data", "emptyDir": {}}]),
+            _set(
+                "spec.podTemplate.volumeMounts",
+                [{"name": "data", "mountPath": "/data", "subPath": "a/../../b"}],
+            ),
+        ),
+        "subPath",
+    ),
 ]

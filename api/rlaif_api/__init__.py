@@ -60,6 +60,7 @@ from rlaif_api.spec import (
     Toleration,
     VolumeMount,
     load_job,
+    Volume,
 )
 from rlaif_api.status import (
     WAIT_REASONS,
@@ -171,5 +172,6 @@ __all__ = [
     "job_workspace",
     "load_job",
     "resolve_spec",
+    "Volume",
     "resolve_stage_configs",
 ]

@@ -671,7 +671,7 @@ class EnvVar(ApiModel):
 # step). A podTemplate volume with one of these names is dropped (the operator's wins); a mount at
 # one of these paths would make the stage Job invalid ("must be unique"), so the schema refuses it.
 OPERATOR_VOLUMES = ("rlaif-config", "rlaif-workspace", "rlaif-dshm")
-OPERATOR_MOUNT_PATHS = ("/etc/rlaif", "/workspace", "/dev/shm")
+OPERATOR_MOUNT_PATHS = ("/etc/rlaif", "/workspace")
 # A relative path without '..' components (the API server's validateLocalDescendingPath).
 _BACKSTEP_PATTERN = r"(^|/)\.\.(/|$)"
 _BACKSTEP_RE = re.compile(_BACKSTEP_PATTERN)
@@ -717,7 +717,8 @@ class VolumeMount(ApiModel):
         description="Name of a volume in podTemplate.volumes (or of one of the operator's, which wins)."
     )
     mount_path: Annotated[str, Field(min_length=1, max_length=MAX_PATH, pattern=r"^/")] = Field(
-        description="Absolute path in the container; not /etc/rlaif, /workspace or /dev/shm (the operator's)."
+        description="Absolute path in the container; not /etc/rlaif or /workspace (the operator's). A mount at "
+        "/dev/shm replaces the memory-backed one the operator gives pods with more than one GPU."
     )
     read_only: bool | None = Field(None, description="Mount read-only.")
     sub_path: Annotated[str, Field(max_length=MAX_PATH)] | None = Field(
@@ -729,12 +730,14 @@ class VolumeMount(ApiModel):
             rule=f"!has(self.subPath) || (!self.subPath.startsWith('/') && !self.subPath.matches({_cel_string(_BACKSTEP_PATTERN)}))",
             message="volumeMounts subPath must be a relative path without '..'",
             field_path=".subPath",
-            check=lambda m: m.sub_path is None or not (m.sub_path.startswith("/") or _BACKSTEP_RE.search(m.sub_path)),
+            check=lambda m: (
+                m.sub_path is None or not (m.sub_path.startswith("/") or _BACKSTEP_RE.search(m.sub_path))
+            ),
         ),
         CelRule(
             rule=f"!(self.mountPath in {list(OPERATOR_MOUNT_PATHS)})",
-            message="volumeMounts mountPath must not be /etc/rlaif, /workspace or /dev/shm: the operator mounts its "
-            "config, the workspace and shared memory there",
+            message="volumeMounts mountPath must not be /etc/rlaif or /workspace: the operator mounts the job's "
+            "config and the workspace there",
             field_path=".mountPath",
             check=lambda m: m.mount_path not in OPERATOR_MOUNT_PATHS,
         ),
@@ -743,10 +746,20 @@ class VolumeMount(ApiModel):
 
 class HostPathVolumeSource(ApiModel):
     """A directory or file on the node (core/v1 HostPathVolumeSource)."""
+# (/dev/shm, which the operator mounts for pods with several GPUs, may be the user's: then it is.)
 
     path: PathStr = Field(description="Path on the node.")
     type: (
-        Literal["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"]
+        Literal[
+            "",
+            "DirectoryOrCreate",
+            "Directory",
+            "FileOrCreate",
+            "File",
+            "Socket",
+            "CharDevice",
+            "BlockDevice",
+        ]
         | None
     ) = Field(None, description="What must exist at the path; empty checks nothing.")
 
@@ -767,14 +780,18 @@ class Volume(ApiModel):
     persistent_volume_claim: PersistentVolumeClaimVolumeSource | None = Field(
         None, description="A PersistentVolumeClaim in the job's namespace."
     )
-    aws_elastic_block_store: KubeObject | None = Field(None, description="core/v1 AWSElasticBlockStoreVolumeSource.")
+    aws_elastic_block_store: KubeObject | None = Field(
+        None, description="core/v1 AWSElasticBlockStoreVolumeSource."
+    )
     azure_disk: KubeObject | None = Field(None, description="core/v1 AzureDiskVolumeSource.")
     azure_file: KubeObject | None = Field(None, description="core/v1 AzureFileVolumeSource.")
     cephfs: KubeObject | None = Field(None, description="core/v1 CephFSVolumeSource.")
     cinder: KubeObject | None = Field(None, description="core/v1 CinderVolumeSource.")
     config_map: KubeObject | None = Field(None, description="core/v1 ConfigMapVolumeSource.")
     csi: KubeObject | None = Field(None, description="core/v1 CSIVolumeSource.")
-    downward_api: KubeObject | None = Field(None, alias="downwardAPI", description="core/v1 DownwardAPIVolumeSource.")
+    downward_api: KubeObject | None = Field(
+        None, alias="downwardAPI", description="core/v1 DownwardAPIVolumeSource."
+    )
     empty_dir: KubeObject | None = Field(None, description="core/v1 EmptyDirVolumeSource.")
     ephemeral: KubeObject | None = Field(None, description="core/v1 EphemeralVolumeSource.")
     fc: KubeObject | None = Field(None, description="core/v1 FCVolumeSource.")
@@ -786,7 +803,9 @@ class Volume(ApiModel):
     image: KubeObject | None = Field(None, description="core/v1 ImageVolumeSource.")
     iscsi: KubeObject | None = Field(None, description="core/v1 ISCSIVolumeSource.")
     nfs: KubeObject | None = Field(None, description="core/v1 NFSVolumeSource.")
-    photon_persistent_disk: KubeObject | None = Field(None, description="core/v1 PhotonPersistentDiskVolumeSource.")
+    photon_persistent_disk: KubeObject | None = Field(
+        None, description="core/v1 PhotonPersistentDiskVolumeSource."
+    )
     portworx_volume: KubeObject | None = Field(None, description="core/v1 PortworxVolumeSource.")
     projected: KubeObject | None = Field(None, description="core/v1 ProjectedVolumeSource.")
     quobyte: KubeObject | None = Field(None, description="core/v1 QuobyteVolumeSource.")
@@ -800,14 +819,9 @@ class Volume(ApiModel):
         CelRule(
             rule="[" + ", ".join(f"has(self.{s})" for s in VOLUME_SOURCES) + "].filter(x, x).size() == 1",
             message="volumes need exactly one volume source (emptyDir, hostPath, persistentVolumeClaim, secret, ...)",
-            check=lambda v: sum(1 for s in VOLUME_SOURCES if v.source(s) is not None) == 1,
+            check=lambda v: len(set(v.to_wire()) - {"name"}) == 1,
         ),
     )
-
-    def source(self, wire_name: str) -> object:
-        """The source field called ``wire_name`` on the wire (camelCase), or None."""
-        return next((getattr(self, f) for f, info in type(self).model_fields.items() if info.alias == wire_name or
-                     (info.alias is None and to_camel(f) == wire_name)), None)
 
 
 class LocalObjectReference(ApiModel):
@@ -837,11 +851,41 @@ class PodTemplateOverrides(ApiModel):
         None, max_length=MAX_LIST, description="Secrets for pulling the trainer image."
     )
     env: list[EnvVar] | None = Field(None, max_length=MAX_LIST, description="Extra environment variables.")
-    volumes: list[KubeObject] | None = Field(
-        None, max_length=MAX_LIST, description="Extra core/v1 Volumes (each needs a name)."
+    volumes: list[Volume] | None = Field(
+        None,
+        max_length=MAX_LIST,
+        description="Extra core/v1 Volumes, each with a unique name and one source. One named like the operator's "
+        "(rlaif-config, rlaif-workspace, rlaif-dshm) is dropped.",
     )
     volume_mounts: list[VolumeMount] | None = Field(
-        None, max_length=MAX_LIST, description="Mounts of the extra volumes."
+        None, max_length=MAX_LIST, description="Mounts of the extra volumes, each at its own path."
+    )
+
+    # What the API server checks across a pod's volumes and mounts (ValidateVolumes,
+    # ValidateVolumeMounts), so that a stage Job is not refused for it.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
+            message="volumes names must be unique",
+            field_path=".volumes",
+            check=lambda t: len({v.name for v in t.volumes or []}) == len(t.volumes or []),
+        ),
+        CelRule(
+            rule=f"!has(self.volumeMounts) || self.volumeMounts.all(m, m.name in {list(OPERATOR_VOLUMES)} || "
+            "(has(self.volumes) && self.volumes.exists(v, v.name == m.name)))",
+            message="volumeMounts name must be the name of a volume in podTemplate.volumes",
+            field_path=".volumeMounts",
+            check=lambda t: all(
+                m.name in OPERATOR_VOLUMES or any(v.name == m.name for v in t.volumes or [])
+                for m in t.volume_mounts or []
+            ),
+        ),
+        CelRule(
+            rule="!has(self.volumeMounts) || self.volumeMounts.all(m, self.volumeMounts.exists_one(n, n.mountPath == m.mountPath))",
+            message="volumeMounts mountPath must be unique",
+            field_path=".volumeMounts",
+            check=lambda t: len({m.mount_path for m in t.volume_mounts or []}) == len(t.volume_mounts or []),
+        ),
     )
 
 

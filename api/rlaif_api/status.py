@@ -66,13 +66,18 @@ WAIT_REASONS: frozenset[Reason] = frozenset(
     }
 )
 
-ConditionType = Literal["Running", "Succeeded", "Failed", "Suspended", "Ready", "Queued"]
+ConditionType = Literal[
+    "Running", "Succeeded", "Failed", "Suspended", "Ready", "Queued", "Reconciling", "Stalled"
+]
 
 
 class Condition(ApiModel):
     """A kstatus-compatible condition (metav1.Condition)."""
 
-    type: ConditionType = Field(description="Running, Succeeded, Failed, Suspended, Ready or Queued.")
+    type: ConditionType = Field(
+        description="Running, Succeeded, Failed, Suspended, Ready, Queued, or kstatus' Reconciling"
+        " (the job waits or works towards its end) and Stalled (it failed or its spec is refused)."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: Annotated[str, Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")] = (
         Field("", description="CamelCase machine-readable reason for the last transition.")
@@ -200,7 +205,7 @@ class RLAIFJobStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Running, Succeeded, Failed, Suspended, Ready and Queued.",
+        description="Running, Succeeded, Failed, Suspended, Ready and Queued, and kstatus' Reconciling and Stalled.",
     )
     stages: StagesStatus | None = Field(None, description="Progress per stage.")
     artifacts: ArtifactsStatus | None = Field(None, description="Where the artifacts are.")

@@ -1,8 +1,10 @@
 -- Argo CD health check for rlaif.dev/RLAIFJob (argocd-cm key:
 -- resource.customizations.health.rlaif.dev_RLAIFJob). See docs/gitops.md.
 --
--- Reads the kstatus-style conditions the operator writes (Running, Succeeded, Failed, Suspended,
--- Ready, each with observedGeneration) and maps them to Argo CD health:
+-- Reads the conditions the operator writes (Running, Succeeded, Failed, Suspended, Ready, Queued,
+-- each with observedGeneration) and maps them to Argo CD health. It does not need kstatus'
+-- Reconciling/Stalled pair (also written), so it reads statuses written before the pair existed;
+-- tests/unit/test_argocd_health.py checks that the real kstatus library agrees with it:
 --   Healthy      Succeeded=True (the run finished; Ready=True)
 --   Degraded     Failed=True, or the operator refuses the spec (Running=False, reason InvalidSpec)
 --   Suspended    Suspended=True (spec.runPolicy.suspend: true)

@@ -296,12 +296,13 @@ def build_stage_job(
         {"name": CONFIG_VOLUME, "configMap": {"name": configmap_name(owner.name)}},
         {"name": WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": workspace_claim_name(job, owner)}},
     ]
-    if gpus > 1:  # NCCL needs more shared memory than the runtime's 64 MiB default
+    own_shm = any(m.mount_path == "/dev/shm" for m in tpl.volume_mounts or [])  # e.g. with a sizeLimit
+    if gpus > 1 and not own_shm:  # NCCL needs more shared memory than the runtime's 64 MiB default
         volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
         mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     for vol in tpl.volumes or []:
-        if vol.get("name") not in RESERVED_VOLUMES:
-            volumes.append(dict(vol))
+        if vol.name not in RESERVED_VOLUMES:
+            volumes.append(vol.to_wire())
     for mount in tpl.volume_mounts or []:
         if mount.name not in RESERVED_VOLUMES:
             mounts.append(mount.to_wire())

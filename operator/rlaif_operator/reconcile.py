@@ -124,6 +124,13 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         )
         _ttl(plan, job, old, now)
         plan.phase = old_phase
+        # Recomputed from the verdict: the same conditions for a job that has them all, and kstatus'
+        # Reconciling/Stalled for one that ended under an operator that did not write them yet.
+        verdict = condition(old, old_phase)
+        if verdict is not None:
+            new.conditions = set_conditions(
+                old.conditions, conditions_for(old_phase, verdict.reason, verdict.message), now_s, generation
+            )
         return _finish(plan, body, old, new, now_s, generation)
 
     listed = list(job.spec.stages)

@@ -33,6 +33,8 @@ from pathlib import Path
 GO_DIR = Path(__file__).resolve().parent / "go"
 
 KUBE_VERSION = "v1.36.3"
+# sigs.k8s.io/cli-utils, whose pkg/kstatus go/kstatus wraps (tests of the RLAIFJob conditions).
+KSTATUS_VERSION = "v0.37.2"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
@@ -153,6 +155,8 @@ SPECS: dict[str, BinarySpec] = {
             ),
             ("version",),
         ),
+        # Not a cluster component: prints kstatus's verdict on objects read as JSON (go/kstatus).
+        BinarySpec("kstatus", KSTATUS_VERSION, "kstatus", ".", (), ("--help",)),
         # Optional: tests that request the `kueue` fixture start it (tests/cluster/kueue.py).
         BinarySpec(
             "kueue",

@@ -7,7 +7,8 @@ on admission, ``activeDeadlineSeconds`` counts from admission, ``runPolicy.queue
 bounds the wait, and the spec becomes immutable only at the first admission. A preempted attempt
 is the same attempt when it is readmitted: not counted against ``backoffLimit``, the same Job,
 config and workspace, so the trainer resumes from the checkpoints it wrote there (the stage
-contract; kwok runs no trainer).
+contract; kwok runs no trainer). The real kstatus library reads each of these objects as the
+operator wrote them: queued, preempted and running are InProgress, failed is Failed, succeeded Current.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, kstatus
 from tests.cluster.cluster import ClusterError
 from tests.cluster.kueue import Kueue
 from tests.integration.operator_support import (
@@ -27,6 +28,7 @@ from tests.integration.operator_support import (
     crd_installed,
     create_job,
     events,
+    get_job,
     operator,
     patch_job,
     pods_of,
@@ -65,6 +67,13 @@ def queued(cluster: Cluster, namespace: str, name: str, reason: str = "WaitingFo
         raise TimeoutError(f"{err}; status now: {status(cluster, namespace, name)}") from None
 
 
+def kstatus_of(cluster: Cluster, namespace: str, name: str) -> tuple[str, str]:
+    """What the real kstatus library makes of the RLAIFJob as the operator wrote it: its status
+    and the reason it names (of the operator's Reconciling/Stalled condition, or Ready's)."""
+    verdict = kstatus.verdict(get_job(cluster, namespace, name) or {})
+    return verdict["status"], next((c["reason"] for c in verdict["conditions"]), "")
+
+
 def started_events(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return [e["message"] for e in events(cluster, namespace, name) if e["reason"] == "StageStarted"]
 
@@ -86,14 +95,17 @@ def test_a_queued_job_is_not_running_until_kueue_admits_it(
     assert st["currentStage"] == "label" and "startTime" not in st
     assert st["stages"]["label"]["state"] == "Queued"
     assert operator.metric("rlaif_jobs", phase="Queued") == 1
+    assert kstatus_of(cluster, namespace, "waiter") == ("InProgress", "WaitingForAdmission")
+    assert kstatus_of(cluster, namespace, "blocker") == ("InProgress", "StageRunning")
     header, row = cluster.kubectl(
         "get", "rlaif", "waiter", "-n", namespace, "-o", "wide"
     ).stdout.splitlines()[:2]
-    assert header.split()[:9] == [
+    assert header.split()[:10] == [
         "NAME",
         "PHASE",
         "STAGE",
         "PROGRESS",
+        "STAGE-%",
         "WIN-RATE",
         "AGE",
         "REASON",
@@ -115,6 +127,9 @@ def test_a_queued_job_is_not_running_until_kueue_admits_it(
     st = wait_phase(cluster, namespace, "waiter", "Labeling", timeout=30)
     assert condition(st, "Queued")["status"] == "False"
     assert condition(st, "Running")["status"] == "True"
+    assert kstatus_of(cluster, namespace, "waiter") == ("InProgress", "StageRunning")
+    # kstatus has no notion of suspension: Ready=False reads as InProgress (docs/gitops.md)
+    assert kstatus_of(cluster, namespace, "blocker") == ("InProgress", "Suspended")
     admitted_at = st["startTime"]
     wait_until("one StageStarted", lambda: started_events(cluster, namespace, "waiter"), timeout=10)
     with pytest.raises(ClusterError, match="immutable"):
@@ -123,6 +138,7 @@ def test_a_queued_job_is_not_running_until_kueue_admits_it(
     # activeDeadlineSeconds (4 s) counts from the admission
     st = wait_phase(cluster, namespace, "waiter", "Failed", timeout=30)
     assert condition(st, "Failed")["reason"] == "DeadlineExceeded"
+    assert kstatus_of(cluster, namespace, "waiter") == ("Failed", "DeadlineExceeded")
     assert st["completionTime"] >= admitted_at
     assert len(started_events(cluster, namespace, "waiter")) == 1
     assert operator.metric("rlaif_stage_queue_wait_seconds_count", stage="label") >= 2
@@ -142,6 +158,7 @@ def test_queue_timeout_fails_a_job_that_waits_too_long(
     st = wait_phase(cluster, namespace, "impatient", "Failed", timeout=30)
     failed = condition(st, "Failed")
     assert failed["reason"] == "QueueTimeoutExceeded" and "queueTimeoutSeconds" in failed["message"], failed
+    assert kstatus_of(cluster, namespace, "impatient") == ("Failed", "QueueTimeoutExceeded")
     wait_until(
         "its queued Job deleted",
         lambda: batch_job(cluster, namespace, "impatient-label-1") is None,
@@ -168,9 +185,14 @@ def test_a_preempted_stage_is_queued_again_and_resumes_as_the_same_attempt(
     assert "low-label-1" in condition(st, "Queued")["message"]
     assert st["stages"]["label"]["attempts"] == 1
     assert "Preempted" in reasons(cluster, namespace, "low")
+    assert kstatus_of(cluster, namespace, "low") == ("InProgress", "Preempted")
     wait_phase(cluster, namespace, "high", "Succeeded", timeout=60)
+    assert kstatus_of(cluster, namespace, "high") == ("Current", "")
 
+    wait_phase(cluster, namespace, "low", "Labeling", timeout=30)  # readmitted: resumed
+    assert kstatus_of(cluster, namespace, "low") == ("InProgress", "StageRunning")
     st = wait_phase(cluster, namespace, "low", "Succeeded", timeout=60)
+    assert kstatus_of(cluster, namespace, "low") == ("Current", "")
     # the same attempt, not a failure: backoffLimit 0 would have failed the job otherwise
     assert st["stages"]["label"]["attempts"] == 1 and st["stages"]["label"]["jobName"] == "low-label-1"
     got = reasons(cluster, namespace, "low")

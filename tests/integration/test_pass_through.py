@@ -4,7 +4,8 @@ the field named, and by ``rlaif-train validate`` (pydantic) alike; otherwise the
 accepted and then fail (or, before, retry forever) at its first stage.
 
 Property test: hypothesis generates ``podTemplate`` contents (label and annotation keys and values,
-node selectors, env names, tolerations), priority class names and images from the edge cases of
+node selectors, env names, tolerations, volumes and volume mounts), priority class names, images and
+GPU counts from the edge cases of
 Kubernetes' own rules; each RLAIFJob is sent to the real API server (server-side dry run); when it
 is accepted, every stage Job the operator's builder makes of it must be accepted too (dry run).
 """
@@ -71,6 +72,26 @@ IMAGES = [
 PRIORITY_CLASSES = ["high", "high-priority", "a.b", "High_Priority", "-x", "x" * 254, "system-node-critical"]
 ENV_NAMES = ["FOO", "foo_bar", "a.b-c", "1ABC", "with space", "=", "a=b", "", "-x", "é"]
 TOLERATION_KEYS = ["nvidia.com/gpu", "key", "bad key", "a/b/c", ""]
+# Volumes and mounts (ValidateVolumes / ValidateVolumeMounts): DNS-label names, one source each,
+# unique names and mount paths, mounts of existing volumes, relative subPaths without '..'; and the
+# operator's own volumes (dropped from the template) and mount paths (refused).
+VOLUME_NAMES = ["data", "models", "a" * 63, "a" * 64, "Data", "bad_name", "rlaif-workspace", "rlaif-dshm", ""]
+VOLUME_SOURCES = [
+    {"emptyDir": {}},
+    {"emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+    {"hostPath": {"path": "/srv/data", "type": "DirectoryOrCreate"}},
+    {"hostPath": {}},
+    {"hostPath": {"path": "/srv", "type": "Folder"}},
+    {"persistentVolumeClaim": {"claimName": "model-store", "readOnly": True}},
+    {"persistentVolumeClaim": {"claimName": "Model_Store"}},
+    {"configMap": {"name": "settings"}},
+    {"downwardAPI": {"items": []}},
+    {},
+    {"emptyDir": {}, "hostPath": {"path": "/srv"}},
+    {"emptydir": {}},
+]
+MOUNT_PATHS = ["/data", "/models", "/dev/shm", "/workspace", "/etc/rlaif", "relative", "/data"]
+SUB_PATHS = [None, "", "a/b", "../x", "a/../b", "/abs", "a..b"]
 
 
 keys = st.builds(lambda p, n: p + n, st.sampled_from(PREFIXES), st.sampled_from(NAMES))
@@ -94,11 +115,36 @@ pod_templates = st.fixed_dictionaries(
             ),
             max_size=2,
         ),
+        "volumes": st.lists(
+            st.builds(
+                lambda n, src: {"name": n, **src},
+                st.sampled_from(VOLUME_NAMES),
+                st.sampled_from(VOLUME_SOURCES),
+            ),
+            max_size=3,
+        ),
+        "volumeMounts": st.lists(
+            st.builds(
+                lambda n, path, sub: {
+                    "name": n,
+                    "mountPath": path,
+                    **({} if sub is None else {"subPath": sub}),
+                },
+                st.sampled_from([*VOLUME_NAMES[:3], "missing"]),
+                st.sampled_from(MOUNT_PATHS),
+                st.sampled_from(SUB_PATHS),
+            ),
+            max_size=3,
+        ),
     },
 )
 specs = st.fixed_dictionaries(
     {"podTemplate": pod_templates},
-    optional={"image": st.sampled_from(IMAGES), "priorityClassName": st.sampled_from(PRIORITY_CLASSES)},
+    optional={
+        "image": st.sampled_from(IMAGES),
+        "priorityClassName": st.sampled_from(PRIORITY_CLASSES),
+        "gpus": st.sampled_from([1, 2]),  # 2: the operator adds its own /dev/shm
+    },
 )
 
 
@@ -110,6 +156,8 @@ def _manifest(namespace: str, choice: dict[str, Any]) -> dict[str, Any]:
         job["spec"]["image"] = choice["image"]
     if "priorityClassName" in choice:
         job["spec"]["runPolicy"] = {"priorityClassName": choice["priorityClassName"]}
+    if "gpus" in choice:
+        job["spec"]["resources"] = {"default": {"gpus": choice["gpus"]}}
     return job
 
 
@@ -121,7 +169,7 @@ def _server_accepts(cluster: Cluster, path: str, body: dict[str, Any]) -> tuple[
         return False, str(err)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(choice=specs)
 def test_an_accepted_spec_makes_stage_jobs_the_api_server_accepts(
     cluster: Cluster, crd: None, namespace: str, choice: dict[str, Any]
@@ -157,6 +205,17 @@ def test_an_accepted_spec_makes_stage_jobs_the_api_server_accepts(
         ({"podTemplate": {"nodeSelector": {"a": "not valid!"}}}, "nodeSelector"),
         ({"podTemplate": {}, "image": "rlaif trainer:1"}, "image"),
         ({"podTemplate": {"env": [{"name": "a=b", "value": "1"}]}}, "env"),
+        ({"podTemplate": {"volumes": [{"name": "extra", "hostPath": {}}]}}, "hostPath.path"),
+        ({"podTemplate": {"volumeMounts": [{"name": "extra", "mountPath": "/x"}]}}, "volumeMounts"),
+        (
+            {
+                "podTemplate": {
+                    "volumes": [{"name": "extra", "emptyDir": {}}],
+                    "volumeMounts": [{"name": "extra", "mountPath": "/workspace"}],
+                }
+            },
+            "mountPath",
+        ),
     ],
 )
 def test_a_spec_the_stage_job_would_fail_on_is_refused_naming_the_field(
@@ -181,16 +240,16 @@ def test_gpus_as_a_string_is_refused_by_both_validators(cluster: Cluster, crd: N
 def test_a_stage_job_the_api_server_finds_invalid_fails_the_job_at_once(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    """What the schema cannot check (a core/v1 Volume is passed through as it is) and the API
+    """What the schema cannot check (most volume sources are passed through as they are) and the API
     server refuses as invalid (HTTP 422) would be refused every time: the job fails with
     StageJobInvalid after the first try, naming the field, and is tried again once the spec changes."""
     bind_claim(cluster, namespace, "workspace")
     manifest = rlaif_job("bad-volume", namespace)
-    manifest["spec"]["podTemplate"]["volumes"] = [{"name": "extra", "hostPath": {}}]
+    manifest["spec"]["podTemplate"]["volumes"] = [{"name": "extra", "secret": {}}]  # no secretName
     create_job(cluster, manifest)
     st = wait_phase(cluster, namespace, "bad-volume", "Failed", timeout=30)
     failed = condition(st, "Failed")
-    assert failed["reason"] == "StageJobInvalid" and "hostPath.path" in failed["message"], failed
+    assert failed["reason"] == "StageJobInvalid" and "secret.secretName" in failed["message"], failed
     assert job_names(cluster, namespace, "bad-volume") == []
     time.sleep(6)  # past the 5 s refusal backoff: no retry of the same spec
     assert reasons(cluster, namespace, "bad-volume").count("StageJobInvalid") == 1

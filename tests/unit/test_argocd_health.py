@@ -160,3 +160,76 @@ def test_celcheck_detects_a_wrong_expression(celcheck, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["status"] != "Failed"
+
+
+# ------------------------------------------------------------------------------------------------
+# kstatus (sigs.k8s.io/cli-utils/pkg/kstatus, the real library through tests/cluster/go/kstatus)
+# on the same fixtures. It reads the operator's Reconciling/Stalled conditions, then Ready; it has no
+# notion of suspension (Ready=False: InProgress), and an object without any status is Current to it
+# (a job the operator has not picked up yet, see docs/gitops.md).
+# ------------------------------------------------------------------------------------------------
+KSTATUS_OF_ARGO = {
+    "Healthy": "Current",
+    "Degraded": "Failed",
+    "Progressing": "InProgress",
+    "Suspended": "InProgress",
+}
+
+
+@pytest.fixture(scope="module")
+def kstatus() -> Any:
+    from tests.cluster import binaries, kstatus
+
+    try:
+        binaries.ensure(["kstatus"])
+    except binaries.BinaryError as exc:
+        if shutil.which("go") is None:
+            pytest.skip(f"needs Go or a prebuilt kstatus: {exc}")
+        raise
+    return kstatus.verdicts
+
+
+def test_kstatus_agrees_with_argocd_and_flux(kstatus):
+    objs = [yaml.safe_load((ARGOCD / c["inputPath"]).read_text()) for c in CASES]
+    verdicts = kstatus(objs)
+    assert len(verdicts) == len(CASES)
+    for case, verdict in zip(CASES, verdicts, strict=True):
+        name = Path(case["inputPath"]).name
+        if name == "new.yaml":  # no status at all: kstatus' one blind spot
+            assert verdict["status"] == "Current", verdict
+            continue
+        assert verdict["status"] == KSTATUS_OF_ARGO[case["healthStatus"]["status"]], (name, verdict)
+        if verdict["status"] != "Current":  # kstatus names the operator's reason, or the generation
+            reasons = {c["reason"] for c in verdict["conditions"]}
+            assert reasons, (name, verdict)
+
+
+def test_kstatus_without_the_operators_pair_is_wrong(kstatus):
+    """Why Reconciling/Stalled exist: without them kstatus reads a failed job as InProgress."""
+    failed = yaml.safe_load((ARGOCD / "testdata" / "failed.yaml").read_text())
+    failed["status"]["conditions"] = [
+        c for c in failed["status"]["conditions"] if c["type"] not in ("Reconciling", "Stalled")
+    ]
+    assert kstatus([failed])[0]["status"] == "InProgress"
+
+
+def test_fixture_conditions_are_what_the_operator_writes():
+    """Each fixture's conditions are the operator's for its phase and reason (conditions_for), so the
+    three checks are tested on objects the operator can produce, kstatus' pair included."""
+    conditions = pytest.importorskip("rlaif_operator.conditions")
+    for case in CASES:
+        st = yaml.safe_load((ARGOCD / case["inputPath"]).read_text()).get("status") or {}
+        if not st.get("conditions"):
+            continue
+        by_type = {c["type"]: c for c in st["conditions"]}
+        phase = st["phase"]
+        explained = by_type[phase] if phase in ("Failed", "Succeeded", "Suspended") else by_type["Running"]
+        wanted = conditions.conditions_for(phase, explained["reason"], explained["message"])
+        assert [c["type"] for c in st["conditions"]] == list(conditions.CONDITION_TYPES), case["inputPath"]
+        for ctype, (true, reason, message) in wanted.items():
+            got = by_type[ctype]
+            assert (got["status"], got["reason"], got["message"]) == (
+                "True" if true else "False",
+                reason,
+                message,
+            ), (case["inputPath"], ctype)

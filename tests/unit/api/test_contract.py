@@ -50,7 +50,9 @@ def test_reasons_are_condition_reasons_and_documented():
         "Succeeded",
         "Failed",
         "Ready",
-        "Queued",  # condition types, not reasons
+        "Queued",
+        "Reconciling",
+        "Stalled",  # condition types, not reasons
     }
     values = {r.value for r in Reason}
     assert documented <= values, f"reasons in docs/architecture.md but not in Reason: {documented - values}"

@@ -44,6 +44,8 @@ def test_first_reconcile_creates_label_job_configmap_and_pvc() -> None:
         "Suspended",
         "Ready",
         "Queued",
+        "Reconciling",
+        "Stalled",
     }
     assert all(c["observedGeneration"] == 1 for c in st["conditions"])
 
