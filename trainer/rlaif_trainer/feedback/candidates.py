@@ -8,10 +8,13 @@ Output: ``<artifacts.candidates>/candidates.jsonl``, one pair per line::
      "source": "/data/prompts.jsonl:4",     # where the prompt came from
      "seed": 1234}                          # the seed of the batch that produced it
 
-Batched (left padding, ``num_return_sequences=2``), sampled at the configured temperature and
-top-p, without top-k (as in RL). Prompts are cut into fixed batches in file order, and each batch is seeded with
-``hash(seed, batch index)``, so the output does not depend on where an interrupted run stopped. A
-restarted run re-opens the JSONL, drops a torn last line, and skips batches already written.
+Sampled by the generation RL and evaluation use (:func:`rlaif_trainer.modeling.generation.generate`:
+the one chat template, the one stop-token rule, the configured temperature and top-p, no top-k), so
+the pairs come from the very policy RL starts from. Each prompt appears twice in its batch, in a row
+(``response_a`` then ``response_b``). Prompts are cut into fixed batches in file order, and each
+batch is seeded with ``hash(seed, batch index)``, so the output does not depend on where an
+interrupted run stopped. A restarted run re-opens the JSONL, drops a torn last line, and skips
+batches already written.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from typing import Any
 
 from rlaif_trainer.data.records import JsonlAppender
 from rlaif_trainer.errors import BadInputError
-from rlaif_trainer.modeling.chat import chat_prompt_ids
-from rlaif_trainer.modeling.generation import eos_ids
+from rlaif_trainer.modeling.chat import format_prompts
+from rlaif_trainer.modeling.generation import generate, prompt_lengths
 
 __all__ = ["batch_seed", "generate_candidates"]
 
@@ -51,18 +54,14 @@ def generate_candidates(
     import torch
     from tqdm.auto import tqdm
 
-    encoded = []
-    for rec in prompts:
-        ids = chat_prompt_ids(tokenizer, rec["prompt"])
-        if max_prompt_length is not None and len(ids) > max_prompt_length:
-            raise BadInputError(
-                f"{rec.get('source', rec['id'])}: the prompt is {len(ids)} tokens, longer than "
-                f"policy.maxPromptLength={max_prompt_length}"
-            )
-        encoded.append(ids)
-    dev = next(model.parameters()).device
-    stop = eos_ids(tokenizer, model)  # the stop rule RL and evaluation sample with
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    formatted = format_prompts(tokenizer, [rec["prompt"] for rec in prompts])
+    if max_prompt_length is not None:
+        for rec, n in zip(prompts, prompt_lengths(tokenizer, formatted), strict=True):
+            if n > max_prompt_length:
+                raise BadInputError(
+                    f"{rec.get('source', rec['id'])}: the prompt is {n} tokens, longer than "
+                    f"policy.maxPromptLength={max_prompt_length}"
+                )
     was_training = model.training
     model.eval()
     with JsonlAppender(out_path) as out:
@@ -78,31 +77,16 @@ def generate_candidates(
                 recs = prompts[start : start + batch_size]
                 if all(r["id"] in out for r in recs):
                     continue
-                batch_ids = encoded[start : start + batch_size]
-                L = max(len(x) for x in batch_ids)
-                input_ids = torch.full((len(batch_ids), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch_ids), L), dtype=torch.long)
-                for r, x in enumerate(batch_ids):
-                    input_ids[r, L - len(x) :] = torch.tensor(x)
-                    mask[r, L - len(x) :] = 1
                 s = batch_seed(seed, b)
                 torch.manual_seed(s)
-                with torch.no_grad():
-                    gen = model.generate(
-                        input_ids=input_ids.to(dev),
-                        attention_mask=mask.to(dev),
-                        do_sample=True,
-                        temperature=temperature,
-                        top_p=top_p,
-                        # transformers samples with top-k 50 unless told otherwise; RL and the
-                        # evaluation sample without it, and the pairs must come from that policy.
-                        top_k=0,
-                        max_new_tokens=max_new_tokens,
-                        num_return_sequences=2,
-                        pad_token_id=pad,
-                        eos_token_id=stop,
-                    )
-                texts = tokenizer.batch_decode(gen[:, L:], skip_special_tokens=True)
+                texts = generate(
+                    model,
+                    tokenizer,
+                    [text for text in formatted[start : start + batch_size] for _ in range(2)],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                ).texts
                 new = []
                 for r, rec in enumerate(recs):
                     if rec["id"] in out:
@@ -111,8 +95,8 @@ def generate_candidates(
                         {
                             "id": rec["id"],
                             "prompt": rec["prompt"],
-                            "response_a": texts[2 * r].strip(),
-                            "response_b": texts[2 * r + 1].strip(),
+                            "response_a": texts[2 * r],
+                            "response_b": texts[2 * r + 1],
                             "source": rec.get("source"),
                             "seed": s,
                         }

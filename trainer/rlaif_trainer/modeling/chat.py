@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["chat_prompt_ids", "format_prompt", "format_prompts"]
+__all__ = ["format_prompt", "format_prompts"]
 
 
 def _has_template(tokenizer: Any) -> bool:
@@ -27,11 +27,3 @@ def format_prompt(tokenizer: Any, prompt: str) -> str:
 def format_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
     """:func:`format_prompt` for each prompt."""
     return [format_prompt(tokenizer, p) for p in prompts]
-
-
-def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of :func:`format_prompt` (a template brings its own special tokens; a bare prompt
-    gets the tokenizer's)."""
-    if _has_template(tokenizer):
-        return list(tokenizer.encode(format_prompt(tokenizer, prompt), add_special_tokens=False))
-    return list(tokenizer.encode(prompt, add_special_tokens=True))

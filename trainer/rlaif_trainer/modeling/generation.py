@@ -21,6 +21,7 @@ __all__ = [
     "eos_ids",
     "finish_generation",
     "generate",
+    "prompt_lengths",
     "response_logprobs",
     "sample_tokens",
     "tokenize_prompts",
@@ -43,6 +44,12 @@ def tokenize_prompts(tokenizer, texts: list[str], device, max_prompt_tokens: int
     finally:
         tokenizer.padding_side = old_side
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def prompt_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """The number of tokens :func:`tokenize_prompts` gives each formatted prompt (without padding),
+    so that a caller can refuse a prompt that is too long, naming it, before sampling anything."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def eos_ids(tokenizer, model=None) -> list[int]:
