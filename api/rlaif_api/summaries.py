@@ -58,6 +58,10 @@ class LabelSummary(StageSummary):
     calibration_alignment_ci_low: float | None = None
     calibration_position_bias_rate: Annotated[float | None, Result("labeler_position_bias_rate")] = None
     calibration_mean_confidence: Annotated[float | None, Result("labeler_mean_confidence")] = None
+    # resources.label.shards > 1: the merged summary has ``shards``; a pod that labelled only its
+    # shard (and did not merge) reports ``shard`` too, and the operator skips its message
+    shards: int | None = None
+    shard: int | None = None
 
 
 class RewardSummary(StageSummary):

@@ -61,6 +61,7 @@ from rlaif_trainer.feedback.calibration import (
     read_calibration_pairs,
 )
 from rlaif_trainer.feedback.labeling import label_pairs, summarize
+from rlaif_trainer.feedback.sharding import select
 from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ def labeler_name(spec: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def run(config: Any, *, progress: bool = True) -> LabelSummary:
-    """Run the label stage; returns the summary (also stored in ``<labels>/DONE``)."""
+def run(config: Any, *, progress: bool = True, shard: tuple[int, int] | None = None) -> LabelSummary:
+    """Run the label stage; returns the summary (also stored in ``<labels>/DONE``). ``shard``
+    (index, count) labels only that shard of the pairs (see :mod:`rlaif_trainer.stages.label_shards`)."""
     spec = config.spec
     art = config.artifacts
     if (done := resumed_summary(art.labels, LabelSummary)) is not None:
@@ -87,6 +89,10 @@ def run(config: Any, *, progress: bool = True) -> LabelSummary:
     if spec.labeler is None:
         raise BadInputError("the label stage needs spec.labeler")
     lspec = spec.labeler
+    if shard is None and spec.resources.shards("label") > 1:
+        from rlaif_trainer.stages.label_shards import run_sharded
+
+        return run_sharded(config, run, progress=progress)
 
     policy_model = policy_tok = None
     if spec.dataset.pairs:
@@ -100,6 +106,7 @@ def run(config: Any, *, progress: bool = True) -> LabelSummary:
         from rlaif_trainer.modeling.loading import load_causal_lm
 
         prompts = train_prompt_records(spec)
+        prompts = select(prompts, *shard) if shard is not None else prompts  # a pair has its prompt's id
         policy_model, policy_tok = load_causal_lm(spec.policy.model)
         work = partial_dir(art.candidates)
         t0 = time.perf_counter()
@@ -122,6 +129,8 @@ def run(config: Any, *, progress: bool = True) -> LabelSummary:
             "seconds": round(time.perf_counter() - t0, 2),
         }
         finalize_dir(work, art.candidates, cand_summary)
+    if shard is not None:
+        pairs = select(pairs, *shard)
 
     reuse = policy_model is not None and shares_policy_weights(lspec, spec)
     labeler = build_labeler(
@@ -140,7 +149,7 @@ def run(config: Any, *, progress: bool = True) -> LabelSummary:
         extra={"labeler": labeler_name(lspec)},
     )
     calibration: dict[str, Any] = {}
-    if spec.dataset.calibration_pairs:
+    if spec.dataset.calibration_pairs and (shard is None or shard[0] == 0):  # once, by shard 0
         cal_report, cal_records = calibrate(labeler, read_calibration_pairs(spec.dataset.calibration_pairs))
         with (work / CALIBRATION_FILE).open("w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in cal_records)
@@ -157,6 +166,8 @@ def run(config: Any, *, progress: bool = True) -> LabelSummary:
         if timing["seconds"] > 0 and timing["labelled_now"]
         else None,
         candidates=cand_summary.get("source"),
+        shard=shard[0] if shard is not None else None,
+        shards=shard[1] if shard is not None else None,
     )
     if lspec.mode == "pointwise":
         # Each response is judged alone: both orders agree by construction, so a consistency of 1.0
