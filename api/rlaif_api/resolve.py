@@ -94,6 +94,21 @@ def resolve_spec(spec: RLAIFJobSpec, base_dir: str | Path) -> RLAIFJobSpec:
     return resolved
 
 
+def labeler_server_stages(spec: RLAIFJobSpec) -> tuple[str, ...]:
+    """The listed stages that ask the labeler, so need ``labeler.server`` up while they run: label;
+    rl with ``reward: direct`` (d-RLAIF scores with the labeler); evaluate when the judge is the
+    labeler. Empty without a server."""
+    if spec.labeler is None or spec.labeler.server is None:
+        return ()
+    asks = {
+        "label": True,
+        "reward": False,
+        "rl": spec.rl.reward == "direct",
+        "evaluate": spec.evaluation.judge is None or spec.evaluation.judge == spec.labeler,
+    }
+    return tuple(stage for stage in spec.stages if asks.get(stage, False))
+
+
 def job_workspace(workspace_root: str | Path, namespace: str, name: str) -> Path:
     return Path(workspace_root) / namespace / name
 

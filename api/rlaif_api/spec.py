@@ -153,6 +153,60 @@ class FewShotExample(ApiModel):
     )
 
 
+#: The labeler server's default image for ``engine: vllm``: a pinned vLLM release.
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+
+
+class LabelerServerSpec(ApiModel):
+    """An inference server the operator runs for the labeler: a Deployment and a Service, up while a
+    stage that asks the labeler runs (label; rl with reward direct; evaluate when the judge is the
+    labeler), removed when none is left, on suspend and at the end. The stages reach it as the openai
+    provider's endpoint, under labeler.model as the served model name."""
+
+    engine: Literal["vllm", "rlaif"] = Field(
+        "vllm",
+        description=(
+            "vllm: `vllm serve` in the vLLM image, with prefix caching and enough logprobs for the label "
+            "tokens. rlaif: `rlaif-train serve` in the trainer image (CPU, tests, small clusters; it serves the "
+            "embedded model with no network). Default vllm."
+        ),
+    )
+    image: ImageRef | None = Field(
+        None, description=f"Server image. Default: {VLLM_IMAGE} for vllm, the trainer image for rlaif."
+    )
+    model: PathStr | None = Field(
+        None,
+        description="What the server loads (a hub id, a path in the image, or embedded:<name> for rlaif). Default: labeler.model.",
+    )
+    args: list[ShortStr] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Extra arguments appended to the server's command line, e.g. [--max-model-len, '4096'].",
+    )
+    resources: ResourceSpec | None = Field(
+        None, description="Compute of each server pod. Default: 1 GPU for vllm, none for rlaif."
+    )
+    replicas: int = Field(1, ge=1, le=64, description="Server pods behind the Service. Default 1.")
+    ready_timeout_seconds: int = Field(
+        1800,
+        ge=10,
+        le=86400,
+        description=(
+            "How long a stage waits for the server to become ready before the job fails with "
+            "LabelerServerNotReady (the message gives the server pod's last state). Default 1800."
+        ),
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1",
+            message="labeler.server.resources.nodes: a server pod runs on one node; use replicas for more pods",
+            field_path=".resources.nodes",
+            check=lambda s: s.resources is None or s.resources.nodes == 1,
+        ),
+    )
+
+
 class LabelerSpec(ApiModel):
     """The off-the-shelf LLM that gives AI feedback (Lee et al. 2023, §2.1)."""
 
@@ -238,13 +292,32 @@ class LabelerSpec(ApiModel):
     request_timeout_seconds: float = Field(
         60, gt=0, le=3600, description="Timeout of one endpoint request. Default 60."
     )
+    server: LabelerServerSpec | None = Field(
+        None,
+        description=(
+            "Have the operator run the endpoint (provider openai): a vLLM or rlaif-train server as a Deployment "
+            "and Service, while the stages that ask the labeler run. Instead of endpoint."
+        ),
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            rule="self.provider != 'openai' || has(self.endpoint)",
-            message="labeler.endpoint is required when labeler.provider is openai",
+            rule="self.provider != 'openai' || has(self.endpoint) || has(self.server)",
+            message="labeler.endpoint is required when labeler.provider is openai (or set labeler.server to have the operator run one)",
             field_path=".endpoint",
-            check=lambda s: s.provider != "openai" or s.endpoint is not None,
+            check=lambda s: s.provider != "openai" or s.endpoint is not None or s.server is not None,
+        ),
+        CelRule(
+            rule="!has(self.server) || self.provider == 'openai'",
+            message="labeler.server is spoken to over the OpenAI API: set labeler.provider to openai",
+            field_path=".server",
+            check=lambda s: s.server is None or s.provider == "openai",
+        ),
+        CelRule(
+            rule="!(has(self.server) && has(self.endpoint))",
+            message="set labeler.endpoint (a server you run) or labeler.server (one the operator runs), not both",
+            field_path=".server",
+            check=lambda s: not (s.server is not None and s.endpoint is not None),
         ),
         CelRule(
             rule="self.provider != 'openai' || has(self.model)",
@@ -970,6 +1043,21 @@ class RLAIFJobSpec(ApiModel):
             field_path=".dataset.labels",
             check=lambda s: (
                 not _has_stage(s, "reward") or _has_stage(s, "label") or s.dataset.labels is not None
+            ),
+        ),
+        CelRule(
+            rule=(
+                "!has(self.evaluation) || !has(self.evaluation.judge) || !has(self.evaluation.judge.server)"
+                " || (has(self.labeler) && self.evaluation.judge == self.labeler)"
+            ),
+            message=(
+                "evaluation.judge.server: the operator serves only the labeler; leave evaluation.judge unset to "
+                "judge with the served labeler, or give the judge an endpoint"
+            ),
+            field_path=".evaluation.judge.server",
+            # the judge may be the labeler itself (resolve_spec copies it there)
+            check=lambda s: (
+                s.evaluation.judge is None or s.evaluation.judge.server is None or s.evaluation.judge == s.labeler
             ),
         ),
         CelRule(

@@ -41,6 +41,12 @@ class Reason(str, Enum):
     # More job-level outcomes.
     QUEUE_TIMEOUT_EXCEEDED = "QueueTimeoutExceeded"
     STAGE_JOB_INVALID = "StageJobInvalid"
+    # The operator-run labeler server (labeler.server): its LabelerServerReady condition, and the
+    # wait (and, past labeler.server.readyTimeoutSeconds, the failure) of a stage that needs it.
+    LABELER_SERVER_READY = "LabelerServerReady"
+    LABELER_SERVER_STARTING = "LabelerServerStarting"
+    LABELER_SERVER_NOT_READY = "LabelerServerNotReady"
+    LABELER_SERVER_NOT_NEEDED = "LabelerServerNotNeeded"
     # Events only.
     STAGE_STARTED = "StageStarted"
     STAGE_RESUMED = "StageResumed"
@@ -63,11 +69,20 @@ WAIT_REASONS: frozenset[Reason] = frozenset(
         Reason.STAGE_POD_WAITING,
         Reason.STAGE_JOB_REFUSED,
         Reason.JOBSET_NOT_INSTALLED,
+        Reason.LABELER_SERVER_STARTING,
     }
 )
 
 ConditionType = Literal[
-    "Running", "Succeeded", "Failed", "Suspended", "Ready", "Queued", "Reconciling", "Stalled"
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+    "Ready",
+    "Queued",
+    "Reconciling",
+    "Stalled",
+    "LabelerServerReady",
 ]
 
 
@@ -75,8 +90,9 @@ class Condition(ApiModel):
     """A kstatus-compatible condition (metav1.Condition)."""
 
     type: ConditionType = Field(
-        description="Running, Succeeded, Failed, Suspended, Ready, Queued, or kstatus' Reconciling"
-        " (the job waits or works towards its end) and Stalled (it failed or its spec is refused)."
+        description="Running, Succeeded, Failed, Suspended, Ready, Queued, kstatus' Reconciling"
+        " (the job waits or works towards its end) and Stalled (it failed or its spec is refused), and"
+        " LabelerServerReady (only with labeler.server: whether the operator-run labeler server serves)."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: Annotated[str, Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")] = (
@@ -215,3 +231,17 @@ class RLAIFJobStatus(ApiModel):
         description="When the first stage started running: created, or admitted by Kueue when runPolicy.queueName is set (RFC 3339). The spec is immutable from then on, and activeDeadlineSeconds counts from it.",
     )
     completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")
+class LabelerServerStatus(ApiModel):
+    """The operator-run labeler server (labeler.server), while a stage that asks the labeler runs."""
+
+    endpoint: str = Field(description="The URL the stages call, e.g. http://myjob-labeler:8000/v1.")
+    ready_replicas: int = Field(0, ge=0, description="Server pods that are ready.")
+    waiting_since: str | None = Field(
+        None,
+        description="Since when a stage waits for the server to become ready (RFC 3339); unset once it serves.",
+    )
+
+
+    labeler_server: LabelerServerStatus | None = Field(
+        None, description="The labeler server the operator runs (labeler.server), while a stage needs it."
+    )

@@ -30,6 +30,9 @@ LABEL_JOB = "rlaif.dev/job"
 LABEL_STAGE = "rlaif.dev/stage"
 LABEL_ATTEMPT = "rlaif.dev/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "rlaif.dev/component"
+LABEL_SERVER = "rlaif.dev/server"  # on the labeler server's pods: its Deployment's name
+LABELER_SERVER_COMPONENT = "labeler-server"
 ANNOTATION_JOB_NAME = "rlaif.dev/job-name"  # the full RLAIFJob name (labels are capped at 63 chars)
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGER = "rlaif-operator"
@@ -107,6 +110,23 @@ def pvc_name(job_name: str) -> str:
     return bounded_name(job_name, "-workspace", limit=253)
 
 
+def labeler_server_name(job_name: str) -> str:
+    """``<job>-labeler``: the operator-run labeler server's Deployment and Service (a DNS-1035 label,
+    as a Service's name must start with a letter)."""
+    base = job_name.replace(".", "-")
+    if not base[:1].isalpha():
+        base = "s" + base
+    return bounded_name(base, "-labeler")
+
+
+LABELER_SERVER_PORT = 8000
+
+
+def labeler_server_endpoint(job_name: str) -> str:
+    """The URL the stages call; the Service's short name resolves in the pods' own namespace."""
+    return f"http://{labeler_server_name(job_name)}:{LABELER_SERVER_PORT}/v1"
+
+
 def owner_labels(owner: Owner) -> dict[str, str]:
     return {LABEL_JOB: job_label_value(owner.name), LABEL_MANAGED_BY: MANAGER}
 
@@ -141,6 +161,12 @@ def stage_configs(job: RLAIFJob, settings: Settings) -> dict[str, str]:
 
 def config_hash(data: dict[str, str]) -> str:
     return _digest(json.dumps(data, sort_keys=True), 16)
+    for config in configs.values():
+        # labeler.server: the stages call the server the operator runs (the judge too, when it is
+        # the labeler's copy).
+        for labeler in (config.spec.labeler, config.spec.evaluation.judge):
+            if labeler is not None and labeler.server is not None:
+                labeler.endpoint = labeler_server_endpoint(job.metadata.name)
 
 
 def build_configmap(job: RLAIFJob, owner: Owner, settings: Settings) -> dict[str, Any]:

@@ -24,10 +24,11 @@ CONDITION_TYPES = ("Running", "Succeeded", "Failed", "Suspended", "Ready", "Queu
 def set_conditions(
     old: list[Condition], wanted: dict[str, tuple[bool, str, str]], now: str, generation: int | None
 ) -> list[Condition]:
-    """metav1.Condition semantics: lastTransitionTime changes only when the status flips."""
+    """The conditions of ``wanted``, in its order, with metav1.Condition semantics:
+    lastTransitionTime changes only when the status flips."""
     by_type = {c.type: c for c in old}
     out = []
-    for ctype in CONDITION_TYPES:
+    for ctype in wanted:
         status_bool, reason, message = wanted[ctype]
         status = "True" if status_bool else "False"
         prev = by_type.get(ctype)  # type: ignore[call-overload]

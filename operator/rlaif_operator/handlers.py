@@ -16,6 +16,8 @@ resource                    verbs                                 why
 rlaif.dev rlaifjobs         list, watch, delete                   watch/index; TTL deletion
 rlaif.dev rlaifjobs/status  patch                                 merge-patch of the status
 batch jobs                  list, watch, create, delete           stage attempts; suspend/deadline
+apps deployments            list, watch, create, delete           labeler.server (the served labeler)
+services                    create, delete                        labeler.server's endpoint
 jobset.x-k8s.io jobsets     list, watch, create, delete           multi-node stage attempts (nodes > 1)
 pods                        list, watch                           exit codes, termination messages
 configmaps                  get, create, patch                    resolved stage configs
@@ -37,11 +39,11 @@ import kopf
 
 import rlaif_api as api
 
-from .builders import LABEL_STAGE
+from .builders import LABEL_COMPONENT, LABEL_STAGE, LABELER_SERVER_COMPONENT
 from .controller import Controller, Indexes, job_owner_key, pod_owner_key
 from .kube import KubeClient
 from .metrics import Metrics
-from .observe import summarize_job, summarize_jobset, summarize_pod
+from .observe import summarize_job, summarize_jobset, summarize_pod, summarize_server, summarize_server_pod
 from .settings import Settings
 
 log = logging.getLogger("rlaif_operator")
@@ -120,6 +122,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None
     rlaif_jobs, rlaif_stage_jobs = kw["rlaif_jobs"], kw["rlaif_stage_jobs"]
     rlaif_stage_pods, rlaif_claims = kw["rlaif_stage_pods"], kw["rlaif_claims"]
     rlaif_stage_jobsets = kw["rlaif_stage_jobsets"]
+    servers, server_pods = kw["rlaif_labeler_servers"], kw["rlaif_labeler_server_pods"]
     configure_kopf(settings)
 
     op_settings: Settings = getattr(memo, "operator_settings", None) or Settings()
@@ -137,11 +140,18 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None
         return KubeClient(info, on_request=metrics.api_request)
 
     indexes = Indexes(
-        rlaif_jobs, rlaif_stage_jobs, rlaif_stage_pods, rlaif_claims, jobsets=rlaif_stage_jobsets
+        rlaif_jobs,
+        rlaif_stage_jobs,
+        rlaif_stage_pods,
+        rlaif_claims,
+        jobsets=rlaif_stage_jobsets,
+        servers=servers,
+        server_pods=server_pods,
     )
     controller = Controller(
         client(), indexes, op_settings, metrics, workers=getattr(memo, "workers", 64), relogin=client
     )
+    await controller.probe_jobset_api()  # before the first pass: multi-node stages need it
     controller.start()
     memo.controller = controller
     log.info(
@@ -194,6 +204,23 @@ async def rlaif_stage_pods(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
     return {(kw["namespace"], info.job_name): info} if info is not None else {}
 
 
+SERVER = {LABEL_COMPONENT: LABELER_SERVER_COMPONENT}
+
+
+@kopf.index("apps", "v1", "deployments", labels=SERVER)
+async def rlaif_labeler_servers(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """labeler.server's Deployments, by owning RLAIFJob."""
+    key, info = job_owner_key(body), summarize_server(dict(body))
+    return {key: info} if key is not None and info is not None else {}
+
+
+@kopf.index("v1", "pods", labels=SERVER)
+async def rlaif_labeler_server_pods(body: kopf.Body, **kw: Any) -> dict[Any, Any]:
+    """The labeler servers' pods' states, by Deployment (a stage waiting for one shows why)."""
+    got = summarize_server_pod(dict(body))
+    return {(kw["namespace"], got[0]): got[1]} if got is not None else {}
+
+
 @kopf.index("v1", "persistentvolumeclaims")
 async def rlaif_claims(**kw: Any) -> dict[Any, Any]:
     return {kw["namespace"]: kw["name"]}
@@ -237,6 +264,22 @@ async def stage_pod_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> 
     deleted = event.get("type") == "DELETED"
     _controller(memo).child_event(
         pod_owner_key(body), kw.get("uid") or "", summarize_pod(dict(body)), deleted
+    )
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=SERVER)
+async def labeler_server_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
+    deleted = event.get("type") == "DELETED"
+    _controller(memo).child_event(
+        job_owner_key(body), kw.get("uid") or "", summarize_server(dict(body)), deleted
+    )
+
+
+@kopf.on.event("v1", "pods", labels=SERVER)
+async def labeler_server_pod_event(event: Any, body: kopf.Body, memo: Any, **kw: Any) -> None:
+    deleted = event.get("type") == "DELETED"
+    _controller(memo).child_event(
+        pod_owner_key(body), kw.get("uid") or "", summarize_server_pod(dict(body)), deleted
     )
 
 

@@ -17,7 +17,15 @@ import rlaif_api as api
 from rlaif_api import STAGE_ORDER, StageStatus
 from rlaif_api.contract import EXIT_BAD_INPUT
 
-from .builders import CONTAINER_NAME, JOBSET_NAME_LABEL, LABEL_ATTEMPT, LABEL_STAGE
+from .builders import (
+    CONTAINER_NAME,
+    JOBSET_NAME_LABEL,
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_SERVER,
+    LABEL_STAGE,
+    LABELER_SERVER_COMPONENT,
+)
 from .timing import parse_time
 
 MAX_MESSAGE = 1024
@@ -221,6 +229,68 @@ def summarize_jobset(body: dict[str, Any]) -> JobInfo | None:
 
 @dataclass
 class Observed:
+# -- the operator-run labeler server (labeler.server) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The labeler server's Deployment, with the last state of its pods."""
+
+    name: str
+    owner_uid: str | None
+    created: str | None
+    ready_replicas: int = 0
+    deleting: bool = False
+    pod_state: str | None = None  # e.g. "ImagePullBackOff: ...", "CrashLoopBackOff", "Unschedulable: ..."
+
+
+def summarize_server(body: dict[str, Any]) -> ServerInfo | None:
+    meta = body.get("metadata") or {}
+    if (meta.get("labels") or {}).get(LABEL_COMPONENT) != LABELER_SERVER_COMPONENT:
+        return None
+    owner_uid = next(
+        (
+            r.get("uid")
+            for r in meta.get("ownerReferences") or []
+            if r.get("kind") == api.KIND and r.get("controller")
+        ),
+        None,
+    )
+    return ServerInfo(
+        name=meta.get("name", ""),
+        owner_uid=owner_uid,
+        created=meta.get("creationTimestamp"),
+        ready_replicas=int((body.get("status") or {}).get("readyReplicas") or 0),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def summarize_server_pod(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(server name, why the pod does not serve) for a labeler-server pod, or None if it is not one.
+    The reason is the container's waiting or last terminated state, or the scheduler's refusal."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get(LABEL_COMPONENT) != LABELER_SERVER_COMPONENT or not labels.get(LABEL_SERVER):
+        return None
+    status = body.get("status") or {}
+    state = f"pod {meta.get('name', '')} is {status.get('phase') or 'Pending'}"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            state = f"pod {meta.get('name', '')}: {cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if waiting.get("reason") and waiting["reason"] not in NORMAL_WAITING_REASONS:
+            state = f"pod {meta.get('name', '')}: {waiting['reason']}: {waiting.get('message') or ''}"
+            if last:
+                state += f" (last exit code {last.get('exitCode')}: {last.get('reason') or ''})"
+        elif cs.get("ready"):
+            state = f"pod {meta.get('name', '')} is ready"
+        elif (cs.get("state") or {}).get("running"):
+            state = f"pod {meta.get('name', '')} is running, not ready yet (loading the model)"
+    return str(labels[LABEL_SERVER]), truncate(state.rstrip(": "), 512)
+
+
     """The children of one RLAIFJob, as the operator's caches see them."""
 
     jobs: list[JobInfo] = field(default_factory=list)
@@ -238,6 +308,8 @@ class Observed:
 
 @dataclass(frozen=True)
 class Attempt:
+    # The labeler server's Deployment (labeler.server), with its pods' last state; None when absent
+    server: ServerInfo | None = None
     number: int
     job_name: str
     outcome: str  # active | queued | succeeded | failed | permanent | deleting

@@ -31,6 +31,8 @@ class Plan:
     ensure: list[dict[str, Any]] = field(default_factory=list)  # create if absent (ConfigMap, PVC)
     create: list[dict[str, Any]] = field(default_factory=list)  # stage Jobs
     delete: list[str] = field(default_factory=list)  # stage Job names
+    # Other owned objects to delete: (apiVersion, plural, name), e.g. the labeler server's
+    delete_objects: list[tuple[str, str, str]] = field(default_factory=list)
     status: dict[str, Any] | None = None  # the whole new status (wire form); None: unchanged
     events: list[EventSpec] = field(default_factory=list)
     outcomes: list[StageOutcome] = field(default_factory=list)

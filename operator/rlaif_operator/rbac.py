@@ -10,7 +10,11 @@ Every rule below is used by :mod:`rlaif_operator.handlers` / :mod:`rlaif_operato
 * ``jobset.x-k8s.io/jobsets``: the same, for multi-node stages (``resources.<stage>.nodes > 1``). Harmless
   where JobSet is not installed: kopf then watches nothing there, and such a stage waits with
   ``JobSetNotInstalled``.
-* ``pods``: list/watch (index of stage pods: exit codes and termination messages).
+* ``pods``: list/watch (index of stage pods: exit codes and termination messages; and of the
+  labeler server's pods: why one is not ready).
+* ``apps/deployments``: list/watch (index), create, delete: the labeler server (``labeler.server``),
+  up while a stage that asks the labeler runs.
+* ``services``: create, delete: the labeler server's endpoint.
 * ``configmaps``: create (resolved stage configs), get + patch (update them if the spec changed
   before the job started).
 * ``persistentvolumeclaims``: list/watch (does the named workspace claim exist?), create (the
@@ -31,12 +35,18 @@ RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["rlaif.dev"], "resources": ["rlaifjobs"], "verbs": ["list", "watch", "delete"]},
     {"apiGroups": ["rlaif.dev"], "resources": ["rlaifjobs/status"], "verbs": ["patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
-    {"apiGroups": ["jobset.x-k8s.io"], "resources": ["jobsets"], "verbs": ["list", "watch", "create", "delete"]},
+    {
+        "apiGroups": ["jobset.x-k8s.io"],
+        "resources": ["jobsets"],
+        "verbs": ["list", "watch", "create", "delete"],
+    },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["list", "watch", "create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "delete"]},
 
 NAMESPACE_PATTERN_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},

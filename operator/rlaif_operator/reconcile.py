@@ -55,6 +55,7 @@ from .conditions import (
     stage_status,
 )
 from .events import diff_events
+from .labeler_server import ServerStep, server_step
 from .observe import Observed, StageView, attempt_of, stage_view, truncate
 from .plan import Plan
 from .settings import Settings
@@ -125,6 +126,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         _ttl(plan, job, old, now)
         plan.phase = old_phase
         # Recomputed from the verdict: the same conditions for a job that has them all, and kstatus'
+        server = _server(plan, job, owner, settings, observed, old, None, False, now)
         # Reconciling/Stalled for one that ended under an operator that did not write them yet.
         verdict = condition(old, old_phase)
         if verdict is not None:
@@ -132,6 +134,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
                 old.conditions, conditions_for(old_phase, verdict.reason, verdict.message), now_s, generation
             )
         return _finish(plan, body, old, new, now_s, generation)
+        _server_condition(plan, old, new, server, now_s, generation)
 
     listed = list(job.spec.stages)
     views: dict[str, StageView] = {}
@@ -229,6 +232,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         )
         if view.permanent is not None:
             failed_reason = permanent_reason(view.permanent.summary)
+        server = _server(plan, job, owner, settings, observed, old, current, not rp.suspend, now)
             failed_message = f"stage {current} failed permanently (attempt {view.permanent.number}): {view.permanent.error}"
             st.completion_time = view.permanent.finished or now_s
         elif len(view.failures) > rp.backoff_limit:
@@ -249,6 +253,16 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             st.completion_time = now_s
         if failed_reason is not None:
             st.state, st.message = "Failed", failed_message
+        elif (
+            not rp.suspend
+            and not view.live
+            and server.blocks is not None
+            and server.blocks[0] == Reason.LABELER_SERVER_NOT_READY
+        ):
+            failed_reason, failed_message = server.blocks
+            st.completion_time = now_s
+        if failed_reason is not None or rp.suspend:
+            server = _server(plan, job, owner, settings, observed, old, current, False, now)
             phase, reason, message = "Failed", failed_reason, failed_message
             new.completion_time = new.completion_time or now_s
             plan.delete.extend(a.job_name for a in all_live)
@@ -260,7 +274,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         else:
             phase = PHASE_OF_STAGE[current]
             reason, message = _advance(
-                plan, job, owner, settings, observed, view, st, new, now, now_s, current
+                plan, job, owner, settings, observed, view, st, new, now, now_s, current, server.blocks
             )
             if reason in (Reason.WAITING_FOR_ADMISSION, Reason.PREEMPTED):
                 phase = "Queued"
@@ -289,6 +303,9 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     diff_events(plan, old, new, views, rp.backoff_limit)
     return _finish(plan, body, old, new, now_s, generation)
 
+    if current is None:  # every stage succeeded: nothing asks the labeler any more
+        server = _server(plan, job, owner, settings, observed, old, None, False, now)
+    _server_condition(plan, old, new, server, now_s, generation)
 
 def _advance(
     plan: Plan,
@@ -303,9 +320,11 @@ def _advance(
     now_s: str,
     stage: str,
 ) -> tuple[Reason, str]:
-    """Run the current stage: watch the live attempt, wait out a backoff, or start the next attempt."""
+    """Run the current stage: watch the live attempt, wait out a backoff, or start the next attempt
+    (once the labeler server it needs serves: ``server_block`` says why not yet)."""
     rp = job.spec.run_policy
     prev = stage_status(new, stage)  # ``new`` still holds the old stages here
+    server_block: tuple[Reason, str] | None = None,
     if view.live:
         live = view.live[-1]
         st.job_name = live.job_name
@@ -369,7 +388,7 @@ def _advance(
             st.message = f"attempt {last.number} failed: {last.error}; retrying at {st.next_retry_time}"
             plan.requeue((retry_at - now).total_seconds())
             return Reason.BACKOFF_RETRY, f"stage {stage} {st.message}"
-    blocker = _blocker(job, owner, settings, observed)
+    blocker = _blocker(job, owner, settings, observed) or server_block
     if blocker is not None:
         plan.requeue(settings.wait_requeue_seconds)
         st.state = "Pending"
@@ -381,9 +400,9 @@ def _advance(
         plan.requeue(settings.wait_requeue_seconds)
         st.state = "Pending"
         st.message = (
-            f"resources.{stage}.nodes is {nodes}, which runs as a JobSet ({JOBSET_API_VERSION}), but this "
-            "cluster does not serve that API: install JobSet (https://jobset.sigs.k8s.io) or set "
-            f"resources.{stage}.nodes to 1"
+            f"resources.{stage}.nodes is {nodes}, which runs as a JobSet ({JOBSET_API_VERSION}), but the "
+            "operator found no such API in this cluster: install JobSet (https://jobset.sigs.k8s.io) and "
+            f"restart the operator, or set resources.{stage}.nodes to 1"
         )
         return Reason.JOBSET_NOT_INSTALLED, f"stage {stage}: {st.message}"
     attempt = view.highest + 1
@@ -431,6 +450,64 @@ def _queue(job: RLAIFJob, settings: Settings) -> str | None:
 
 
 def _queue_reason(status: RLAIFJobStatus) -> str | None:
+def _server(
+    plan: Plan,
+    job: RLAIFJob,
+    owner: Owner,
+    settings: Settings,
+    observed: Observed,
+    old: RLAIFJobStatus,
+    current: str | None,
+    running: bool,
+    now: datetime,
+) -> ServerStep:
+    """The labeler server's step for this pass (see :func:`labeler_server.server_step`), put into
+    ``plan``; a later call in the same pass (the job turned out to fail or be suspended) replaces
+    an earlier one's objects."""
+    step = server_step(
+        job,
+        owner,
+        settings,
+        job.spec.image or settings.trainer_image or "",
+        current,
+        running,
+        observed.server,
+        old.labeler_server,
+        now,
+    )
+    plan.ensure[:] = [o for o in plan.ensure if o.get("kind") not in ("Deployment", "Service")]
+    plan.ensure.extend(step.ensure)
+    plan.delete_objects[:] = step.delete
+    if step.requeue_after is not None:
+        plan.requeue(step.requeue_after)
+    return step
+
+
+def _server_condition(
+    plan: Plan, old: RLAIFJobStatus, new: RLAIFJobStatus, step: ServerStep, now_s: str, generation: int | None
+) -> None:
+    """The LabelerServerReady condition and status.labelerServer of a job with labeler.server, and
+    an event each time the condition's reason changes (Warning while a stage waits for it)."""
+    new.labeler_server = step.status
+    if step.condition is None:
+        return
+    ready, reason, message = step.condition
+    new.conditions = [
+        *new.conditions,
+        *set_conditions(old.conditions, {"LabelerServerReady": (ready, reason, message)}, now_s, generation),
+    ]
+    before = condition(old, "LabelerServerReady")
+    if before is None or before.reason != reason:
+        if before is None and reason == Reason.LABELER_SERVER_NOT_NEEDED:
+            return  # a job whose first stage does not ask the labeler: nothing happened yet
+        kind = (
+            "Normal"
+            if reason in (Reason.LABELER_SERVER_READY, Reason.LABELER_SERVER_NOT_NEEDED)
+            else "Warning"
+        )
+        plan.events.append(EventSpec(kind, str(reason), message))
+
+
     cond = condition(status, "Queued")
     return cond.reason if cond is not None and cond.status == "True" else None
 

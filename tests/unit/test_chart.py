@@ -33,6 +33,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("batch", "jobs"): {"list", "watch", "create", "delete"},
     ("jobset.x-k8s.io", "jobsets"): {"list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch"},
+    ("apps", "deployments"): {"list", "watch", "create", "delete"},
+    ("", "services"): {"create", "delete"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("", "persistentvolumeclaims"): {"list", "watch", "create"},
     ("", "events"): {"create"},

@@ -81,6 +81,14 @@ fails when the two differ. docs/operator-guide.md gives the reason for every rul
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# labeler.server: the operator runs the labeler's inference server (vLLM or rlaif-train serve) as a
+# Deployment and a Service while a stage that asks the labeler runs.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "delete"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "patch"]
