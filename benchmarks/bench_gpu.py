@@ -220,10 +220,7 @@ def build_tokenizer(out_dir: Path, vocab_size: int, *, seed: int = 0) -> Any:
     split, ``"1"``–``"9"``, ``"Yes"``, ``"No"`` single tokens), so the labelers work on it. The
     model's vocabulary equals the tokenizer's, so every sampled id decodes.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from rlaif_trainer.testing import CHAT_TEMPLATE, SPECIAL_TOKENS, TINY_CORPUS
+    from rlaif_trainer.testing import TINY_CORPUS, train_chat_tokenizer
 
     rng = random.Random(seed)
     n_words = 200 if vocab_size <= 1000 else 60_000
@@ -231,36 +228,7 @@ def build_tokenizer(out_dir: Path, vocab_size: int, *, seed: int = 0) -> Any:
     lines = 50 if vocab_size <= 1000 else 20_000
     corpus = TINY_CORPUS * 4 + ["Yes No"] * 50
     corpus += [" ".join(rng.choice(words) for _ in range(40)) for _ in range(lines)]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>"],
-        padding_side="left",
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    for word in [*(str(i) for i in range(1, 10)), "Yes", "No"]:
-        if len(fast.encode(word, add_special_tokens=False)) != 1:
-            raise RuntimeError(f"bench tokenizer: {word!r} is not a single token")
+    fast = train_chat_tokenizer(corpus, vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return fast
@@ -422,60 +390,18 @@ def _mfu(flops: float, seconds: float, peaks: Mapping[str, float | None]) -> dic
 
 # ----------------------------------------------------------------------------------- workloads
 
-_RM_WORDS = [
-    *[
-        "the",
-        "model",
-        "answers",
-        "the",
-        "question",
-        "with",
-        "care",
-        "and",
-        "gives",
-        "a",
-        "short",
-        "clear",
-        "reason",
-        "for",
-        "each",
-        "step",
-    ],
-    *[
-        "it",
-        "takes",
-        "while",
-        "staying",
-        "polite",
-        "honest",
-        "and",
-        "helpful",
-        "to",
-        "the",
-        "user",
-        "who",
-        "asked",
-    ],
-]
-
 
 def make_pairs(n: int, max_words: int, seed: int = 0) -> list[dict[str, Any]]:
     """Hard-labelled pairs with varied lengths (prompts 5–40 % of ``max_words``, responses up to
     half of it), so that padding and length grouping matter as they do on real data."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        lp = rng.randint(max(2, max_words // 20), max(3, max_words * 2 // 5))
-        la, lb = rng.randint(4, max(5, max_words // 2)), rng.randint(4, max(5, max_words // 2))
-        out.append(
-            {
-                "prompt": f"Question {i}: " + " ".join(rng.choice(_RM_WORDS) for _ in range(lp)),
-                "response_a": " ".join(rng.choice(_RM_WORDS) for _ in range(la)),
-                "response_b": " ".join(rng.choice(_RM_WORDS) for _ in range(lb)),
-                "p_a": 1.0 if la < lb else 0.0,
-            }
-        )
-    return out
+    from rlaif_trainer.testing import synthetic_pairs
+
+    return synthetic_pairs(
+        n,
+        prompt_words=(max(2, max_words // 20), max(3, max_words * 2 // 5)),
+        response_words=(4, max(5, max_words // 2)),
+        seed=seed,
+    )
 
 
 RL_PROMPTS = [
@@ -542,17 +468,9 @@ def rm_case(method: str, ctx: Context) -> dict[str, Any]:
             from transformers import TrainerCallback
             from trl import RewardConfig, RewardTrainer
 
-            from rlaif_trainer.reward_model.batching import encode_response
+            from rlaif_trainer.testing import trl_preference_rows
 
-            rows = []
-            for p in pairs:
-                x = encode_response(tok, p["prompt"], p["response_a"], a.rm_max_length)
-                y = encode_response(tok, p["prompt"], p["response_b"], a.rm_max_length)
-                rows.append(
-                    {"chosen_ids": x, "rejected_ids": y}
-                    if p["p_a"] > 0.5
-                    else {"chosen_ids": y, "rejected_ids": x}
-                )
+            rows = trl_preference_rows(tok, pairs, a.rm_max_length)
 
             class Stamp(TrainerCallback):
                 def on_step_end(self, *_a: Any, **_k: Any) -> None:

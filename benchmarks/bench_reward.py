@@ -24,61 +24,17 @@ import argparse
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import tempfile
 import time
 
-WORDS = tuple(
-    [
-        "the",
-        "model",
-        "answers",
-        "the",
-        "question",
-        "with",
-        "care",
-        "and",
-        "gives",
-        "a",
-        "short",
-        "clear",
-        "reason",
-        "for",
-        "each",
-        "step",
-        "it",
-        "takes",
-        "while",
-        "staying",
-        "polite",
-        "honest",
-        "and",
-        "helpful",
-        "to",
-        "the",
-        "user",
-        "who",
-        "asked",
-    ]
-)
-
 
 def make_pairs(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        la, lb = rng.randint(8, 120), rng.randint(8, 120)
-        out.append(
-            {
-                "prompt": f"Question {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))),
-                "response_a": " ".join(rng.choice(WORDS) for _ in range(la)),
-                "response_b": " ".join(rng.choice(WORDS) for _ in range(lb)),
-                "p_a": 1.0 if la < lb else 0.0,  # hard labels
-            }
-        )
-    return out
+    """Hard-labelled pairs: prompts of 5-40 words, responses of 8-120 (the shorter preferred)."""
+    from rlaif_trainer.testing import synthetic_pairs
+
+    return synthetic_pairs(n, prompt_words=(5, 40), response_words=(8, 120), seed=seed)
 
 
 def _peak_mem_mb(device: str) -> float:
@@ -97,7 +53,6 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from rlaif_trainer.modeling.loading import load_reward_model
-    from rlaif_trainer.reward_model.batching import encode_response
 
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -131,15 +86,9 @@ def worker(args: argparse.Namespace) -> dict:
         from transformers import TrainerCallback
         from trl import RewardConfig, RewardTrainer
 
-        rows = []
-        for p in pairs:
-            a = encode_response(tok, p["prompt"], p["response_a"], args.max_length)
-            b = encode_response(tok, p["prompt"], p["response_b"], args.max_length)
-            rows.append(
-                {"chosen_ids": a, "rejected_ids": b}
-                if p["p_a"] > 0.5
-                else {"chosen_ids": b, "rejected_ids": a}
-            )
+        from rlaif_trainer.testing import trl_preference_rows
+
+        rows = trl_preference_rows(tok, pairs, args.max_length)
         ds = Dataset.from_list(rows)
 
         class Stamp(TrainerCallback):

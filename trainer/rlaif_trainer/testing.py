@@ -19,11 +19,25 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CHAT_TEMPLATE", "TINY_CORPUS", "build_tiny_model", "build_tiny_tokenizer"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SINGLE_TOKEN_WORDS",
+    "SPECIAL_TOKENS",
+    "SYNTHETIC_WORDS",
+    "TINY_CORPUS",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "synthetic_pairs",
+    "train_chat_tokenizer",
+    "trl_preference_rows",
+]
 
 #: A ChatML-style template (the same shape as SmolLM2's).
 CHAT_TEMPLATE = (
@@ -63,10 +77,90 @@ TINY_CORPUS: list[str] = [
 ]
 
 
-def build_tiny_tokenizer(out_dir: str | os.PathLike[str], *, vocab_size: int = 600):
-    """Train a byte-level BPE tokenizer on :data:`TINY_CORPUS` and save it (HF fast tokenizer files).
+#: A small vocabulary of plain words for synthetic preference pairs (benchmarks and tests).
+SYNTHETIC_WORDS: tuple[str, ...] = tuple(
+    [
+        "the",
+        "model",
+        "answers",
+        "the",
+        "question",
+        "with",
+        "care",
+        "and",
+        "gives",
+        "a",
+        "short",
+        "clear",
+        "reason",
+        "for",
+        "each",
+        "step",
+        "it",
+        "takes",
+        "while",
+        "staying",
+        "polite",
+        "honest",
+        "and",
+        "helpful",
+        "to",
+        "the",
+        "user",
+        "who",
+        "asked",
+    ]
+)
 
-    Returns the loaded ``PreTrainedTokenizerFast``.
+#: Words that must each be a single token, as in SmolLM2's tokenizer: the labelers read them.
+SINGLE_TOKEN_WORDS: tuple[str, ...] = (*(str(i) for i in range(1, 10)), "Yes", "No")
+
+
+def synthetic_pairs(
+    n: int, *, prompt_words: tuple[int, int], response_words: tuple[int, int], seed: int = 0
+) -> list[dict[str, Any]]:
+    """``n`` hard-labelled pairs of :data:`SYNTHETIC_WORDS` text (the shorter response preferred),
+    prompt and response lengths drawn uniformly from the given inclusive word ranges, seeded."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        lp = rng.randint(*prompt_words)
+        la, lb = rng.randint(*response_words), rng.randint(*response_words)
+        out.append(
+            {
+                "prompt": f"Question {i}: " + " ".join(rng.choice(SYNTHETIC_WORDS) for _ in range(lp)),
+                "response_a": " ".join(rng.choice(SYNTHETIC_WORDS) for _ in range(la)),
+                "response_b": " ".join(rng.choice(SYNTHETIC_WORDS) for _ in range(lb)),
+                "p_a": 1.0 if la < lb else 0.0,
+            }
+        )
+    return out
+
+
+def trl_preference_rows(
+    tokenizer: Any, pairs: Sequence[dict[str, Any]], max_length: int
+) -> list[dict[str, Any]]:
+    """``pairs`` as TRL's ``RewardTrainer`` takes them pre-tokenized (``chosen_ids``/``rejected_ids``),
+    each response encoded as our reward model encodes it, so that a benchmark feeds both trainers
+    the very same tokens."""
+    from rlaif_trainer.reward_model.batching import encode_response
+
+    rows = []
+    for p in pairs:
+        a = encode_response(tokenizer, p["prompt"], p["response_a"], max_length)
+        b = encode_response(tokenizer, p["prompt"], p["response_b"], max_length)
+        rows.append(
+            {"chosen_ids": a, "rejected_ids": b} if p["p_a"] > 0.5 else {"chosen_ids": b, "rejected_ids": a}
+        )
+    return rows
+
+
+def train_chat_tokenizer(corpus: Sequence[str], vocab_size: int) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus``, with the tiny model's
+    pre-tokenizer (digits split one by one), special tokens, ChatML template and left padding.
+
+    Raises when a word of :data:`SINGLE_TOKEN_WORDS` is not one token: the corpus must hold them
+    often enough for BPE to merge them (``TINY_CORPUS * 4 + ["Yes No"] * 50`` does).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -87,15 +181,7 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike[str], *, vocab_size: int = 6
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Repeat the answer words so that BPE merges them into single tokens.
-    corpus = TINY_CORPUS * 4 + ["Yes No"] * 50
     tok.train_from_iterator(corpus, trainer=trainer)
-
-    for word in [*(str(i) for i in range(1, 10)), "Yes", "No"]:
-        ids = tok.encode(word).ids
-        if len(ids) != 1:  # pragma: no cover - guarded by the corpus above
-            tok.add_tokens([word])
-
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
@@ -106,14 +192,23 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike[str], *, vocab_size: int = 6
         padding_side="left",
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.padding_side = "left"
+    for word in SINGLE_TOKEN_WORDS:
+        ids = fast.encode(word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise AssertionError(f"tokenizer: {word!r} is not a single token: {ids}")
+    return fast
+
+
+def build_tiny_tokenizer(out_dir: str | os.PathLike[str], *, vocab_size: int = 600):
+    """Train a byte-level BPE tokenizer on :data:`TINY_CORPUS` and save it (HF fast tokenizer files).
+
+    Returns the loaded ``PreTrainedTokenizerFast``.
+    """
+    # Repeat the answer words so that BPE merges them into single tokens.
+    fast = train_chat_tokenizer(TINY_CORPUS * 4 + ["Yes No"] * 50, vocab_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out)
-    for word in [*(str(i) for i in range(1, 10)), "Yes", "No"]:
-        ids = fast.encode(word, add_special_tokens=False)
-        if len(ids) != 1:
-            raise AssertionError(f"tiny tokenizer: {word!r} is not a single token: {ids}")
     return fast
 
 

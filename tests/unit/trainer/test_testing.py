@@ -27,3 +27,18 @@ def test_tiny_model_loads_and_runs(tiny_model_dir: Path) -> None:
     out = model(torch.tensor([[1, 2, 3]]))
     assert out.logits.shape[-1] == model.config.vocab_size
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_synthetic_pairs_are_seeded_in_range_and_prefer_the_shorter() -> None:
+    from rlaif_trainer.testing import SYNTHETIC_WORDS, synthetic_pairs
+
+    pairs = synthetic_pairs(40, prompt_words=(2, 5), response_words=(3, 9), seed=4)
+    assert pairs == synthetic_pairs(40, prompt_words=(2, 5), response_words=(3, 9), seed=4)
+    assert pairs != synthetic_pairs(40, prompt_words=(2, 5), response_words=(3, 9), seed=5)
+    for i, p in enumerate(pairs):
+        words = p["prompt"].split()
+        assert words[:2] == ["Question", f"{i}:"] and 2 <= len(words) - 2 <= 5
+        la, lb = len(p["response_a"].split()), len(p["response_b"].split())
+        assert 3 <= la <= 9 and 3 <= lb <= 9
+        assert set(p["response_a"].split()) <= set(SYNTHETIC_WORDS)
+        assert p["p_a"] == (1.0 if la < lb else 0.0)

@@ -52,11 +52,14 @@ def build_labeler(
             batch_size=spec.batch_size,
         )
     if provider == "openai":
-        from rlaif_trainer.feedback.openai import OpenAIPairwiseLabeler, OpenAIPointwiseLabeler, read_api_key
+        from rlaif_trainer.feedback.openai import (
+            ClientOptions,
+            OpenAIPairwiseLabeler,
+            OpenAIPointwiseLabeler,
+            read_api_key,
+        )
 
-        kwargs = dict(
-            endpoint=spec.endpoint,
-            model=spec.model,
+        client = ClientOptions(
             api=spec.api,
             api_key=read_api_key(api_key_env),
             max_concurrency=spec.max_concurrency,
@@ -64,13 +67,21 @@ def build_labeler(
             timeout_s=spec.request_timeout_seconds,
         )
         if spec.mode == "pointwise":
-            return OpenAIPointwiseLabeler(principles=spec.principles, preamble=spec.preamble, **kwargs)
+            return OpenAIPointwiseLabeler(
+                endpoint=spec.endpoint,
+                model=spec.model,
+                principles=spec.principles,
+                preamble=spec.preamble,
+                **client,
+            )
         return OpenAIPairwiseLabeler(
+            endpoint=spec.endpoint,
+            model=spec.model,
             preamble=spec.preamble,
             few_shot=spec.few_shot,
             chain_of_thought=spec.chain_of_thought,
             position_debias=spec.position_debias,
-            **kwargs,
+            **client,
         )
     if provider == "python":
         from rlaif_trainer.feedback.python import PythonLabeler

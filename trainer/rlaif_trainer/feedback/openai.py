@@ -48,7 +48,7 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback import prompts as P
@@ -58,7 +58,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["CompletionsClient", "OpenAIPairwiseLabeler", "OpenAIPointwiseLabeler", "read_api_key"]
+__all__ = [
+    "ClientOptions",
+    "CompletionsClient",
+    "OpenAIPairwiseLabeler",
+    "OpenAIPointwiseLabeler",
+    "read_api_key",
+]
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 PERMANENT_STATUS = {400, 401, 403, 404, 422}
@@ -182,6 +188,19 @@ def two_way(top: dict[str, float], yes: str, no: str) -> tuple[float, float]:
         raise _Malformed(f"neither {yes!r} nor {no!r} among the top logprobs")
     floor = min(top.values())
     return top.get(yes, floor), top.get(no, floor)
+
+
+class ClientOptions(TypedDict, total=False):
+    """How a labeler talks to its endpoint: the keyword arguments of :class:`CompletionsClient`
+    after the endpoint and the model, which both OpenAI labelers pass through unchanged."""
+
+    api: str
+    api_key: str | None
+    max_concurrency: int
+    max_retries: int
+    timeout_s: float
+    backoff_base_s: float
+    backoff_max_s: float
 
 
 class CompletionsClient:
@@ -332,33 +351,22 @@ class CompletionsClient:
 
 
 class OpenAIPairwiseLabeler(PairwiseLabelerBase):
+    """Pairwise preferences (and d-RLAIF scores) from an OpenAI-compatible endpoint's logprobs;
+    ``client`` options: :class:`ClientOptions`."""
+
     def __init__(
         self,
         *,
         endpoint: str,
         model: str,
-        api: str = "completions",
-        api_key: str | None = None,
         preamble: str = "base",
         few_shot: Sequence[Any] = (),
         chain_of_thought: bool = False,
         position_debias: bool = True,
-        max_concurrency: int = 8,
-        max_retries: int = 5,
-        timeout_s: float = 60.0,
-        backoff_base_s: float = 0.5,
+        **client: Unpack[ClientOptions],
     ) -> None:
         super().__init__(position_debias=position_debias)
-        self.client = CompletionsClient(
-            endpoint,
-            model,
-            api=api,
-            api_key=api_key,
-            max_concurrency=max_concurrency,
-            max_retries=max_retries,
-            timeout_s=timeout_s,
-            backoff_base_s=backoff_base_s,
-        )
+        self.client = CompletionsClient(endpoint, model, **client)
         self.head = P.pairwise_head(preamble, few_shot, chain_of_thought=chain_of_thought)
         self.preamble = preamble
         self.chain_of_thought = chain_of_thought
@@ -410,31 +418,20 @@ class OpenAIPairwiseLabeler(PairwiseLabelerBase):
 
 
 class OpenAIPointwiseLabeler(PointwiseLabelerBase):
+    """Per-principle Yes/No log-odds from an OpenAI-compatible endpoint's logprobs; ``client``
+    options: :class:`ClientOptions`."""
+
     def __init__(
         self,
         *,
         endpoint: str,
         model: str,
         principles: Sequence[str],
-        api: str = "completions",
-        api_key: str | None = None,
         preamble: str | None = None,
-        max_concurrency: int = 8,
-        max_retries: int = 5,
-        timeout_s: float = 60.0,
-        backoff_base_s: float = 0.5,
+        **client: Unpack[ClientOptions],
     ) -> None:
         super().__init__(principles)
-        self.client = CompletionsClient(
-            endpoint,
-            model,
-            api=api,
-            api_key=api_key,
-            max_concurrency=max_concurrency,
-            max_retries=max_retries,
-            timeout_s=timeout_s,
-            backoff_base_s=backoff_base_s,
-        )
+        self.client = CompletionsClient(endpoint, model, **client)
         self.head = P.pointwise_head(preamble)
 
     def logodds(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
