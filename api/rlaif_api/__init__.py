@@ -61,9 +61,9 @@ from rlaif_api.spec import (
     StageResources,
     StorageSpec,
     Toleration,
+    Volume,
     VolumeMount,
     load_job,
-    Volume,
 )
 from rlaif_api.status import (
     WAIT_REASONS,
@@ -174,12 +174,12 @@ __all__ = [
     "StringMap",
     "Text",
     "Toleration",
+    "Volume",
     "VolumeMount",
     "check_update",
     "job_workspace",
-    "load_job",
     "labeler_server_stages",
+    "load_job",
     "resolve_spec",
-    "Volume",
     "resolve_stage_configs",
 ]

@@ -743,6 +743,7 @@ class EnvVar(ApiModel):
 # The stage pod's own volumes and mount paths (rlaif_operator.builders; a unit test keeps them in
 # step). A podTemplate volume with one of these names is dropped (the operator's wins); a mount at
 # one of these paths would make the stage Job invalid ("must be unique"), so the schema refuses it.
+# (/dev/shm, which the operator mounts for pods with several GPUs, may be the user's: then it is.)
 OPERATOR_VOLUMES = ("rlaif-config", "rlaif-workspace", "rlaif-dshm")
 OPERATOR_MOUNT_PATHS = ("/etc/rlaif", "/workspace")
 # A relative path without '..' components (the API server's validateLocalDescendingPath).
@@ -819,7 +820,6 @@ class VolumeMount(ApiModel):
 
 class HostPathVolumeSource(ApiModel):
     """A directory or file on the node (core/v1 HostPathVolumeSource)."""
-# (/dev/shm, which the operator mounts for pods with several GPUs, may be the user's: then it is.)
 
     path: PathStr = Field(description="Path on the node.")
     type: (
@@ -1057,7 +1057,9 @@ class RLAIFJobSpec(ApiModel):
             field_path=".evaluation.judge.server",
             # the judge may be the labeler itself (resolve_spec copies it there)
             check=lambda s: (
-                s.evaluation.judge is None or s.evaluation.judge.server is None or s.evaluation.judge == s.labeler
+                s.evaluation.judge is None
+                or s.evaluation.judge.server is None
+                or s.evaluation.judge == s.labeler
             ),
         ),
         CelRule(

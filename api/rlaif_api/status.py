@@ -201,6 +201,17 @@ class ResultsStatus(ApiModel):
     )
 
 
+class LabelerServerStatus(ApiModel):
+    """The operator-run labeler server (labeler.server), while a stage that asks the labeler runs."""
+
+    endpoint: str = Field(description="The URL the stages call, e.g. http://myjob-labeler:8000/v1.")
+    ready_replicas: int = Field(0, ge=0, description="Server pods that are ready.")
+    waiting_since: str | None = Field(
+        None,
+        description="Since when a stage waits for the server to become ready (RFC 3339); unset once it serves.",
+    )
+
+
 class RLAIFJobStatus(ApiModel):
     """Observed state, written by the operator only."""
 
@@ -231,17 +242,6 @@ class RLAIFJobStatus(ApiModel):
         description="When the first stage started running: created, or admitted by Kueue when runPolicy.queueName is set (RFC 3339). The spec is immutable from then on, and activeDeadlineSeconds counts from it.",
     )
     completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")
-class LabelerServerStatus(ApiModel):
-    """The operator-run labeler server (labeler.server), while a stage that asks the labeler runs."""
-
-    endpoint: str = Field(description="The URL the stages call, e.g. http://myjob-labeler:8000/v1.")
-    ready_replicas: int = Field(0, ge=0, description="Server pods that are ready.")
-    waiting_since: str | None = Field(
-        None,
-        description="Since when a stage waits for the server to become ready (RFC 3339); unset once it serves.",
-    )
-
-
     labeler_server: LabelerServerStatus | None = Field(
         None, description="The labeler server the operator runs (labeler.server), while a stage needs it."
     )

@@ -131,6 +131,11 @@ def owner_labels(owner: Owner) -> dict[str, str]:
     return {LABEL_JOB: job_label_value(owner.name), LABEL_MANAGED_BY: MANAGER}
 
 
+def object_metadata(owner: Owner, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The metadata of an object the job owns: its labels, its full name, and its owner reference."""
+    return _metadata(owner, name, labels)
+
+
 def _metadata(owner: Owner, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "name": name,
@@ -156,17 +161,17 @@ def stage_configs(job: RLAIFJob, settings: Settings) -> dict[str, str]:
     frozen.spec.run_policy.suspend = False
     frozen.spec.run_policy.ttl_seconds_after_finished = None
     configs = resolve_stage_configs(frozen, settings.workspace_root)
-    return {f"{stage}.json": config.to_json() for stage, config in configs.items()}
-
-
-def config_hash(data: dict[str, str]) -> str:
-    return _digest(json.dumps(data, sort_keys=True), 16)
     for config in configs.values():
         # labeler.server: the stages call the server the operator runs (the judge too, when it is
         # the labeler's copy).
         for labeler in (config.spec.labeler, config.spec.evaluation.judge):
             if labeler is not None and labeler.server is not None:
                 labeler.endpoint = labeler_server_endpoint(job.metadata.name)
+    return {f"{stage}.json": config.to_json() for stage, config in configs.items()}
+
+
+def config_hash(data: dict[str, str]) -> str:
+    return _digest(json.dumps(data, sort_keys=True), 16)
 
 
 def build_configmap(job: RLAIFJob, owner: Owner, settings: Settings) -> dict[str, Any]:
@@ -212,20 +217,26 @@ def build_pvc(job: RLAIFJob, owner: Owner) -> dict[str, Any] | None:
 
 def _resources(job: RLAIFJob, stage: str, settings: Settings) -> tuple[dict[str, Any], int]:
     res = job.spec.resources.for_stage(stage)
-    amounts: dict[str, Any] = {}
+    amounts = resource_amounts(res, settings)
+    gpus = res.gpus or 0
+    if not amounts:
+        return {}, gpus
+    # requests == limits: Guaranteed QoS, and extended resources (GPUs) require it anyway.
+    return {"requests": dict(amounts), "limits": dict(amounts)}, gpus
+
+
+def resource_amounts(res: api.ResourceSpec, settings: Settings) -> dict[str, str]:
+    """The container resource amounts of ``res`` (GPUs under the cluster's GPU resource name)."""
+    amounts: dict[str, str] = {}
     if res.cpu is not None:
         amounts["cpu"] = str(res.cpu)
     if res.memory is not None:
         amounts["memory"] = str(res.memory)
     if res.ephemeral_storage is not None:
         amounts["ephemeral-storage"] = str(res.ephemeral_storage)
-    gpus = res.gpus or 0
-    if gpus > 0:
-        amounts[settings.gpu_resource_name] = str(gpus)
-    if not amounts:
-        return {}, gpus
-    # requests == limits: Guaranteed QoS, and extended resources (GPUs) require it anyway.
-    return {"requests": dict(amounts), "limits": dict(amounts)}, gpus
+    if res.gpus:
+        amounts[settings.gpu_resource_name] = str(res.gpus)
+    return amounts
 
 
 def stage_command(

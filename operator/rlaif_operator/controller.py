@@ -93,16 +93,16 @@ class Indexes:
         claims: Mapping[str, Iterable[str]],
         claims_known: Callable[[], bool] = lambda: True,
         jobsets: Mapping[Key, Iterable[JobInfo]] | None = None,
-    ) -> None:
         servers: Mapping[Key, Iterable[ServerInfo]] | None = None,
         server_pods: Mapping[Key, Iterable[str]] | None = None,
+    ) -> None:
         self.jobs = jobs
         self.children = children
         self.jobsets: Mapping[Key, Iterable[JobInfo]] = jobsets if jobsets is not None else {}
-        self.pods = pods
         # labeler.server: Deployments by owning RLAIFJob, their pods' states by Deployment
         self.servers: Mapping[Key, Iterable[ServerInfo]] = servers if servers is not None else {}
         self.server_pods: Mapping[Key, Iterable[str]] = server_pods if server_pods is not None else {}
+        self.pods = pods
         self.claims = claims
         self.claims_known = claims_known
 
@@ -148,12 +148,8 @@ class Controller:
         # whose DELETED event was lost across a watch relist goes when its RLAIFJob is forgotten.
         self.summaries: dict[Key, dict[str, object]] = {}
         self.refusals: dict[Key, dict[str, Refusal]] = {}  # stage Job name -> last refusal
-        # Whether the cluster served the JobSet API when the operator started (probe_jobset_api):
-        # kopf only watches the resources it found then (its CRD scanning is off with exact
-        # namespaces), so a JobSet created later could not be followed; None: not probed.
-        self.jobset_api: bool | None = None
-        # Until when (monotonic) the JobSet API counts as missing since a JobSet create was answered
-        # 404 (JobSet removed while the operator runs); the create is tried again after that.
+        # Until when (monotonic) the JobSet API counts as missing: a JobSet create was answered 404.
+        # Forgotten after a while, so that installing JobSet later is noticed by the next create.
         self.jobset_missing_until = 0.0
         self.tasks: list[asyncio.Task[None]] = []
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
@@ -174,24 +170,6 @@ class Controller:
         for _, handle in self.timers.values():
             handle.cancel()
         await self.client.close()
-
-    async def probe_jobset_api(self) -> bool | None:
-        """Ask discovery whether ``jobset.x-k8s.io/v1alpha2`` is served (every authenticated client
-        may); None when the API server could not say (then a create's 404 still tells)."""
-        try:
-            await self.client.get(f"/apis/{JOBSET_API_VERSION}")
-            self.jobset_api = True
-        except ApiError as err:
-            self.jobset_api = False if err.status == 404 else None
-        except RETRYABLE:
-            self.jobset_api = None
-        if self.jobset_api is False:
-            log.info(
-                "the cluster does not serve %s: stages with resources.<stage>.nodes > 1 wait "
-                "(JobSetNotInstalled) until JobSet is installed and the operator restarted",
-                JOBSET_API_VERSION,
-            )
-        return self.jobset_api
 
     # -- the queue -----------------------------------------------------------------------------
     def enqueue(self, key: Key, delay: float = 0.0) -> None:
@@ -373,21 +351,10 @@ class Controller:
             claims=claims,
             refused=refused,
             invalid=invalid,
-            jobset_api=False
-            if self.jobset_api is False or now < self.jobset_missing_until
-            else self.jobset_api,
+            jobset_api=False if now < self.jobset_missing_until else None,
+            server=self._server(namespace, name, uid),
         )
 
-    async def reconcile_key(self, key: Key) -> Plan | None:
-        started = time.perf_counter()
-        body = self._body(key)
-        if body is None:
-            return None
-        meta = body.get("metadata") or {}
-            progress=self.progress.samples((namespace, name)) if self.progress is not None else {},
-            server=self._server(namespace, name, uid),
-        namespace, name, uid = key[0], key[1], meta.get("uid", "")
-        result = "success"
     def _server(self, namespace: str, name: str, uid: str) -> ServerInfo | None:
         """The job's labeler server, with the state of a pod that is not ready (the one to show)."""
         server = next(
@@ -400,6 +367,14 @@ class Controller:
         shown = waiting[-1] if waiting else (states[-1] if states else None)
         return dataclasses.replace(server, pod_state=shown)
 
+    async def reconcile_key(self, key: Key) -> Plan | None:
+        started = time.perf_counter()
+        body = self._body(key)
+        if body is None:
+            return None
+        meta = body.get("metadata") or {}
+        namespace, name, uid = key[0], key[1], meta.get("uid", "")
+        result = "success"
         try:
             # Planned again when the API server refused a stage Job, so that the status and
             # events say so rather than describe a Job that does not exist.
@@ -441,6 +416,7 @@ class Controller:
         first = await asyncio.gather(
             *(self._ensure(key, obj, uid) for obj in plan.ensure),
             *(self._delete_job(key, job_name) for job_name in plan.delete),
+            *(self._delete_object(key, *obj) for obj in plan.delete_objects),
             *(() if events_after_creates else (self._post_event(body, event, now) for event in plan.events)),
             *(self._create_job(key, manifest, uid, now, generation) for manifest in plan.create),
             return_exceptions=True,
@@ -449,7 +425,6 @@ class Controller:
         if errors:
             raise errors[0]
         created = first[len(first) - len(plan.create) :]
-            *(self._delete_object(key, *obj) for obj in plan.delete_objects),
         if "refused" in created:
             return False
         requeue_soon = "exists" in created
@@ -584,14 +559,6 @@ class Controller:
         self.deleted[(namespace, job_name)] = time.monotonic()
         self.created.get(key, {}).pop(job_name, None)
 
-    def _is_jobset(self, key: Key, job_name: str) -> bool:
-        """Whether the stage child ``job_name`` of ``key`` is a JobSet (a multi-node stage's)."""
-        if any(info.name == job_name for info in self.indexes.jobsets.get(key, ())):
-            return True
-        created = self.created.get(key, {}).get(job_name)
-        return created is not None and created[1].kind == JOBSET_KIND
-
-    async def _delete_self(self, namespace: str, name: str, uid: str) -> None:
     async def _delete_object(self, key: Key, api_version: str, plural: str, name: str) -> None:
         """Delete another owned object (the labeler server's Deployment or Service), and forget
         that it was ensured, so that a later stage that needs it creates it again."""
@@ -607,6 +574,14 @@ class Controller:
         for entry in [e for e in ensured if e[0] == kind and e[2] == name]:
             ensured.discard(entry)
 
+    def _is_jobset(self, key: Key, job_name: str) -> bool:
+        """Whether the stage child ``job_name`` of ``key`` is a JobSet (a multi-node stage's)."""
+        if any(info.name == job_name for info in self.indexes.jobsets.get(key, ())):
+            return True
+        created = self.created.get(key, {}).get(job_name)
+        return created is not None and created[1].kind == JOBSET_KIND
+
+    async def _delete_self(self, namespace: str, name: str, uid: str) -> None:
         path = collection_path(api.API_VERSION, api.PLURAL, namespace) + f"/{name}"
         try:
             await self.client.delete(path, {"preconditions": {"uid": uid}, "propagationPolicy": "Background"})

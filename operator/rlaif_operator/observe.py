@@ -227,8 +227,6 @@ def summarize_jobset(body: dict[str, Any]) -> JobInfo | None:
     )
 
 
-@dataclass
-class Observed:
 # -- the operator-run labeler server (labeler.server) -------------------------------------------
 
 
@@ -291,6 +289,8 @@ def summarize_server_pod(body: dict[str, Any]) -> tuple[str, str] | None:
     return str(labels[LABEL_SERVER]), truncate(state.rstrip(": "), 512)
 
 
+@dataclass
+class Observed:
     """The children of one RLAIFJob, as the operator's caches see them."""
 
     jobs: list[JobInfo] = field(default_factory=list)
@@ -304,12 +304,12 @@ def summarize_server_pod(body: dict[str, Any]) -> tuple[str, str] | None:
     # Whether the cluster serves jobset.x-k8s.io/v1alpha2 (multi-node stages run as JobSets): False
     # once creating a JobSet was answered "no such resource", None while unknown
     jobset_api: bool | None = None
+    # The labeler server's Deployment (labeler.server), with its pods' last state; None when absent
+    server: ServerInfo | None = None
 
 
 @dataclass(frozen=True)
 class Attempt:
-    # The labeler server's Deployment (labeler.server), with its pods' last state; None when absent
-    server: ServerInfo | None = None
     number: int
     job_name: str
     outcome: str  # active | queued | succeeded | failed | permanent | deleting

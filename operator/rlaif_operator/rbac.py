@@ -41,12 +41,12 @@ RBAC_RULES: list[dict[str, Any]] = [
         "verbs": ["list", "watch", "create", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "delete"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["list", "watch", "create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch", "create", "delete"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "delete"]},
 
 NAMESPACE_PATTERN_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},

@@ -57,7 +57,7 @@ from .conditions import (
 from .events import diff_events
 from .labeler_server import ServerStep, server_step
 from .observe import Observed, StageView, attempt_of, stage_view, truncate
-from .plan import Plan
+from .plan import EventSpec, Plan
 from .settings import Settings
 from .timing import backoff_delay, fmt_time, parse_time
 
@@ -125,16 +125,16 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
         )
         _ttl(plan, job, old, now)
         plan.phase = old_phase
-        # Recomputed from the verdict: the same conditions for a job that has them all, and kstatus'
         server = _server(plan, job, owner, settings, observed, old, None, False, now)
+        # Recomputed from the verdict: the same conditions for a job that has them all, and kstatus'
         # Reconciling/Stalled for one that ended under an operator that did not write them yet.
         verdict = condition(old, old_phase)
         if verdict is not None:
             new.conditions = set_conditions(
                 old.conditions, conditions_for(old_phase, verdict.reason, verdict.message), now_s, generation
             )
-        return _finish(plan, body, old, new, now_s, generation)
         _server_condition(plan, old, new, server, now_s, generation)
+        return _finish(plan, body, old, new, now_s, generation)
 
     listed = list(job.spec.stages)
     views: dict[str, StageView] = {}
@@ -230,9 +230,9 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             if queued_since is not None and rp.queue_timeout_seconds is not None
             else None
         )
+        server = _server(plan, job, owner, settings, observed, old, current, not rp.suspend, now)
         if view.permanent is not None:
             failed_reason = permanent_reason(view.permanent.summary)
-        server = _server(plan, job, owner, settings, observed, old, current, not rp.suspend, now)
             failed_message = f"stage {current} failed permanently (attempt {view.permanent.number}): {view.permanent.error}"
             st.completion_time = view.permanent.finished or now_s
         elif len(view.failures) > rp.backoff_limit:
@@ -251,8 +251,6 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
                 f"{_queue(job, settings)} longer than runPolicy.queueTimeoutSeconds ({rp.queue_timeout_seconds}s)"
             )
             st.completion_time = now_s
-        if failed_reason is not None:
-            st.state, st.message = "Failed", failed_message
         elif (
             not rp.suspend
             and not view.live
@@ -263,6 +261,8 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
             st.completion_time = now_s
         if failed_reason is not None or rp.suspend:
             server = _server(plan, job, owner, settings, observed, old, current, False, now)
+        if failed_reason is not None:
+            st.state, st.message = "Failed", failed_message
             phase, reason, message = "Failed", failed_reason, failed_message
             new.completion_time = new.completion_time or now_s
             plan.delete.extend(a.job_name for a in all_live)
@@ -299,13 +299,13 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     shown = stages_status.get(new.current_stage) if new.current_stage else None
     new.current_attempt = shown.attempts if shown is not None and shown.attempts else None
     new.conditions = set_conditions(old.conditions, conditions_for(phase, reason, message), now_s, generation)
+    if current is None:  # every stage succeeded: nothing asks the labeler any more
+        server = _server(plan, job, owner, settings, observed, old, None, False, now)
+    _server_condition(plan, old, new, server, now_s, generation)
     plan.phase = phase
     diff_events(plan, old, new, views, rp.backoff_limit)
     return _finish(plan, body, old, new, now_s, generation)
 
-    if current is None:  # every stage succeeded: nothing asks the labeler any more
-        server = _server(plan, job, owner, settings, observed, old, None, False, now)
-    _server_condition(plan, old, new, server, now_s, generation)
 
 def _advance(
     plan: Plan,
@@ -319,12 +319,12 @@ def _advance(
     now: datetime,
     now_s: str,
     stage: str,
+    server_block: tuple[Reason, str] | None = None,
 ) -> tuple[Reason, str]:
     """Run the current stage: watch the live attempt, wait out a backoff, or start the next attempt
     (once the labeler server it needs serves: ``server_block`` says why not yet)."""
     rp = job.spec.run_policy
     prev = stage_status(new, stage)  # ``new`` still holds the old stages here
-    server_block: tuple[Reason, str] | None = None,
     if view.live:
         live = view.live[-1]
         st.job_name = live.job_name
@@ -400,9 +400,9 @@ def _advance(
         plan.requeue(settings.wait_requeue_seconds)
         st.state = "Pending"
         st.message = (
-            f"resources.{stage}.nodes is {nodes}, which runs as a JobSet ({JOBSET_API_VERSION}), but the "
-            "operator found no such API in this cluster: install JobSet (https://jobset.sigs.k8s.io) and "
-            f"restart the operator, or set resources.{stage}.nodes to 1"
+            f"resources.{stage}.nodes is {nodes}, which runs as a JobSet ({JOBSET_API_VERSION}), but this "
+            "cluster does not serve that API: install JobSet (https://jobset.sigs.k8s.io) or set "
+            f"resources.{stage}.nodes to 1"
         )
         return Reason.JOBSET_NOT_INSTALLED, f"stage {stage}: {st.message}"
     attempt = view.highest + 1
@@ -444,12 +444,6 @@ def _advance(
 AFTER_PREEMPTION = " again after a preemption"
 
 
-def _queue(job: RLAIFJob, settings: Settings) -> str | None:
-    """The Kueue LocalQueue of the stage Jobs (builders labels them with it), if any."""
-    return job.spec.run_policy.queue_name or settings.default_queue_name
-
-
-def _queue_reason(status: RLAIFJobStatus) -> str | None:
 def _server(
     plan: Plan,
     job: RLAIFJob,
@@ -508,6 +502,12 @@ def _server_condition(
         plan.events.append(EventSpec(kind, str(reason), message))
 
 
+def _queue(job: RLAIFJob, settings: Settings) -> str | None:
+    """The Kueue LocalQueue of the stage Jobs (builders labels them with it), if any."""
+    return job.spec.run_policy.queue_name or settings.default_queue_name
+
+
+def _queue_reason(status: RLAIFJobStatus) -> str | None:
     cond = condition(status, "Queued")
     return cond.reason if cond is not None and cond.status == "True" else None
 
