@@ -111,6 +111,7 @@ PLURALS = {
     "ConfigMap": "configmaps",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Job": "jobs",
+    "JobSet": "jobsets",  # jobset.x-k8s.io: a multi-node stage
     "Event": "events",
 }
 
