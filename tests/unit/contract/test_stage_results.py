@@ -121,3 +121,11 @@ def test_real_stage_messages_fill_status_results(tmp_path: Path, tiny_model_dir:
     for stage in STAGE_ORDER:
         metrics = status["stages"][stage]["metrics"]
         assert metrics == {k: v for k, v in sent[stage].items() if k != "stage"}
+    # Every key a real stage reports is a declared field of its summary model, and the message is
+    # that model's serialisation: a misspelt field would pass as an extra key and never reach
+    # status.results, so it fails here instead.
+    for stage in STAGE_ORDER:
+        model = STAGES[stage].summary
+        undeclared = set(sent[stage]) - {"stage"} - set(model.model_fields)
+        assert not undeclared, f"{stage} reports keys its {model.__name__} does not declare: {undeclared}"
+        assert {"stage": stage, **model.model_validate(sent[stage]).to_message()} == sent[stage]
