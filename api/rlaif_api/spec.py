@@ -1046,20 +1046,16 @@ class RLAIFJobSpec(ApiModel):
             ),
         ),
         CelRule(
-            rule=(
-                "!has(self.evaluation) || !has(self.evaluation.judge) || !has(self.evaluation.judge.server)"
-                " || (has(self.labeler) && self.evaluation.judge == self.labeler)"
-            ),
+            rule="!has(self.evaluation) || !has(self.evaluation.judge) || !has(self.evaluation.judge.server)",
             message=(
                 "evaluation.judge.server: the operator serves only the labeler; leave evaluation.judge unset to "
                 "judge with the served labeler, or give the judge an endpoint"
             ),
             field_path=".evaluation.judge.server",
-            # the judge may be the labeler itself (resolve_spec copies it there)
+            # The resolved spec's judge is a copy of the labeler (resolve_spec), server included; CEL
+            # cannot compare the two (different schema types), so only here is the copy let through.
             check=lambda s: (
-                s.evaluation.judge is None
-                or s.evaluation.judge.server is None
-                or s.evaluation.judge == s.labeler
+                s.evaluation.judge is None or s.evaluation.judge.server is None or s.evaluation.judge == s.labeler
             ),
         ),
         CelRule(
