@@ -148,8 +148,12 @@ class Controller:
         # whose DELETED event was lost across a watch relist goes when its RLAIFJob is forgotten.
         self.summaries: dict[Key, dict[str, object]] = {}
         self.refusals: dict[Key, dict[str, Refusal]] = {}  # stage Job name -> last refusal
-        # Until when (monotonic) the JobSet API counts as missing: a JobSet create was answered 404.
-        # Forgotten after a while, so that installing JobSet later is noticed by the next create.
+        # Whether the cluster served the JobSet API when the operator started (probe_jobset_api):
+        # kopf only watches the resources it found then (its CRD scanning is off with exact
+        # namespaces), so a JobSet created later could not be followed; None: not probed.
+        self.jobset_api: bool | None = None
+        # Until when (monotonic) the JobSet API counts as missing since a JobSet create was answered
+        # 404 (JobSet removed while the operator runs); the create is tried again after that.
         self.jobset_missing_until = 0.0
         self.tasks: list[asyncio.Task[None]] = []
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
@@ -170,6 +174,24 @@ class Controller:
         for _, handle in self.timers.values():
             handle.cancel()
         await self.client.close()
+
+    async def probe_jobset_api(self) -> bool | None:
+        """Ask discovery whether ``jobset.x-k8s.io/v1alpha2`` is served (every authenticated client
+        may); None when the API server could not say (then a create's 404 still tells)."""
+        try:
+            await self.client.get(f"/apis/{JOBSET_API_VERSION}")
+            self.jobset_api = True
+        except ApiError as err:
+            self.jobset_api = False if err.status == 404 else None
+        except RETRYABLE:
+            self.jobset_api = None
+        if self.jobset_api is False:
+            log.info(
+                "the cluster does not serve %s: stages with resources.<stage>.nodes > 1 wait "
+                "(JobSetNotInstalled) until JobSet is installed and the operator restarted",
+                JOBSET_API_VERSION,
+            )
+        return self.jobset_api
 
     # -- the queue -----------------------------------------------------------------------------
     def enqueue(self, key: Key, delay: float = 0.0) -> None:
@@ -351,7 +373,9 @@ class Controller:
             claims=claims,
             refused=refused,
             invalid=invalid,
-            jobset_api=False if now < self.jobset_missing_until else None,
+            jobset_api=False
+            if self.jobset_api is False or now < self.jobset_missing_until
+            else self.jobset_api,
             server=self._server(namespace, name, uid),
         )
 

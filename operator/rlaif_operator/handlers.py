@@ -151,6 +151,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None
     controller = Controller(
         client(), indexes, op_settings, metrics, workers=getattr(memo, "workers", 64), relogin=client
     )
+    await controller.probe_jobset_api()  # before the first pass: multi-node stages need it
     controller.start()
     memo.controller = controller
     log.info(

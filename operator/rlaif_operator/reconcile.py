@@ -400,9 +400,9 @@ def _advance(
         plan.requeue(settings.wait_requeue_seconds)
         st.state = "Pending"
         st.message = (
-            f"resources.{stage}.nodes is {nodes}, which runs as a JobSet ({JOBSET_API_VERSION}), but this "
-            "cluster does not serve that API: install JobSet (https://jobset.sigs.k8s.io) or set "
-            f"resources.{stage}.nodes to 1"
+            f"resources.{stage}.nodes is {nodes}, which runs as a JobSet ({JOBSET_API_VERSION}), but the "
+            "operator found no such API in this cluster: install JobSet (https://jobset.sigs.k8s.io) and "
+            f"restart the operator, or set resources.{stage}.nodes to 1"
         )
         return Reason.JOBSET_NOT_INSTALLED, f"stage {stage}: {st.message}"
     attempt = view.highest + 1
