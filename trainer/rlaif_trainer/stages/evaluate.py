@@ -4,7 +4,7 @@ Held-out prompts (``dataset.evalPrompts``, or the last 10% of ``dataset.prompts`
 ``evaluation.samples``) get ``K = evaluation.samplesPerPrompt`` responses from each policy, with
 common random numbers: sample ``j`` of the trained and of the initial policy use the same seed, so
 the difference between the two comes from the policies, not the dice. Three kinds of evidence, each
-a paired comparison over prompts (:mod:`rlaif_trainer.evalstats`: bootstrap interval, sign-flip
+a paired comparison over prompts (:mod:`rlaif_trainer.feedback.evalstats`: bootstrap interval, sign-flip
 p-value):
 
 (a) **the optimised reward**: the reward RL maximised (the reward model, or the labeler's direct
@@ -43,16 +43,6 @@ from rlaif_trainer.stages.common import resumed_summary, shares_policy_weights
 log = logging.getLogger(__name__)
 
 __all__ = ["evaluate", "run"]
-
-
-# --------------------------------------------------------------------------------------------------
-# statistics (pure, tested against hand computations)
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
-# the stage
-# --------------------------------------------------------------------------------------------------
 
 
 def _adapter_dir(path: Path) -> Path | None:
@@ -146,7 +136,7 @@ def _read_metrics(policy_path: Path) -> list[dict[str, Any]]:
 
 
 def _held_out_records(spec: Any) -> list[dict[str, Any]]:
-    """The held-out prompts with their ids, as :func:`rlaif_trainer.rl.prompts.split_prompts` splits them."""
+    """The held-out prompts with their ids, as :func:`rlaif_trainer.data.prompts.split_prompts` splits them."""
     from rlaif_trainer.data.prompts import split_prompt_records
 
     return split_prompt_records(spec)[1]

@@ -74,11 +74,6 @@ def labeler_name(spec: Any) -> str:
     return f"{spec.provider}:{ref}"
 
 
-# --------------------------------------------------------------------------------------------------
-# comparing two labelings of the same pairs (``rlaif-train compare-labels``)
-# --------------------------------------------------------------------------------------------------
-
-
 def run(config: Any, *, progress: bool = True, shard: tuple[int, int] | None = None) -> LabelSummary:
     """Run the label stage; returns the summary (also stored in ``<labels>/DONE``). ``shard``
     (index, count) labels only that shard of the pairs (see :mod:`rlaif_trainer.stages.label_shards`)."""
