@@ -33,7 +33,7 @@ from typing import Any
 import rlaif_api as api
 
 from .builders import ANNOTATION_JOB_NAME, JOBSET_API_VERSION, JOBSET_KIND, stage_job_name
-from .kube import RETRYABLE, ApiError, KubeClient, collection_path, object_collection
+from .kube import PLURALS, RETRYABLE, ApiError, KubeClient, collection_path, object_collection
 from .metrics import Metrics
 from .observe import JobInfo, Observed, PodInfo, ServerInfo, summarize_jobset
 from .plan import EventSpec, Plan
@@ -593,7 +593,7 @@ class Controller:
         except ApiError as err:
             if err.status != 404:
                 raise
-        kind = {"deployments": "Deployment", "services": "Service"}.get(plural, plural)
+        kind = next((k for k, p in PLURALS.items() if p == plural), plural)
         ensured = self.ensured.get(key, set())
         for entry in [e for e in ensured if e[0] == kind and e[2] == name]:
             ensured.discard(entry)

@@ -113,6 +113,8 @@ PLURALS = {
     "Job": "jobs",
     "JobSet": "jobsets",  # jobset.x-k8s.io: a multi-node stage
     "Event": "events",
+    "Deployment": "deployments",  # apps: labeler.server
+    "Service": "services",  # labeler.server's endpoint
 }
 
 
