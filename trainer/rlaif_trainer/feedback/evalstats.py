@@ -29,6 +29,7 @@ __all__ = [
     "cluster_win_rate",
     "hard_outcomes",
     "length_controlled_win_rate",
+    "paired_gain",
     "paired_test",
     "per_prompt_means",
 ]
@@ -47,6 +48,20 @@ def per_prompt_means(values: Sequence[float], k: int) -> list[float]:
     if k < 1 or len(values) % k:
         raise ValueError(f"{len(values)} values do not split into groups of {k}")
     return [sum(values[i : i + k]) / k for i in range(0, len(values), k)]
+
+
+def paired_gain(
+    trained: Sequence[float], initial: Sequence[float], k: int, *, seed: int = 0
+) -> dict[str, Any]:
+    """Per-row scores of the trained and the initial policy (``k`` samples per prompt, prompt-major)
+    as one paired comparison over prompts: both means, and :func:`paired_test` of the per-prompt
+    differences."""
+    diff = [a - b for a, b in zip(per_prompt_means(trained, k), per_prompt_means(initial, k), strict=True)]
+    return {
+        "initial": sum(initial) / len(initial),
+        "trained": sum(trained) / len(trained),
+        **paired_test(diff, seed=seed),
+    }
 
 
 def paired_test(

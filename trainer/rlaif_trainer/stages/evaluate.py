@@ -271,29 +271,15 @@ def evaluate(
     initial: list[str] = list(trained)
     len_t: list[int] = [0] * len(trained)
     len_i: list[int] = [0] * len(trained)
+
+    def sample(model: Any, seed: int, desc: str) -> tuple[list[str], list[int]]:
+        return _sample(model, tok, prompts, seed=seed, spec=spec, batch_size=16, progress=progress, desc=desc)
+
     for j in range(k):
         seed = config.seed + 10_007 + 7_919 * j
-        texts, lens = _sample(
-            pol.model,
-            tok,
-            prompts,
-            seed=seed,
-            spec=spec,
-            batch_size=16,
-            progress=progress,
-            desc=f"eval: trained {j + 1}/{k}",
-        )
+        texts, lens = sample(pol.model, seed, f"eval: trained {j + 1}/{k}")
         with pol.initial_policy() as m:
-            texts_i, lens_i = _sample(
-                m,
-                tok,
-                prompts,
-                seed=seed,
-                spec=spec,
-                batch_size=16,
-                progress=progress,
-                desc=f"eval: initial {j + 1}/{k}",
-            )
+            texts_i, lens_i = sample(m, seed, f"eval: initial {j + 1}/{k}")
         for i in range(len(prompts)):
             trained[i * k + j], len_t[i * k + j] = texts[i], lens[i]
             initial[i * k + j], len_i[i * k + j] = texts_i[i], lens_i[i]
@@ -307,16 +293,7 @@ def evaluate(
         k_aa = k // 2
     else:
         with pol.initial_policy() as m:
-            aa_second, _ = _sample(
-                m,
-                tok,
-                prompts,
-                seed=config.seed + 20_011,
-                spec=spec,
-                batch_size=16,
-                progress=progress,
-                desc="eval: initial (A/A)",
-            )
+            aa_second, _ = sample(m, config.seed + 20_011, "eval: initial (A/A)")
         aa_rows = [(i, i) for i in range(len(prompts))]
         aa_first, k_aa = list(initial), 1
     aa_prompts = [rows_prompts[a] for a, _ in aa_rows]
@@ -380,17 +357,7 @@ def evaluate(
     if reward_fn is not None:
         r_t = reward_fn(rows_prompts, trained)
         r_i = reward_fn(rows_prompts, initial)
-        reward.update(
-            initial=sum(r_i) / len(r_i),
-            trained=sum(r_t) / len(r_t),
-            **st.paired_test(
-                [
-                    a - b
-                    for a, b in zip(st.per_prompt_means(r_t, k), st.per_prompt_means(r_i, k), strict=True)
-                ],
-                seed=config.seed,
-            ),
-        )
+        reward.update(st.paired_gain(r_t, r_i, k, seed=config.seed))
     else:
         reward["unavailable"] = why_not
     t_reward = time.perf_counter() - t2
@@ -403,15 +370,7 @@ def evaluate(
         g_t, g_i = rouge_l(refs_rows, trained), rouge_l(refs_rows, initial)
         rouge = {
             "metric": "ROUGE-L F-measure against dataset.evalReferences (rouge-score, Porter stemmer)",
-            "initial": sum(g_i) / len(g_i),
-            "trained": sum(g_t) / len(g_t),
-            **st.paired_test(
-                [
-                    a - b
-                    for a, b in zip(st.per_prompt_means(g_t, k), st.per_prompt_means(g_i, k), strict=True)
-                ],
-                seed=config.seed,
-            ),
+            **st.paired_gain(g_t, g_i, k, seed=config.seed),
         }
 
     # (b) the judge, its A/A null, and length control

@@ -72,3 +72,15 @@ def test_length_control_keeps_a_quality_effect_and_stays_in_the_unit_interval():
     assert 0 <= lo <= hi <= 1
     flat = length_controlled_win_rate([0.7, 0.6, 0.8], [2, 2, 2])  # no length spread
     assert flat["win_rate_at_equal_length"] == pytest.approx(0.7, abs=1e-6) and flat["length_coef"] is None
+
+
+def test_paired_gain_compares_per_prompt_means():
+    from rlaif_trainer.feedback.evalstats import paired_gain
+
+    # two prompts, two samples each (prompt-major): per-prompt means 1.5, 3.5 against 0, 1
+    r = paired_gain([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0], 2, seed=0)
+    assert r["trained"] == 2.5 and r["initial"] == 0.5
+    assert r["mean_diff"] == pytest.approx(2.0) and r["n_prompts"] == 2
+    assert r == paired_gain([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0], 2, seed=0)  # seeded
+    with pytest.raises(ValueError, match="groups of 2"):
+        paired_gain([1.0, 2.0, 3.0], [0.0, 0.0, 1.0], 2)
