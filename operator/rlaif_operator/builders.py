@@ -287,6 +287,28 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
+def pod_placement(job: RLAIFJob, settings: Settings) -> dict[str, Any]:
+    """Where and at what priority the job's pods run (stage pods and the labeler server's): the
+    priority class, podTemplate's node selector, tolerations (after the operator's defaults),
+    affinity and image pull secrets."""
+    tpl = job.spec.pod_template or api.PodTemplateOverrides()
+    placement: dict[str, Any] = {}
+    if job.spec.run_policy.priority_class_name:
+        placement["priorityClassName"] = job.spec.run_policy.priority_class_name
+    if tpl.node_selector:
+        placement["nodeSelector"] = dict(tpl.node_selector)
+    tolerations = [dict(t) for t in settings.default_tolerations] + [
+        t.to_wire() for t in tpl.tolerations or []
+    ]
+    if tolerations:
+        placement["tolerations"] = tolerations
+    if tpl.affinity:
+        placement["affinity"] = dict(tpl.affinity)
+    if tpl.image_pull_secrets:
+        placement["imagePullSecrets"] = [s.to_wire() for s in tpl.image_pull_secrets]
+    return placement
+
+
 def build_stage_job(
     job: RLAIFJob, owner: Owner, stage: str, attempt: int, settings: Settings, image: str
 ) -> dict[str, Any]:
@@ -371,19 +393,7 @@ def build_stage_job(
     sa = tpl.service_account_name or settings.trainer_service_account
     if sa:
         pod_spec["serviceAccountName"] = sa
-    if spec.run_policy.priority_class_name:
-        pod_spec["priorityClassName"] = spec.run_policy.priority_class_name
-    if tpl.node_selector:
-        pod_spec["nodeSelector"] = dict(tpl.node_selector)
-    tolerations = [dict(t) for t in settings.default_tolerations] + [
-        t.to_wire() for t in tpl.tolerations or []
-    ]
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if tpl.affinity:
-        pod_spec["affinity"] = dict(tpl.affinity)
-    if tpl.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [s.to_wire() for s in tpl.image_pull_secrets]
+    pod_spec.update(pod_placement(job, settings))
 
     pod_annotations = {**(tpl.annotations or {}), ANNOTATION_JOB_NAME: owner.name}
     pod_labels = {**(tpl.labels or {}), **own_labels}

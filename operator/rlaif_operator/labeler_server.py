@@ -36,6 +36,7 @@ from .builders import (
     labeler_server_endpoint,
     labeler_server_name,
     object_metadata,
+    pod_placement,
     pod_security_context,
     resource_amounts,
 )
@@ -132,19 +133,7 @@ def build_server(job: RLAIFJob, owner: Owner, settings: Settings, trainer_image:
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         ],
     }
-    if job.spec.run_policy.priority_class_name:
-        pod_spec["priorityClassName"] = job.spec.run_policy.priority_class_name
-    if tpl.node_selector:
-        pod_spec["nodeSelector"] = dict(tpl.node_selector)
-    tolerations = [dict(t) for t in settings.default_tolerations] + [
-        t.to_wire() for t in tpl.tolerations or []
-    ]
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if tpl.affinity:
-        pod_spec["affinity"] = dict(tpl.affinity)
-    if tpl.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [s.to_wire() for s in tpl.image_pull_secrets]
+    pod_spec.update(pod_placement(job, settings))
     labels = dict(select)
     queue = job.spec.run_policy.queue_name or settings.default_queue_name
     deploy_labels = {**labels, **({KUEUE_QUEUE_LABEL: queue} if queue else {})}
