@@ -16,6 +16,12 @@ measures from the client side, with watches on stage Jobs and Pods:
   script), both divided by N.
 
 kwok completes each stage pod after ``--run-seconds``. Run ``python benchmarks/bench_operator.py --help``.
+
+With ``--progress-scrape-seconds 0 30`` each N runs twice, without and with the live progress
+scrape (issue 14): kwok then gives pods loopback IPs (127.0.0.0/16), and one real trainer metrics
+server (``rlaif_trainer.metrics``, its progress advancing every second) listens on all of them, so
+the operator scrapes N real endpoints; the status writes per job (the operator's PATCHes) and its
+CPU seconds compare the two.
 """
 
 from __future__ import annotations
@@ -146,6 +152,30 @@ def operator_metric(port: int, name: str) -> float:
     )
 
 
+def operator_requests(port: int, method: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("rlaif_api_requests_total{") and f'method="{method}"' in line
+    )
+
+
+# A trainer process's metrics server (the trainer's own code), whose progress advances each second.
+TRAINER_METRICS = """
+import sys, time
+from rlaif_trainer import metrics
+rec = metrics.serve(int(sys.argv[1]), "0.0.0.0")
+i = 0
+while True:
+    i += 1
+    rec.record_step(samples=8, seconds=1.0, loss=1.0 / i, reward=0.01 * i, kl=0.001 * i)
+    rec.record_progress((i % 600) / 600, pairs_labelled=i)
+    time.sleep(1.0)
+"""
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -208,7 +238,9 @@ def shared_claim(cluster: Cluster, namespace: str) -> None:
     )
 
 
-def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+def run_one(
+    cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path, scrape: float | None = None
+) -> dict[str, Any]:
     namespace = f"bench-n{n}-{int(time.time()) % 100000}"
     cluster.request(
         "POST",
@@ -225,6 +257,9 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
                 "--trainer-image", "registry.example/rlaif-trainer:bench",
                 "--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port),
                 "--workers", str(args.workers), "--log-level", "WARNING",
+                *(() if scrape is None else (
+                    "--progress-scrape-seconds", str(scrape), "--trainer-metrics-port", str(args.trainer_port),
+                )),
             ],
             stdout=log, stderr=subprocess.STDOUT, env=cluster.env(), cwd=ROOT,
         )  # fmt: skip
@@ -245,6 +280,7 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
             w.ready.wait(30)
         api_before = apiserver_requests(cluster)
         op_before = operator_metric(metrics_port, "rlaif_api_requests_total")
+        patch_before = operator_requests(metrics_port, "PATCH")
 
         applied: dict[str, float] = {}
         names = [f"job-{i:04d}" for i in range(n)]
@@ -284,6 +320,7 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
         time.sleep(1.0)
         api_after = apiserver_requests(cluster)
         op_after = operator_metric(metrics_port, "rlaif_api_requests_total")
+        patch_after = operator_requests(metrics_port, "PATCH")
         rss = peak_rss_mib(proc.pid)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             (log_dir / f"metrics-{namespace}.txt").write_bytes(resp.read())
@@ -352,6 +389,9 @@ def run_one(cluster: Cluster, n: int, args: argparse.Namespace, log_dir: Path) -
             "reconciles": reconciles,
             "reconcile_seconds_mean": reconcile_seconds / reconciles if reconciles else None,
             "operator_api_requests_per_job": (op_after - op_before) / n,
+            "progress_scrape_seconds": scrape,
+            # the status writes (and any ConfigMap update)
+            "operator_patches_per_job": (patch_after - patch_before) / n,
             "apiserver_requests_per_job": sum(api_delta.values()) / n,
             "apiserver_requests_per_job_by_resource": {
                 k: round(v / n, 2) for k, v in list(api_delta.items())[:12]
@@ -388,11 +428,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=64, help="operator --workers (default 64)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--progress-scrape-seconds",
+        type=float,
+        nargs="+",
+        help="run each N once per value with the operator's live progress scrape at this interval (0: off), "
+        "against a real trainer metrics server on the fake pods' loopback IPs (default: the operator's default, no server)",
+    )
     args = parser.parse_args(argv)
 
     max_n = max(args.jobs)
-    cluster = Cluster(nodes=4, gpus_per_node=max_n, node_pods=max_n * 2 + 50)
+    progress = args.progress_scrape_seconds is not None
+    cluster = Cluster(
+        nodes=4,
+        gpus_per_node=max_n,
+        node_pods=max_n * 2 + 50,
+        **({"pod_cidr": "127.0.0.1/16"} if progress else {}),  # type: ignore[arg-type]
+    )
     cluster.start()
+    server: subprocess.Popen[bytes] | None = None
+    if progress:
+        args.trainer_port = free_port()
+        server = subprocess.Popen([sys.executable, "-c", TRAINER_METRICS, str(args.trainer_port)], cwd=ROOT)
     log_dir = Path(os.environ.get("BENCH_LOG_DIR", cluster.dir / "bench-logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -400,10 +457,14 @@ def main(argv: list[str] | None = None) -> int:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "rlaif.dev_rlaifjobs.yaml"))
         cluster.wait_for("CRD served", lambda: cluster.get(f"{GROUP_PATH}/rlaifjobs") is not None, timeout=60)
         for n in args.jobs:
-            result = run_one(cluster, n, args, log_dir)
-            results.append(result)
-            print(json.dumps(result, indent=2), flush=True)
+            for scrape in args.progress_scrape_seconds or [None]:
+                result = run_one(cluster, n, args, log_dir, scrape)
+                results.append(result)
+                print(json.dumps(result, indent=2), flush=True)
     finally:
+        if server is not None:
+            server.kill()
+            server.wait()
         cluster.stop()
     machine = {
         "cpus": os.cpu_count(),
@@ -426,14 +487,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
     print(
-        "\n| N | apply→Job p50 / p99 (s) | stage done→next Job p50 / p99 (s) | all Succeeded (s) | stuck | operator peak RSS (MiB) | operator API req/job | apiserver req/job |"
+        "\n| N | scrape (s) | apply→Job p50 / p99 (s) | stage done→next Job p50 / p99 (s) | all Succeeded (s) | stuck | operator peak RSS (MiB) | operator CPU (s) | operator API req/job | operator PATCH/job | apiserver req/job |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         a, h = r["apply_to_first_job_s"], r["stage_done_to_next_job_s"]
         print(
-            f"| {r['n']} | {fmt(a['p50'])} / {fmt(a['p99'])} | {fmt(h['p50'])} / {fmt(h['p99'])} | {fmt(r['all_succeeded_s'])} "
-            f"| {r['stuck']} | {r['operator_peak_rss_mib']:.0f} | {r['operator_api_requests_per_job']:.1f} | {r['apiserver_requests_per_job']:.1f} |"
+            f"| {r['n']} | {r['progress_scrape_seconds'] if r['progress_scrape_seconds'] is not None else '-'} "
+            f"| {fmt(a['p50'])} / {fmt(a['p99'])} | {fmt(h['p50'])} / {fmt(h['p99'])} | {fmt(r['all_succeeded_s'])} "
+            f"| {r['stuck']} | {r['operator_peak_rss_mib']:.0f} | {r['operator_cpu_seconds']:.1f} | {r['operator_api_requests_per_job']:.1f} "
+            f"| {r['operator_patches_per_job']:.2f} | {r['apiserver_requests_per_job']:.1f} |"
         )
     return 0 if all(r["stuck"] == 0 for r in results) else 1
 

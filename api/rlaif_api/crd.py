@@ -186,6 +186,12 @@ PRINTER_COLUMNS = [
         "description": "Stages done of stages listed.",
     },
     {
+        "name": "Stage-%",
+        "type": "integer",
+        "jsonPath": ".status.progressPercentage",
+        "description": "Share of the running stage's work done (live, from its pods' metrics).",
+    },
+    {
         "name": "Win-Rate",
         "type": "number",
         "format": "float",

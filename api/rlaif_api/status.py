@@ -105,6 +105,33 @@ class Condition(ApiModel):
     )
 
 
+class ProgressMetric(ApiModel):
+    """One live metric of a running stage, as in Kubeflow Trainer's ``trainerStatus.metrics``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63)] = Field(
+        description="The metric: reward, kl, loss, pairsLabelled or samplesPerSecond."
+    )
+    value: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        description="Its latest value, as a decimal string."
+    )
+
+
+class StageProgress(ApiModel):
+    """Live progress of a running stage, read from its pods' metrics port by the operator (shaped
+    after Kubeflow Trainer's ``trainerStatus``). Written at most once per 30 s per job."""
+
+    progress_percentage: int | None = Field(
+        None, ge=0, le=100, description="Share of the stage's work done, 0 to 100."
+    )
+    estimated_remaining_seconds: int | None = Field(
+        None, ge=0, description="Seconds until the stage's work is done, at the rate so far."
+    )
+    metrics: list[ProgressMetric] = Field(
+        default_factory=list, max_length=8, description="The latest headline metrics of the stage."
+    )
+    last_updated_time: str = Field(description="When these values were read (RFC 3339).")
+
+
 class StageStatus(ApiModel):
     """Progress of one stage."""
 
@@ -128,6 +155,9 @@ class StageStatus(ApiModel):
     )
     metrics: KubeObject | None = Field(
         None, description="Headline metrics from the stage's summary (its termination message)."
+    )
+    progress: StageProgress | None = Field(
+        None, description="Live progress while the stage runs, from its pods' metrics."
     )
 
 
@@ -223,6 +253,12 @@ class RLAIFJobStatus(ApiModel):
         None, description="The stage running or next to run; once the job ended, the stage it ended in."
     )
     progress: str | None = Field(None, description="Stages done out of stages listed, e.g. 2/4.")
+    progress_percentage: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="The running stage's stages.<stage>.progress.progressPercentage, here for the printer column.",
+    )
     current_attempt: int | None = Field(
         None, ge=0, description="Attempt number of the current stage's latest Job (1 unless it was retried)."
     )

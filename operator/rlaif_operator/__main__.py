@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"container port (named `metrics`) where stage pods serve Prometheus metrics (default {DEFAULT_TRAINER_METRICS_PORT}; 0: none)",
     )
     parser.add_argument(
+        "--progress-scrape-seconds",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often to read the running stage pods' metrics port (at the pod IP) for status.stages.<stage>.progress; "
+        "progress is written at most once per 30 s per job either way (default 30; 0: never)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=64,
@@ -195,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         default_queue_name=args.default_queue_name,
         default_tolerations=tolerations,
         trainer_metrics_port=args.trainer_metrics_port,
+        progress_scrape_seconds=max(args.progress_scrape_seconds, 0.0),
     )
     metrics = Metrics()
     if args.metrics_port:

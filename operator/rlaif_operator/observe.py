@@ -70,6 +70,7 @@ class PodInfo:
     started_at: str | None = None
     finished_at: str | None = None
     waiting: str | None = None  # why the pod is stuck before running, e.g. "ImagePullBackOff: ..."
+    ip: str | None = None  # status.podIP: where the operator reads the stage's live progress
     rank: int | None = None  # the completion index of an Indexed Job's pod (a JobSet's node rank)
 
 
@@ -178,6 +179,7 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
         if waiting and (status.get("phase") or "Pending") == "Pending"
         else None,
         rank=_completion_index(meta),
+        ip=status.get("podIP") or None,
     )
 
 
@@ -301,6 +303,8 @@ class Observed:
     # stage Job name -> the API server's message, for a Job refused as invalid (HTTP 422) for the
     # current spec: it would be refused again, so the job fails instead of retrying
     invalid: dict[str, str] = field(default_factory=dict)
+    # stage -> the latest live progress scraped from its running pods (progress.ProgressScraper)
+    progress: dict[str, Any] = field(default_factory=dict)
     # Whether the cluster serves jobset.x-k8s.io/v1alpha2 (multi-node stages run as JobSets): False
     # once creating a JobSet was answered "no such resource", None while unknown
     jobset_api: bool | None = None

@@ -58,6 +58,7 @@ from .events import diff_events
 from .labeler_server import ServerStep, server_step
 from .observe import Observed, StageView, attempt_of, stage_view, truncate
 from .plan import EventSpec, Plan
+from .progress import finished, next_progress
 from .settings import Settings
 from .timing import backoff_delay, fmt_time, parse_time
 
@@ -176,6 +177,7 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
                 st.completion_time = view.succeeded.finished or now_s
                 st.job_name = view.succeeded.job_name
                 st.message = f"attempt {view.succeeded.number} succeeded"
+                st.progress = finished(st.progress, now_s)
                 if view.succeeded.summary is not None:
                     st.metrics = {k: v for k, v in view.succeeded.summary.items() if k != "stage"}
                     for key, target in RESULT_KEYS.get(stage, {}).items():
@@ -298,6 +300,8 @@ def reconcile(body: dict[str, Any], observed: Observed, now: datetime, settings:
     new.stages = api.StagesStatus(**stages_status)
     shown = stages_status.get(new.current_stage) if new.current_stage else None
     new.current_attempt = shown.attempts if shown is not None and shown.attempts else None
+    running = shown is not None and shown.state == "Running" and shown.progress is not None
+    new.progress_percentage = shown.progress.progress_percentage if running else None  # type: ignore[union-attr]
     new.conditions = set_conditions(old.conditions, conditions_for(phase, reason, message), now_s, generation)
     if current is None:  # every stage succeeded: nothing asks the labeler any more
         server = _server(plan, job, owner, settings, observed, old, None, False, now)
@@ -357,6 +361,8 @@ def _advance(
         )
         st.state = "Running"
         st.message = f"attempt {live.number} running{AFTER_PREEMPTION if again else ''} (job {live.job_name})"
+        # live progress from the pods' metrics port: at most one write per 30 s, none if unchanged
+        st.progress = next_progress(st.progress, observed.progress.get(stage), now)
         pods = observed.pods.get(live.job_name, [])
         stuck = next((p for p in reversed(pods) if p.waiting), None)
         if stuck is not None:

@@ -25,3 +25,5 @@ class Settings:
     wait_requeue_seconds: float = 30.0
     default_tolerations: tuple[dict[str, Any], ...] = ()
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT  # 0: stage pods serve no metrics
+    # how often the operator reads the running stage pods' metrics for status.stages.*.progress; 0: never
+    progress_scrape_seconds: float = 30.0

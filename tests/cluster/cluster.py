@@ -151,8 +151,12 @@ class Cluster:
         bins: Mapping[str, Path] | None = None,
         verbosity: int = 1,
         real_node: bool = False,
+        pod_cidr: str = "10.244.0.1/16",
     ) -> None:
         self.node_count = nodes
+        # kwok's pod IPs; a benchmark gives 127.0.0.1/16 so that every fake pod's IP reaches one
+        # real process on loopback (benchmarks/bench_operator.py --progress-scrape-seconds)
+        self.pod_cidr = pod_cidr
         self.gpus_per_node = gpus_per_node
         self.node_cpu = node_cpu
         self.node_memory = node_memory
@@ -654,7 +658,7 @@ class Cluster:
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             "--node-lease-duration-seconds=40",
-            "--cidr=10.244.0.1/16",
+            f"--cidr={self.pod_cidr}",
             "--node-ip=10.240.0.1",  # default for nodes created without addresses
             f"--server-address=127.0.0.1:{self.ports['kwok']}",
         ]

@@ -93,13 +93,14 @@ def test_printer_columns_and_explain(cluster: Cluster, crd: None, namespace: str
             "phase": "Evaluating",
             "currentStage": "evaluate",
             "progress": "3/4",
+            "progressPercentage": 40,
             "results": {"winRateVsInitial": 0.625},
         },
     )
     table = cluster.kubectl("get", "rlaif", "-n", namespace).stdout
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "WIN-RATE", "AGE"]
-    assert row.split()[:5] == ["columns", "Evaluating", "evaluate", "3/4", "0.625"]
+    assert header.split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "STAGE-%", "WIN-RATE", "AGE"]
+    assert row.split()[:6] == ["columns", "Evaluating", "evaluate", "3/4", "40", "0.625"]
     explained = cluster.kubectl("explain", "rlaifjob.spec.labeler").stdout
     assert "position bias" in explained
     assert "principles" in explained and "yes/no" in explained

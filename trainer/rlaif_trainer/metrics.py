@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,8 @@ GAUGES = {
     "reward": "Mean reward of the responses of the latest RL step.",
     "kl": "Mean KL divergence from the reference policy of the latest RL step.",
     "progress_ratio": "Share of the stage's work done, 0 to 1, counting work done before a restart.",
+    "estimated_remaining_seconds": "Seconds until the stage's work is done, at this process's rate so far.",
+    "pairs_labelled": "Pairs labelled so far (label), counting pairs labelled before a restart.",
 }
 
 
@@ -85,6 +88,7 @@ class TrainerMetrics:
             registry=self.registry,
         )
         self._server: Any = None
+        self._progress_start: tuple[float, float] | None = None  # (monotonic time, ratio) of the first report
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns the bound port."""
@@ -124,8 +128,20 @@ class TrainerMetrics:
         if progress is not None:
             self.record_progress(progress)
 
-    def record_progress(self, ratio: float) -> None:
-        self.gauges.set("progress_ratio", min(max(float(ratio), 0.0), 1.0))
+    def record_progress(self, ratio: float, *, pairs_labelled: int | None = None) -> None:
+        ratio = min(max(float(ratio), 0.0), 1.0)
+        self.gauges.set("progress_ratio", ratio)
+        if pairs_labelled is not None:
+            self.gauges.set("pairs_labelled", pairs_labelled)
+        # The remaining time at this process's own rate: work found done at start (a resumed stage)
+        # does not count as speed.
+        now = time.monotonic()
+        if self._progress_start is None:
+            self._progress_start = (now, ratio)
+            return
+        t0, r0 = self._progress_start
+        if ratio > r0 and now > t0:
+            self.gauges.set("estimated_remaining_seconds", (1.0 - ratio) * (now - t0) / (ratio - r0))
 
 
 _active: TrainerMetrics | None = None
@@ -174,7 +190,7 @@ def record_step(
         )
 
 
-def record_progress(ratio: float) -> None:
+def record_progress(ratio: float, *, pairs_labelled: int | None = None) -> None:
     """Progress without a step, e.g. the work a resumed stage finds already done."""
     if _active is not None:
-        _active.record_progress(ratio)
+        _active.record_progress(ratio, pairs_labelled=pairs_labelled)

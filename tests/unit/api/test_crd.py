@@ -101,6 +101,7 @@ def test_crd_surface():
         "Phase",
         "Stage",
         "Progress",
+        "Stage-%",
         "Win-Rate",
         "Age",
         "Reason",

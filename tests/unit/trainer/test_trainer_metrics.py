@@ -101,6 +101,7 @@ def test_server_exposes_recorded_steps_without_labels() -> None:
         "rlaif_trainer_reward": -0.75,
         "rlaif_trainer_kl": 0.02,
         "rlaif_trainer_progress_ratio": 1.0,  # clamped
+        "rlaif_trainer_estimated_remaining_seconds": 0.0,  # all done
     }
     assert set(DASHBOARD_FAMILIES) <= set(got)
     with pytest.raises(urllib.error.URLError):
@@ -334,3 +335,16 @@ def test_serve_makes_the_recorder_active_and_close_undoes_it() -> None:
         assert metrics.active() is other
     finally:
         metrics.activate(None)
+
+
+def test_remaining_seconds_at_the_process_own_rate(monkeypatch) -> None:
+    """The estimate counts only this process's progress: a resumed stage's head start is no speed."""
+    clock = [100.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    rec = metrics.TrainerMetrics()
+    rec.record_progress(0.4, pairs_labelled=40)  # found done on start
+    assert rec.gauges.get("estimated_remaining_seconds") is None
+    clock[0] = 110.0
+    rec.record_progress(0.5, pairs_labelled=50)  # 10% in 10 s: 50% left takes 50 s
+    assert rec.gauges.get("estimated_remaining_seconds") == pytest.approx(50.0)
+    assert rec.gauges.get("pairs_labelled") == 50

@@ -56,7 +56,7 @@ def label_pairs(
         done = len(pairs) - len(todo)
         bar = tqdm(total=len(pairs), initial=done, desc="label", unit="pair", disable=not progress)
         t0 = time.perf_counter()
-        prom.record_progress(done / max(len(pairs), 1))
+        prom.record_progress(done / max(len(pairs), 1), pairs_labelled=done)
         try:
             for s in range(0, len(todo), chunk_size):
                 t_chunk = time.perf_counter()
@@ -74,9 +74,8 @@ def label_pairs(
                 out.write_many(recs)
                 bar.update(len(chunk))
                 done += len(chunk)
-                prom.record_step(
-                    samples=len(chunk), seconds=time.perf_counter() - t_chunk, progress=done / len(pairs)
-                )
+                prom.record_step(samples=len(chunk), seconds=time.perf_counter() - t_chunk)
+                prom.record_progress(done / len(pairs), pairs_labelled=done)
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
