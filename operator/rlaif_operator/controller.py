@@ -37,6 +37,7 @@ from .kube import PLURALS, RETRYABLE, ApiError, KubeClient, collection_path, obj
 from .metrics import Metrics
 from .observe import JobInfo, Observed, PodInfo, ServerInfo, summarize_jobset
 from .plan import EventSpec, Plan
+from .progress import ProgressScraper
 from .reconcile import reconcile
 from .settings import Settings
 from .timing import backoff_delay, fmt_time
@@ -157,6 +158,11 @@ class Controller:
         self.jobset_missing_until = 0.0
         self.tasks: list[asyncio.Task[None]] = []
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+        self.progress: ProgressScraper | None = (
+            ProgressScraper(self, settings.trainer_metrics_port, settings.progress_scrape_seconds)
+            if settings.trainer_metrics_port and settings.progress_scrape_seconds > 0
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,6 +170,8 @@ class Controller:
             self.tasks.append(asyncio.create_task(self._worker(), name=f"rlaif-worker-{i}"))
         self.tasks.append(asyncio.create_task(self._resync(), name="rlaif-resync"))
         self.tasks.append(asyncio.create_task(self._lag_probe(), name="rlaif-lag-probe"))
+        if self.progress is not None:
+            self.tasks.append(asyncio.create_task(self.progress.run(), name="rlaif-progress"))
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -376,6 +384,7 @@ class Controller:
             jobset_api=False
             if self.jobset_api is False or now < self.jobset_missing_until
             else self.jobset_api,
+            progress=self.progress.samples((namespace, name)) if self.progress is not None else {},
             server=self._server(namespace, name, uid),
         )
 
