@@ -77,18 +77,22 @@ def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name(attrs)
 
 
-def _sign(
+def sign(
     *,
     subject: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
     issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     is_ca: bool = False,
     server: bool = False,
     client: bool = False,
     dns: tuple[str, ...] = (),
     ips: tuple[str, ...] = (),
+    validity: _dt.timedelta = _VALIDITY,
 ) -> x509.Certificate:
+    """A certificate for ``public_key`` signed by ``issuer_key``: a CA (cert and CRL signing), or a
+    leaf for server and/or client auth; the SANs are ``dns`` and ``ips``. (Also Kueue's webhook CA
+    and serving certificate, tests/cluster/kueue.py.)"""
     now = _dt.datetime.now(_dt.timezone.utc)
     builder = (
         x509.CertificateBuilder()
@@ -97,7 +101,7 @@ def _sign(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
@@ -152,7 +156,7 @@ def generate(directory: Path, *, service_ip: str = "10.0.0.1", extra_ips: tuple[
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _new_key()
     ca_name = _name("rlaif-test-ca")
-    ca_cert = _sign(
+    ca_cert = sign(
         subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, issuer_key=ca_key, is_ca=True
     )
     ca = CertPair(directory / "ca.crt", directory / "ca.key")
@@ -170,7 +174,7 @@ def generate(directory: Path, *, service_ip: str = "10.0.0.1", extra_ips: tuple[
         ips: tuple[str, ...] = (),
     ) -> CertPair:
         key = _new_key()
-        cert = _sign(
+        cert = sign(
             subject=_name(cn, orgs),
             public_key=key.public_key(),
             issuer=ca_name,
@@ -250,7 +254,7 @@ def issue(
     ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = _new_key()
-    cert = _sign(
+    cert = sign(
         subject=_name(cn, orgs),
         public_key=key.public_key(),
         issuer=ca_cert.subject,

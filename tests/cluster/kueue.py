@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
-import ipaddress
 import json
 import os
 import shutil
@@ -54,11 +53,12 @@ from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from . import binaries
+from .certs import sign
 from .cluster import Cluster, ClusterError, free_port, write_kubeconfig
 from .procs import Process
 
@@ -134,7 +134,6 @@ def webhook_certs() -> WebhookCerts:
 
     The rotator keeps a Secret's certificates only when they stay valid 90 days ahead and the CA
     verifies for the DNS name ``kueue-ca``, hence the long validity and that SAN."""
-    now = _dt.datetime.now(_dt.timezone.utc)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name(
         [
@@ -142,48 +141,26 @@ def webhook_certs() -> WebhookCerts:
             x509.NameAttribute(NameOID.COMMON_NAME, "kueue-ca"),
         ]
     )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("kueue-ca")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    ca = sign(
+        subject=ca_name,
+        public_key=ca_key.public_key(),
+        issuer=ca_name,
+        issuer_key=ca_key,
+        is_ca=True,
+        dns=("kueue-ca",),
+        validity=_dt.timedelta(days=3650),
     )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     svc = f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc"
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, svc)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(svc),
-                    x509.DNSName(svc + ".cluster.local"),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    cert = sign(
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, svc)]),
+        public_key=key.public_key(),
+        issuer=ca_name,
+        issuer_key=ca_key,
+        server=True,
+        dns=(svc, svc + ".cluster.local", "localhost"),
+        ips=("127.0.0.1",),
+        validity=_dt.timedelta(days=365),
     )
 
     def pem_key(k: rsa.RSAPrivateKey) -> bytes:

@@ -54,6 +54,27 @@ def gpu_job(name: str, namespace: str, queue: str, gpus: int = 8, **kw: Any) -> 
     return manifest
 
 
+def gpu_queue(cluster: Cluster, namespace: str, queues: Kueue, *, priorities: bool = False) -> str:
+    """What every test here starts from: the workspace claim bound and an 8-GPU LocalQueue for the
+    namespace (and, with ``priorities``, the LOW and HIGH PriorityClasses); returns the queue."""
+    bind_claim(cluster, namespace, "workspace")
+    if priorities:
+        queues.priority_class(LOW, 100)
+        queues.priority_class(HIGH, 1000)
+    return queues.queue(namespace, gpus=8)
+
+
+def holding_the_quota(
+    cluster: Cluster, namespace: str, queue: str, name: str, run_seconds: float, **kw: Any
+) -> dict[str, Any]:
+    """Job ``name`` admitted with the queue's whole 8-GPU quota; returns its running label pod."""
+    create_job(cluster, gpu_job(name, namespace, queue, run_seconds=run_seconds, **kw))
+    pod: dict[str, Any] = wait_until(
+        f"{name} running", lambda: running_pod(cluster, namespace, f"{name}-label-1"), timeout=30
+    )
+    return pod
+
+
 def workload_of(kueue: Kueue, namespace: str, job_name: str) -> dict[str, Any] | None:
     """The Workload Kueue made for the batch/v1 Job ``job_name`` (owned by it)."""
     for wl in kueue.workloads(namespace):
@@ -109,8 +130,7 @@ def assert_held(
 def test_stage_jobs_are_created_suspended_in_the_queue_and_admitted_by_kueue(
     cluster: Cluster, namespace: str, operator: OperatorProcess, queues: Kueue
 ) -> None:
-    bind_claim(cluster, namespace, "workspace")
-    queue = queues.queue(namespace, gpus=8)
+    queue = gpu_queue(cluster, namespace, queues)
     create_job(cluster, gpu_job("admit", namespace, queue, gpus=2, stages=["label", "reward"]))
     st = wait_phase(cluster, namespace, "admit", "Succeeded", timeout=90)
     assert st["progress"] == "2/2"
@@ -140,10 +160,8 @@ def test_stage_jobs_are_created_suspended_in_the_queue_and_admitted_by_kueue(
 def test_a_job_waits_while_the_quota_is_used_then_runs(
     cluster: Cluster, namespace: str, operator: OperatorProcess, queues: Kueue
 ) -> None:
-    bind_claim(cluster, namespace, "workspace")
-    queue = queues.queue(namespace, gpus=8)
-    create_job(cluster, gpu_job("first", namespace, queue, run_seconds=6))
-    wait_until("first's pod running", lambda: running_pod(cluster, namespace, "first-label-1"), timeout=30)
+    queue = gpu_queue(cluster, namespace, queues)
+    holding_the_quota(cluster, namespace, queue, "first", run_seconds=6)
 
     create_job(cluster, gpu_job("second", namespace, queue))
     wait_until("second's stage Job", lambda: batch_job(cluster, namespace, "second-label-1"), timeout=30)
@@ -204,12 +222,8 @@ def test_two_queues_the_higher_priority_workload_is_admitted_first(
 def test_a_higher_priority_workload_preempts_a_running_stage_which_resumes_later(
     cluster: Cluster, namespace: str, operator: OperatorProcess, queues: Kueue
 ) -> None:
-    bind_claim(cluster, namespace, "workspace")
-    queues.priority_class(LOW, 100)
-    queues.priority_class(HIGH, 1000)
-    queue = queues.queue(namespace, gpus=8)  # withinClusterQueue: LowerPriority
-    create_job(cluster, gpu_job("low", namespace, queue, run_seconds=8, priorityClassName=LOW))
-    first_pod = wait_until("low running", lambda: running_pod(cluster, namespace, "low-label-1"), timeout=30)
+    queue = gpu_queue(cluster, namespace, queues, priorities=True)  # withinClusterQueue: LowerPriority
+    first_pod = holding_the_quota(cluster, namespace, queue, "low", run_seconds=8, priorityClassName=LOW)
 
     create_job(cluster, gpu_job("high", namespace, queue, run_seconds=1, priorityClassName=HIGH))
     # Kueue evicts low's workload: the Job is suspended again and its running pod deleted.
@@ -243,10 +257,8 @@ def test_a_higher_priority_workload_preempts_a_running_stage_which_resumes_later
 def test_run_policy_suspend_alongside_kueues_own_suspension(
     cluster: Cluster, namespace: str, operator: OperatorProcess, queues: Kueue
 ) -> None:
-    bind_claim(cluster, namespace, "workspace")
-    queue = queues.queue(namespace, gpus=8)
-    create_job(cluster, gpu_job("blocker", namespace, queue, run_seconds=30))
-    wait_until("blocker running", lambda: running_pod(cluster, namespace, "blocker-label-1"), timeout=30)
+    queue = gpu_queue(cluster, namespace, queues)
+    holding_the_quota(cluster, namespace, queue, "blocker", run_seconds=30)
     create_job(cluster, gpu_job("waiter", namespace, queue))
     wait_until("waiter's Workload", lambda: workload_of(queues, namespace, "waiter-label-1"), timeout=30)
     # Kueue's suspension is not the user's: the waiting job is not Suspended.

@@ -23,7 +23,6 @@ from tests.cluster.cluster import ClusterError
 from tests.cluster.kueue import Kueue
 from tests.integration.operator_support import (
     OperatorProcess,
-    bind_claim,
     condition,
     crd_installed,
     create_job,
@@ -42,8 +41,9 @@ from tests.integration.test_kueue import (
     LOW,
     batch_job,
     gpu_job,
+    gpu_queue,
+    holding_the_quota,
     queues,
-    running_pod,
     workload_of,
 )
 
@@ -81,10 +81,8 @@ def started_events(cluster: Cluster, namespace: str, name: str) -> list[str]:
 def test_a_queued_job_is_not_running_until_kueue_admits_it(
     cluster: Cluster, namespace: str, operator: OperatorProcess, queues: Kueue
 ) -> None:
-    bind_claim(cluster, namespace, "workspace")
-    queue = queues.queue(namespace, gpus=8)
-    create_job(cluster, gpu_job("blocker", namespace, queue, run_seconds=60))
-    wait_until("blocker running", lambda: running_pod(cluster, namespace, "blocker-label-1"), timeout=30)
+    queue = gpu_queue(cluster, namespace, queues)
+    holding_the_quota(cluster, namespace, queue, "blocker", run_seconds=60)
     create_job(cluster, gpu_job("waiter", namespace, queue, run_seconds=60, activeDeadlineSeconds=4))
 
     st = queued(cluster, namespace, "waiter")
@@ -149,10 +147,8 @@ def test_a_queued_job_is_not_running_until_kueue_admits_it(
 def test_queue_timeout_fails_a_job_that_waits_too_long(
     cluster: Cluster, namespace: str, operator: OperatorProcess, queues: Kueue
 ) -> None:
-    bind_claim(cluster, namespace, "workspace")
-    queue = queues.queue(namespace, gpus=8)
-    create_job(cluster, gpu_job("blocker", namespace, queue, run_seconds=60))
-    wait_until("blocker running", lambda: running_pod(cluster, namespace, "blocker-label-1"), timeout=30)
+    queue = gpu_queue(cluster, namespace, queues)
+    holding_the_quota(cluster, namespace, queue, "blocker", run_seconds=60)
     create_job(cluster, gpu_job("impatient", namespace, queue, queueTimeoutSeconds=3))
     queued(cluster, namespace, "impatient")
     st = wait_phase(cluster, namespace, "impatient", "Failed", timeout=30)
@@ -170,14 +166,10 @@ def test_queue_timeout_fails_a_job_that_waits_too_long(
 def test_a_preempted_stage_is_queued_again_and_resumes_as_the_same_attempt(
     cluster: Cluster, namespace: str, operator: OperatorProcess, queues: Kueue
 ) -> None:
-    bind_claim(cluster, namespace, "workspace")
-    queues.priority_class(LOW, 100)
-    queues.priority_class(HIGH, 1000)
-    queue = queues.queue(namespace, gpus=8)
-    create_job(
-        cluster, gpu_job("low", namespace, queue, run_seconds=6, priorityClassName=LOW, backoffLimit=0)
+    queue = gpu_queue(cluster, namespace, queues, priorities=True)
+    first = holding_the_quota(
+        cluster, namespace, queue, "low", run_seconds=6, priorityClassName=LOW, backoffLimit=0
     )
-    first = wait_until("low running", lambda: running_pod(cluster, namespace, "low-label-1"), timeout=30)
     wait_phase(cluster, namespace, "low", "Labeling", timeout=30)
 
     create_job(cluster, gpu_job("high", namespace, queue, run_seconds=3, priorityClassName=HIGH))
@@ -235,8 +227,7 @@ def test_a_saturated_queue_admits_one_job_at_a_time_and_records_each_wait(
     """Six one-stage jobs that each take the whole quota (8 GPUs) for 2 s, created at once: Kueue
     admits them one after another, and the queue-wait histogram records waits of about 0, 2, 4, 6,
     8 and 10 s (BENCHMARKS.md quotes a run's values)."""
-    bind_claim(cluster, namespace, "workspace")
-    queue = queues.queue(namespace, gpus=8)
+    queue = gpu_queue(cluster, namespace, queues)
     names = [f"sat-{i}" for i in range(6)]
     for name in names:
         create_job(cluster, gpu_job(name, namespace, queue, run_seconds=2))

@@ -176,7 +176,16 @@ def test_api_server_restarts_post_each_transition_once(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     """Three API-server restarts across the stages: writes and event posts fail or lose their
-    answers, passes are repeated, and still every transition is announced exactly once."""
+    answers, passes are repeated, and still every transition is announced exactly once.
+
+    Why each stage may take long after a restart (diagnosed with the operator at debug level and the
+    components' logs): the operator reacts to the child events within milliseconds, but a freshly
+    started kube-apiserver answers 403 until its RBAC authorizer's caches are warm, so the
+    controller-manager's and the scheduler's reflectors (and the Job controller's rate-limited
+    queue) back off; the Job controller then creates the stage pod only once its pod informer has
+    caught up ("read version ... is not as new as written version"). That took 9-24 s per restart
+    on an idle machine and more under load, hence the 180 s (the Job controller's 60 s cap, twice,
+    plus the reflectors' 30 s) per stage."""
     bind_claim(cluster, namespace, "workspace")
     create_job(cluster, rlaif_job("restarts", namespace, run_seconds=2))
     for stage in STAGES[:3]:
