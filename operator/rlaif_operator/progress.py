@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -167,6 +168,21 @@ def finished(old: StageProgress | None, now_s: str) -> StageProgress | None:
     )
 
 
+def write_due_in(body: dict[str, Any] | None, now: datetime) -> float:
+    """Seconds until the job's next progress write may happen: :data:`PROGRESS_WRITE_SECONDS` after
+    the latest ``lastUpdatedTime`` of its stages' progress (0 when it has none)."""
+    stages = ((body or {}).get("status") or {}).get("stages") or {}
+    times = [
+        parse_time(((st or {}).get("progress") or {}).get("lastUpdatedTime"))
+        for st in stages.values()
+        if isinstance(st, dict)
+    ]
+    latest = max((t for t in times if t is not None), default=None)
+    if latest is None:
+        return 0.0
+    return max(PROGRESS_WRITE_SECONDS - (now - latest).total_seconds(), 0.0)
+
+
 class ProgressScraper:
     """Polls the running stage pods' metrics ports and keeps the latest :class:`Sample` per job and
     stage; a job whose figures changed gets a pass (which :func:`next_progress` may still skip)."""
@@ -257,8 +273,20 @@ class ProgressScraper:
                     latest.setdefault(key, {})[stage] = combined
         changed = [key for key, stages in latest.items() if self.latest.get(key) != stages]
         self.latest = latest
+        now = datetime.now(timezone.utc)
         for key in changed:
-            self.controller.enqueue(key)
+            # Not all at once: every running job's figures change each round, and N passes queued
+            # together would delay the stage transitions queued behind them (at N = 500 the p99 of
+            # apply -> first Job went from 9 s to 35 s). Each job gets its own slot in the round,
+            # and no pass before its 30 s are up, when next_progress would skip the write anyway.
+            self.controller.enqueue(
+                key, max(self.slot(key), write_due_in(self.controller.indexes.body(key), now))
+            )
+
+    def slot(self, key: Key) -> float:
+        """The job's fixed offset in a scrape round, from a hash of its key (0 to the interval)."""
+        digest = hashlib.sha256("/".join(key).encode()).digest()
+        return self.interval * int.from_bytes(digest[:4], "big") / 2**32
 
     async def run(self) -> None:
         try:

@@ -27,6 +27,7 @@ from rlaif_operator.progress import (
     combine,
     next_progress,
     parse_metrics,
+    write_due_in,
 )
 from rlaif_operator.timing import fmt_time
 from tests.unit.operator.sim import T0, Sim
@@ -82,9 +83,11 @@ def test_scrape_reads_a_real_trainer_endpoint(trainer_endpoint: int) -> None:
     class Queue:
         def __init__(self) -> None:
             self.keys: list[Any] = []
+            self.delays: list[float] = []
 
-        def enqueue(self, key: Any) -> None:
+        def enqueue(self, key: Any, delay: float = 0.0) -> None:
             self.keys.append(key)
+            self.delays.append(delay)
 
     key = ("ns", "demo")
     job = JobInfo(name="demo-label-1", stage="label", attempt=1, owner_uid="u")
@@ -108,6 +111,7 @@ def test_scrape_reads_a_real_trainer_endpoint(trainer_endpoint: int) -> None:
     assert "reward" not in dict(sample.metrics)  # a label pod reports no reward, not a reward of 0
     assert sample.remaining_seconds == 0
     assert queue.keys == [key]
+    assert 0 <= queue.delays[0] < 30 and queue.delays[0] == scraper.slot(key)  # its slot in the round
     assert scraper.scrapes == 2 and scraper.failures == 0
 
 
@@ -119,7 +123,7 @@ def test_an_unreachable_pod_is_no_error() -> None:
         def __init__(self) -> None:
             self.keys: list[Any] = []
 
-        def enqueue(self, k: Any) -> None:
+        def enqueue(self, k: Any, delay: float = 0.0) -> None:
             self.keys.append(k)
 
     queue = Queue()
@@ -243,3 +247,23 @@ def test_no_scrape_without_a_metrics_port() -> None:
     assert ctl.progress is None
     ctl = Controller(None, idx, Settings(), Metrics())  # type: ignore[arg-type]
     assert ctl.progress is not None and ctl.progress.interval == 30.0
+
+
+def test_a_pass_waits_for_the_job_s_write_to_be_due() -> None:
+    now = T0 + timedelta(seconds=100)
+    assert write_due_in(None, now) == 0.0
+    body = {
+        "status": {
+            "stages": {
+                "label": {"state": "Succeeded", "progress": {"lastUpdatedTime": fmt_time(T0)}},
+                "reward": {"progress": {"lastUpdatedTime": fmt_time(T0 + timedelta(seconds=90))}},
+            }
+        }
+    }
+    assert write_due_in(body, now) == pytest.approx(20.0)  # the reward stage's last write, 10 s ago
+    assert write_due_in(body, now + timedelta(seconds=60)) == 0.0
+    # slots spread the jobs over the round, each in the same place every round
+    scraper = ProgressScraper(None, 9400)  # type: ignore[arg-type]
+    slots = [scraper.slot(("ns", f"job-{i}")) for i in range(200)]
+    assert all(0 <= x < 30 for x in slots) and max(slots) - min(slots) > 25
+    assert scraper.slot(("ns", "job-1")) == slots[1]
