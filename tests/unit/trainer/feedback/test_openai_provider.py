@@ -28,6 +28,7 @@ from rlaif_trainer.feedback import prompts as P
 from rlaif_trainer.feedback.base import LabelerError
 from rlaif_trainer.feedback.build import build_labeler
 from rlaif_trainer.feedback.openai import CompletionsClient, OpenAIPairwiseLabeler, OpenAIPointwiseLabeler
+from tests.unit.trainer.http_support import serve_in_thread
 
 SECRET = "sk-test-secret-value-123"
 
@@ -129,24 +130,11 @@ def server() -> Iterator[tuple[str, FakeVLLM]]:
             with state.lock:
                 state.in_flight -= 1
 
-    loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/v1", state
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
+    with serve_in_thread(app) as url:
+        yield f"{url}/v1", state
 
 
 def _pairwise(url: str, **kw) -> OpenAIPairwiseLabeler:

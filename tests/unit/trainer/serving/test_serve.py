@@ -7,13 +7,11 @@ by the real aiohttp app, spoken to by :mod:`rlaif_trainer.feedback.openai`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,31 +28,17 @@ from rlaif_trainer.feedback.base import LabelerError
 from rlaif_trainer.feedback.openai import CompletionsClient, OpenAIPairwiseLabeler, OpenAIPointwiseLabeler
 from rlaif_trainer.serving.engine import CompletionEngine, SamplingParams
 from rlaif_trainer.serving.server import BATCHER, ServeOptions, build_app
+from tests.unit.trainer.http_support import serve_in_thread
 
 SECRET = "serve-test-key-not-a-real-one"
 
 
 @contextmanager
 def served(engine: CompletionEngine, **options) -> Iterator[tuple[str, object]]:
-    """The real app on 127.0.0.1 in a background event loop; yields its /v1 URL and the app."""
-    from aiohttp import web
-
+    """The real app on 127.0.0.1; yields its /v1 URL and the app."""
     app = build_app(engine, ServeOptions(model_name="tiny", **options))
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/v1", app
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        loop.close()
+    with serve_in_thread(app) as url:
+        yield f"{url}/v1", app
 
 
 def post(url: str, body: dict, *, key: str | None = None) -> tuple[int, dict]:
