@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback.base import API_KEY_ENV, Labeler
 
 
@@ -52,6 +53,11 @@ def build_labeler(
             batch_size=spec.batch_size,
         )
     if provider == "openai":
+        if spec.endpoint is None:  # labeler.server: the operator fills the endpoint in a cluster
+            raise BadInputError(
+                "labeler.server is run by the operator in a cluster; outside one, start the server yourself "
+                "(`rlaif-train serve <model> --port 8000`) and set labeler.endpoint to http://localhost:8000/v1"
+            )
         from rlaif_trainer.feedback.openai import (
             ClientOptions,
             OpenAIPairwiseLabeler,

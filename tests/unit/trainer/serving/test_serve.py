@@ -310,3 +310,14 @@ def test_served_embedded_model_labels_as_the_in_process_hf_labeler():
     # 2e-3: batched, padded and prefix-cached forwards differ from a plain one in float32 rounding
     assert [r.p_a for r in served_pair] == pytest.approx([r.p_a for r in local_pair], abs=2e-3)
     assert [row[0] for row in served_point] == pytest.approx([row[0] for row in local_point], abs=2e-3)
+
+
+def test_a_served_labeler_outside_a_cluster_is_bad_input_saying_what_to_do():
+    import rlaif_api as api
+    from rlaif_trainer.feedback.build import build_labeler
+
+    spec = api.LabelerSpec.model_validate(
+        {"provider": "openai", "model": "judge", "server": {"engine": "rlaif", "model": "embedded:x"}}
+    )
+    with pytest.raises(BadInputError, match="rlaif-train serve"):
+        build_labeler(spec)
