@@ -347,18 +347,24 @@ def _project_image(target: str, log: Path | None) -> Image:
     return image
 
 
-def _names() -> list[str]:
-    proc = subprocess.run(
-        ["buildah", *_store_args(), "images", "--json"], capture_output=True, text=True, check=False
-    )
-    return [n for img in json.loads(proc.stdout or "[]") for n in img.get("names") or []]
+# A build younger than this may belong to another test session on the same machine that built it
+# and has yet to push it into its node (between its build and its import the lock is free).
+KEEP_RECENT_SECONDS = 2 * 3600
 
 
 def _remove_older(image: Image) -> None:
-    """Only the newest build of each project image is kept (each old trainer is ~1 GB of its own)."""
-    for name in _names():
-        if name.rsplit(":", 1)[0] == image.repository and name != image.name:
-            subprocess.run(["buildah", *_store_args(), "rmi", name], capture_output=True, check=False)
+    """Only the newest build of each project image is kept (each old trainer is ~1 GB of its own),
+    and the builds of the last two hours, which a concurrent session may still be importing."""
+    proc = subprocess.run(
+        ["buildah", *_store_args(), "images", "--json"], capture_output=True, text=True, check=False
+    )
+    horizon = time.time() - KEEP_RECENT_SECONDS
+    for img in json.loads(proc.stdout or "[]"):
+        if int(img.get("created") or 0) > horizon:
+            continue
+        for name in img.get("names") or []:
+            if name.rsplit(":", 1)[0] == image.repository and name != image.name:
+                subprocess.run(["buildah", *_store_args(), "rmi", name], capture_output=True, check=False)
 
 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
