@@ -58,3 +58,20 @@ def finalize_dir(
     tmp.write_text(json.dumps(summary, sort_keys=True, default=str))
     os.replace(tmp, f / DONE)
     return f
+
+
+def trim_step_log(path: str | os.PathLike[str], upto: int) -> None:
+    """Keep the lines of a per-step JSONL log (``{"step": n, ...}``) up to step ``upto``: a stage
+    resumed from the checkpoint of step ``upto`` appends the later steps again. A line cut short
+    by a kill mid-write is dropped too (it can only be a step after the checkpoint)."""
+    p = Path(path)
+    if not p.exists():
+        return
+    kept = []
+    for line in p.read_text().splitlines():
+        try:
+            if line.strip() and json.loads(line)["step"] <= upto:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    p.write_text("".join(line + "\n" for line in kept))

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +119,7 @@ def sample_tokens(
     pad_id: int,
     top_k: int = 0,
     on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """``[B, ≤ max_new_tokens]`` new tokens for left-padded prompts; rows that stopped get ``pad_id``.
 
@@ -134,6 +135,11 @@ def sample_tokens(
     ``on_step(scores, tokens, running)``, when given, sees each step's raw float32 logits (before the
     temperature), the tokens drawn and which rows were still running: ``rlaif-train serve`` reads
     the tokens' log-probabilities from it without a second forward.
+
+    ``generators``, one per row, draws each row's tokens from its own RNG instead of the global
+    one, so that a row's sample does not depend on which other rows share its batch: the RL loop
+    seeds one per sample, and a step split over data-parallel processes then draws what one
+    process draws for the whole batch.
     """
     from transformers import DynamicCache
 
@@ -168,7 +174,13 @@ def sample_tokens(
                     scores = scores.masked_fill(scores < kth, float("-inf"))
                 if top_p < 1.0:
                     scores = _top_p_filter(scores, top_p)
-                nxt = torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
+                probs = scores.softmax(dim=-1)
+                if generators is None:
+                    nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+                else:
+                    nxt = torch.cat(
+                        [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+                    )
             else:
                 nxt = scores.argmax(dim=-1)
             nxt = torch.where(running, nxt, torch.full_like(nxt, pad_id))
@@ -225,8 +237,10 @@ def generate(
     do_sample: bool = True,
     max_prompt_tokens: int | None = None,
     device=None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> Generation:
-    """Sample one response per formatted prompt (repeat prompts to get several samples)."""
+    """Sample one response per formatted prompt (repeat prompts to get several samples);
+    ``generators``: one RNG per prompt (see :func:`sample_tokens`)."""
     device = device or next(model.parameters()).device
     q_ids, q_mask = tokenize_prompts(tokenizer, formatted_prompts, device, max_prompt_tokens)
     stop = eos_ids(tokenizer, model)
@@ -241,6 +255,7 @@ def generate(
         do_sample=do_sample,
         stop_ids=stop,
         pad_id=pad_id,
+        generators=generators,
     )
     return finish_generation(tokenizer, q_ids, q_mask, resp, stop, pad_id)
 

@@ -1,4 +1,18 @@
-"""Reward-model training: data-parallel with accelerate, checkpointed and resumable."""
+"""Reward-model training: data-parallel with accelerate, checkpointed and resumable.
+
+Data parallel (``accelerate launch`` on several GPUs or nodes): every process computes the same
+global batches and takes every ``world``-th pair of each; its loss is its sum over the global batch
+size times the world size, so DDP's mean gradient is the one-process gradient of the same batch.
+Per-step losses and eval metrics then match one process up to floating-point summation order
+(tested across two gloo "nodes"), as long as the forward is deterministic: dropout draws its masks
+from each process's own RNG.
+
+Checkpoints have one writer: rank 0 writes the trainable weights, the optimizer and every rank's
+RNG state (gathered) into ``checkpoint/`` atomically; on a restart rank 0 reads the step and tells
+the other ranks, and every rank loads that checkpoint, so all resume from the same step. (accelerate's
+``save_state`` had each rank write its own RNG file, and each rank decide alone whether to resume.)
+``metrics.jsonl`` beside it gets one line per step from rank 0.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif_trainer import metrics as prom
+from rlaif_trainer.data.artifacts import trim_step_log
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.modeling.performance import enable_gradient_checkpointing
 from rlaif_trainer.reward_model.batching import encode_response, length_grouped_batches
@@ -19,6 +34,11 @@ from rlaif_trainer.reward_model.losses import pair_loss, soft_label_loss
 from rlaif_trainer.reward_model.scorer import _rewards
 
 log = logging.getLogger(__name__)
+
+#: The checkpoint's state file and its commit marker (written last, inside the atomic rename).
+CHECKPOINT_STATE, CHECKPOINT_MARKER = "state.pt", "trainer_state.json"
+#: One JSON line per optimizer step (rank 0), in the checkpoint directory's parent: the work dir.
+METRICS_FILE = "metrics.jsonl"
 
 
 def _evaluate(
@@ -161,13 +181,12 @@ def train_reward_model(
     device = acc.device
     model.train()
 
-    step = 0
     ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir is not None else None
-    if ckpt is not None and (ckpt / "trainer_state.json").is_file():
-        acc.load_state(str(ckpt))
-        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-        log.info("reward: resumed from step %d", step)
+    step = _load_checkpoint(acc, model, opt, ckpt) if ckpt is not None else 0
     resumed_from = step
+    metrics_path = Path(checkpoint_dir) / METRICS_FILE if checkpoint_dir is not None else None
+    if metrics_path is not None and acc.is_main_process:
+        trim_step_log(metrics_path, step)
 
     losses: list[float] = []
     pairs_done = 0
@@ -210,17 +229,22 @@ def train_reward_model(
             if on_step is not None:
                 on_step(step, lv)
             if acc.is_main_process:
+                seconds = time.perf_counter() - t_step
                 prom.record_step(
                     samples=len(batch),
-                    seconds=time.perf_counter() - t_step,
+                    seconds=seconds,
                     tokens=sum(tokens[i] for i in batch),
                     loss=lv,
                     progress=step / total_steps,
                 )
+                if metrics_path is not None:
+                    row = {"step": step, "loss": lv, "pairs": len(batch), "step_time_s": seconds}
+                    with metrics_path.open("a") as handle:
+                        handle.write(json.dumps(row) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{lv:.4f}")
             if ckpt is not None and (step % checkpoint_every == 0) and step < total_steps:
-                _save_checkpoint(acc, ckpt, step)
+                _save_checkpoint(acc, model, opt, ckpt, step)
     bar.close()
     seconds = time.perf_counter() - t0
     metrics: dict[str, Any] = {
@@ -240,19 +264,98 @@ def train_reward_model(
     return metrics
 
 
-def _save_checkpoint(acc: Any, ckpt: Path, step: int) -> None:
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if acc.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    import torch
+
+    if world <= 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj: Any, world: int) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    import torch
+
+    if world <= 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _save_checkpoint(acc: Any, model: Any, opt: Any, ckpt: Path, step: int) -> None:
+    """Checkpoint ``step`` from rank 0 alone (every rank must call it: the RNG states are gathered)."""
+    import torch
+
+    rng = _gather(_rng_state(), acc.num_processes)
     if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        # The trainable parameters only (LoRA and the score head, or everything when fully
+        # fine-tuned): the frozen base weights are the model the stage loads anyway.
+        trainable = {
+            n: p.detach().cpu() for n, p in acc.unwrap_model(model).named_parameters() if p.requires_grad
+        }
+        state = {
+            "step": step,
+            "world_size": acc.num_processes,
+            "model": trainable,
+            "optimizer": opt.state_dict(),
+            "rng": rng,
+        }
+        torch.save(state, tmp / CHECKPOINT_STATE)
+        (tmp / CHECKPOINT_MARKER).write_text(json.dumps({"step": step}))
+        shutil.rmtree(ckpt, ignore_errors=True)
         os.replace(tmp, ckpt)
+        log.info("reward: checkpoint saved at step %d: %s", step, ckpt)
     acc.wait_for_everyone()
+
+
+def _load_checkpoint(acc: Any, model: Any, opt: Any, ckpt: Path) -> int:
+    """Resume from ``ckpt`` if rank 0 finds a complete one; returns the step (0: none), the same on
+    every rank."""
+    import torch
+
+    step = 0
+    if acc.is_main_process and (ckpt / CHECKPOINT_MARKER).is_file() and (ckpt / CHECKPOINT_STATE).is_file():
+        step = int(json.loads((ckpt / CHECKPOINT_MARKER).read_text())["step"])
+    step = int(_broadcast(step, acc.num_processes))
+    if not step:
+        return 0
+    # Onto the CPU: load_state_dict copies into the parameters on their device, and the optimizer
+    # moves its state to theirs (accelerate's CPU device, cpu:0, is not a valid map_location).
+    state = torch.load(ckpt / CHECKPOINT_STATE, map_location="cpu", weights_only=False)
+    unwrapped = acc.unwrap_model(model)
+    trainable = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
+    if missing := trainable - set(state["model"]):
+        raise RuntimeError(f"{ckpt}: the checkpoint lacks trainable parameters {sorted(missing)[:3]}")
+    unwrapped.load_state_dict(state["model"], strict=False)
+    opt.load_state_dict(state["optimizer"])
+    if state["world_size"] == acc.num_processes:
+        rng = state["rng"][acc.process_index]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    else:
+        log.warning(
+            "reward: the checkpoint was written by %d processes, now %d: RNG states not restored",
+            state["world_size"],
+            acc.num_processes,
+        )
+    log.info("reward: resumed from step %d", step)
+    return step
 
 
 def zero_score_head(model: Any) -> int:

@@ -55,6 +55,13 @@ class Learner(Protocol):
 
     def optimizer_step(self) -> float: ...
 
+    def global_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the data-parallel processes (``t`` in a single process)."""
+        ...
+
+    @property
+    def world(self) -> int: ...
+
 
 class Algorithm:
     """Base of the strategies; the hyperparameters are the ``rl`` spec's."""
@@ -142,11 +149,14 @@ class PPO(Algorithm):
         old_values = learner.value_head(hidden.detach().float()).squeeze(-1).detach() * mask
         token_rewards = alg.ppo_token_rewards(r.scores, old_logp, r.ref_logp, mask, self.beta)
         adv, ret = alg.gae(token_rewards, old_values, mask, GAE_GAMMA, GAE_LAMBDA)
-        mean, var = (
-            alg.masked_mean(adv, mask),
-            alg.masked_mean((adv - alg.masked_mean(adv, mask)) ** 2, mask),
-        )
+        # Token means over every process's tokens (data parallel): the advantages are whitened with
+        # the global batch's statistics, and the losses divide by the global token count over the
+        # number of processes, so the all-reduced mean gradient is the one-process gradient.
+        n_tokens = learner.global_sum(mask.sum().detach()).clamp(min=1.0)
+        mean = learner.global_sum((adv * mask).sum()) / n_tokens
+        var = learner.global_sum((((adv - mean) ** 2) * mask).sum()) / n_tokens
         adv = ((adv - mean) / torch.sqrt(var + 1e-8)) * mask
+        per_process = n_tokens / learner.world
         clip_fracs, vlosses = [], []
         extra: dict[str, Any] = {}
         for epoch in range(self.epochs):
@@ -155,8 +165,8 @@ class PPO(Algorithm):
                 assert new_hidden is not None
                 hidden = new_hidden
             values = learner.value_head(hidden.detach().float()).squeeze(-1) * mask
-            ploss, cf = alg.ppo_policy_loss(logp, old_logp, adv, mask, self.clip_range)
-            vloss = alg.value_loss(values, old_values, ret, mask, self.clip_range)
+            ploss, cf = alg.ppo_policy_loss(logp, old_logp, adv, mask, self.clip_range, per_process)
+            vloss = alg.value_loss(values, old_values, ret, mask, self.clip_range, per_process)
             loss = ploss + VALUE_COEF * vloss
             loss.backward()
             extra["grad_norm"] = learner.optimizer_step()

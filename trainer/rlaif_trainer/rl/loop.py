@@ -10,16 +10,30 @@ One step (``rl.batch_size`` prompts across all processes, ``rl.samples_per_promp
 4. **update** with the configured algorithm (see :mod:`rlaif_trainer.rl.losses` for the exact
    objective, advantages and KL estimator of each).
 
-Reproducibility and restarts: prompts for step ``s`` are a deterministic function of ``(seed, s)``;
-sampling uses each process's torch RNG, seeded with ``seed + rank``. Every ``rl.checkpoint_every``
-steps the main process writes a checkpoint (adapter, value head, optimizer, every rank's RNG state)
-atomically; a restarted stage resumes from the latest one and reproduces the same next step as an
+Reproducibility and restarts: prompts for step ``s`` are a deterministic function of ``(seed, s)``,
+and so is every sampled response: sample ``i`` of the step (prompt-major, the ``k`` samples of a
+prompt adjacent) draws its tokens from its own RNG seeded with ``(seed, s, i)`` (:func:`sample_seed`),
+not from a per-process RNG. Every ``rl.checkpoint_every`` steps the main process writes a checkpoint
+(adapter, value head, optimizer, every rank's RNG state) atomically; a restarted stage resumes from
+the latest one (rank 0 picks it, every rank loads that one) and reproduces the same next step as an
 uninterrupted run. ``metrics.jsonl`` gets one line per step (reward, KL, entropy, response length,
 generation / reward / training time).
 
-Data parallel: under ``accelerate launch`` each process samples its share of the step's prompts and
-gradients are averaged across processes (all-reduce) before every optimizer step, so the processes'
-weights stay identical; only the main process writes files.
+Data parallel (``accelerate launch`` on several GPUs or nodes): ``rl.batch_size`` is the global
+batch; process ``r`` of ``W`` takes prompts ``r, r + W, …`` of it (so each prompt's samples stay on
+one process, as RLOO's and GRPO's per-prompt baselines need), gradients are averaged across
+processes (all-reduce) before every optimizer step, so the processes' weights stay identical, and
+only the main process writes files. A step then computes what one process computes for the same
+global batch and seed, up to floating-point summation order (tested across two gloo "nodes"):
+
+* the samples are the same, because each sample's RNG depends on its index in the global batch,
+  not on the process that draws it (a per-process RNG seeded with ``seed + rank`` drew different
+  responses for every split of the batch; ``rl.generation: vllm`` still samples with the engine's
+  per-process seed);
+* every process holds ``batch_size / W`` prompts (a batch that does not divide is refused), so the
+  mean of the processes' per-sample means is the global mean, for the losses and the logged metrics;
+* token-weighted quantities (PPO's losses and advantage whitening, the logged entropy) divide by the
+  token count summed over processes, not the process's own.
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ import numpy as np
 import torch
 
 from rlaif_trainer import metrics as prom
-from rlaif_trainer.data.artifacts import partial_dir
+from rlaif_trainer.data.artifacts import partial_dir, trim_step_log
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.modeling.chat import format_prompts
 from rlaif_trainer.modeling.generation import Generation, generate, response_logprobs
@@ -87,6 +101,15 @@ def _all_reduce_mean_(tensors: list[torch.Tensor], world: int) -> None:
         offset += n
 
 
+def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
+    """The sum of ``t`` over processes (a detached copy; ``t`` itself in a single process)."""
+    if world <= 1:
+        return t
+    out = t.detach().clone()
+    torch.distributed.all_reduce(out)
+    return out
+
+
 def _gather_objects(obj: Any, world: int) -> list[Any]:
     if world <= 1:
         return [obj]
@@ -125,6 +148,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+
+
+def sample_seed(seed: int, step: int, index: int) -> int:
+    """The RNG seed of sample ``index`` (its position in step ``step``'s global batch, prompt-major).
+
+    A function of the global position only, so that however a step's batch is split over processes
+    (or grouped into generation batches), each sample is drawn from the same RNG stream; numpy's
+    SeedSequence mixes the three numbers so that nearby seeds, steps and indices give unrelated
+    streams.
+    """
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1, dtype=np.uint64)[0])
 
 
 def _seed_everything(seed: int) -> None:
@@ -182,6 +216,12 @@ class RLTrainer:
             )
 
         self.train_prompts = list(config.train_prompts)
+        if config.batch_size % self.world:
+            # Unequal shares would weight the processes' mean gradients (and metrics) unequally.
+            raise BadInputError(
+                f"rl.batchSize={config.batch_size} must be a multiple of the {self.world} data-parallel "
+                "processes (nodes x GPUs per node), so that every process samples as many prompts"
+            )
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device == "cuda" and self.world > 1:  # one GPU per process under accelerate launch
@@ -233,6 +273,7 @@ class RLTrainer:
         self.reward_fn = reward_fn
         self.step = 0
         self.resumed_from: int | None = None
+        self._bias_settled = False
 
     # -- model ----------------------------------------------------------------------------------
 
@@ -268,6 +309,15 @@ class RLTrainer:
             out.append(self.train_prompts[int(perm[pos])])
         return out[self.rank :: self.world]
 
+    def sample_generators(self, step: int) -> list[torch.Generator]:
+        """One RNG per sample this process draws at ``step``, seeded by the sample's global index."""
+        prompts = range(self.rank, self.config.batch_size, self.world)  # as prompts_for_step slices
+        return [
+            torch.Generator(device=self.device).manual_seed(sample_seed(self.seed, step, i * self.k + j))
+            for i in prompts
+            for j in range(self.k)
+        ]
+
     # -- one step ---------------------------------------------------------------------------------
 
     def forward(self, gen: Generation, *, with_hidden: bool, with_entropy: bool = False):
@@ -285,8 +335,15 @@ class RLTrainer:
                 with_hidden=with_hidden,
             )
 
+    def global_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the data-parallel processes (detached)."""
+        return _all_reduce_sum(t, self.world)
+
     def optimizer_step(self) -> float:
         params = self.lora_params + list(self.value_head.parameters())
+        if self._bias_settled:  # see train_step; on every rank, so the all-reduced lists match
+            self.value_head.bias.grad = None
+            self._bias_settled = False
         grads = [p.grad for p in params if p.grad is not None]
         _all_reduce_mean_(grads, self.world)
         norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -322,6 +379,7 @@ class RLTrainer:
                 top_p=self.config.top_p,
                 max_prompt_tokens=None,
                 device=self.device,
+                generators=self.sample_generators(step),
             )
         too_long = int(gen.query_mask.sum(dim=1).max())
         if too_long > self.config.max_prompt_length:
@@ -355,18 +413,36 @@ class RLTrainer:
             _all_reduce_mean_([mean_ret], self.world)
             with torch.no_grad():
                 self.value_head.bias.fill_(float(mean_ret))
+            # That bias minimises this batch's value loss, so its gradient is zero up to rounding,
+            # and AdamW's first step (g / |g|) would turn the rounding into a ±lr step of random
+            # sign: a different baseline for every split of the batch over processes (and every
+            # summation order), moving the next steps' REINFORCE / PPO losses by ~lr x the sequence
+            # log-prob. The bias sits out the first update instead.
+            self._bias_settled = True
 
         rollout = Rollout(gen, scores, ref_logp, logp, hidden, kl_seq, returns)
         update = self.strategy.update(rollout, self)
         t_end = time.perf_counter()
 
         n_tokens = float(mask.sum())
+        # Token-weighted and spread metrics from sums over all processes, so that they do not
+        # depend on how the batch is split (the others are per-sample means over equal shares).
+        s = scores.detach().double()
+        sums = self.global_sum(
+            torch.stack(
+                [(entropy.detach().double() * mask).sum(), mask.sum().double(), s.sum(), (s * s).sum()]
+            )
+        )
+        n_samples = float(scores.numel() * self.world)
+        reward_var = (
+            (float(sums[3]) - float(sums[2]) ** 2 / n_samples) / (n_samples - 1) if n_samples > 1 else 0.0
+        )
         local = {
             "reward": float(scores.mean()),
-            "reward_std": float(scores.std()) if scores.numel() > 1 else 0.0,
+            "reward_std": math.sqrt(max(reward_var, 0.0)),
             "return": float(returns.mean()),
             "kl": update.pop("kl"),
-            "entropy": float(alg.masked_mean(entropy, mask)),
+            "entropy": float(sums[0]) / max(float(sums[1]), 1.0),
             "response_length": float(mask.sum(dim=1).mean()),
             "response_chars": float(np.mean([len(t) for t in gen.texts])),
             "loss": update.pop("loss"),
@@ -454,14 +530,8 @@ class RLTrainer:
     # -- the loop ---------------------------------------------------------------------------------
 
     def _trim_metrics(self, upto: int) -> None:
-        if not self.is_main or not self.metrics_path.exists():
-            return
-        kept = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= upto
-        ]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        if self.is_main:
+            trim_step_log(self.metrics_path, upto)
 
     def train(self, until: int | None = None) -> list[dict[str, Any]]:
         """Resume from the latest checkpoint if any, then run steps up to ``until`` (default ``rl.steps``)."""
@@ -470,7 +540,13 @@ class RLTrainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.world > 1:
             torch.distributed.barrier()
-        ckpt = self.latest_checkpoint()
+        # Rank 0 alone looks for a checkpoint (it alone writes them) and tells the others which one,
+        # so every rank resumes from the same step even if a listing of the shared volume lags.
+        ckpt = self.latest_checkpoint() if self.is_main else None
+        if self.world > 1:
+            box = [None if ckpt is None else str(ckpt)]
+            torch.distributed.broadcast_object_list(box, src=0)
+            ckpt = None if box[0] is None else Path(box[0])
         if ckpt is not None and self.resumed_from is None:
             self.load_checkpoint(ckpt)
             log.info("rl: resumed from %s (step %d)", ckpt, self.step)

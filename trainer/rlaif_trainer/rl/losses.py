@@ -38,6 +38,7 @@ __all__ = [
     "regularized_return",
     "reinforce_advantages",
     "rloo_advantages",
+    "token_mean",
     "value_loss",
 ]
 
@@ -47,6 +48,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1.0)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def token_mean(
+    x: torch.Tensor, mask: torch.Tensor, normalizer: torch.Tensor | float | None = None
+) -> torch.Tensor:
+    """``Σ x·mask / normalizer``: :func:`masked_mean` when ``normalizer`` is ``None``.
+
+    Data parallel: with ``normalizer`` = (tokens summed over the W processes) / W, the mean of the
+    processes' values, and of their gradients, is the mean over every process's tokens, which a
+    process's own :func:`masked_mean` is not when the processes hold different numbers of tokens.
+    """
+    if normalizer is None:
+        return masked_mean(x, mask)
+    return (x * mask).sum() / normalizer
 
 
 def kl_k1_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -172,17 +187,19 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    normalizer: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped surrogate ``−E_t[min(ρ_t·A_t, clip(ρ_t, 1±ε)·A_t)]`` over all response tokens.
 
-    Returns ``(loss, clip_fraction)``.
+    Returns ``(loss, clip_fraction)``. ``normalizer`` divides the token sums instead of the mask's
+    own count (see :func:`token_mean`).
     """
     ratio = torch.exp(logp - old_logp.detach())
     adv = advantages.detach()
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * adv
-    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
-    clip_frac = masked_mean(((ratio - 1.0).abs() > clip_range).to(logp.dtype), mask)
+    loss = -token_mean(torch.minimum(unclipped, clipped), mask, normalizer)
+    clip_frac = token_mean(((ratio - 1.0).abs() > clip_range).to(logp.dtype), mask, normalizer)
     return loss, clip_frac
 
 
@@ -192,11 +209,13 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float | None = None,
+    normalizer: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """``½·E[(V − R)²]``, optionally with PPO's value clipping around the rollout's values."""
+    """``½·E[(V − R)²]``, optionally with PPO's value clipping around the rollout's values
+    (``normalizer``: see :func:`token_mean`)."""
     returns = returns.detach()
     err = (values - returns) ** 2
     if clip_range is not None:
         v_clip = old_values.detach() + torch.clamp(values - old_values.detach(), -clip_range, clip_range)
         err = torch.maximum(err, (v_clip - returns) ** 2)
-    return 0.5 * masked_mean(err, mask)
+    return 0.5 * token_mean(err, mask, normalizer)

@@ -29,12 +29,14 @@ takes every ``world_size``-th pair of each global batch; each process's loss is 
 the global batch size times the world size, so DDP's gradient mean equals the single-process mean
 over the same global batch (tested with two CPU processes on gloo, launched with
 ``accelerate launch --multi_gpu --num_processes 2``: torchrun underneath; without CUDA the
-processes join a gloo group).
+processes join a gloo group; and across two "nodes" with the pod's own launch command,
+tests/unit/trainer/reward_model/test_reward_multinode.py).
 
-Checkpoints: every ``checkpointEvery`` optimizer steps, ``accelerate``'s ``save_state`` (model,
-optimizer, RNG) into ``<reward_model>.partial/checkpoint/``, plus the step counter. A restarted
-stage loads it and skips the steps already done. The finished model (LoRA merged) is saved in HF
-format to ``<artifacts.reward_model>/`` with ``reward_meta.json`` and ``DONE``.
+Checkpoints: every ``checkpointEvery`` optimizer steps, rank 0 alone writes the trainable weights,
+the optimizer, every rank's RNG state and the step counter into ``<reward_model>.partial/checkpoint/``
+(atomically). A restarted stage, on every rank, loads the checkpoint rank 0 found and skips the
+steps already done. ``metrics.jsonl`` holds each step's loss. The finished model (LoRA merged) is
+saved in HF format to ``<artifacts.reward_model>/`` with ``reward_meta.json`` and ``DONE``.
 """
 
 from __future__ import annotations

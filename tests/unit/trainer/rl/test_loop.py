@@ -185,10 +185,13 @@ def test_learning_rl_moves_the_policy_towards_a_rule_based_preference(
     """A python-callable labeler prefers shorter (or longer) responses; RL must move the policy that way.
 
     Both directions are tested, so a policy that merely collapses (e.g. onto short outputs) fails one.
+    30 steps: with per-sample sampling seeds, "shorter" missed the 0.8 ratio at 20 steps for 2 of 4
+    job seeds (ratios 0.41-0.88) and reached 0.01-0.5 at 30 for the 3 seeds tried; "longer" is far
+    above its 1.25 already at 20 (2.2-3.4).
     """
     rl = {
         "algorithm": "rloo",
-        "steps": 20,
+        "steps": 30,
         "batchSize": 4,
         "samplesPerPrompt": 4,
         "maxNewTokens": 16,
