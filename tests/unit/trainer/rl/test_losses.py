@@ -143,3 +143,29 @@ def test_every_algorithm_names_its_kl_estimator():
         "ppo": "k1",
         "grpo": "k3",
     }
+
+
+def test_token_means_split_over_processes_average_to_the_whole_batch():
+    """Data parallel: two processes' PPO losses with the global token count over the world size as
+    normalizer average to the one-process loss, and so do their gradients (what DDP's all-reduce
+    mean sees); each process's own token mean does not, when their token counts differ."""
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    old = logp.detach() + 0.1 * torch.randn(4, 5, generator=g, dtype=torch.float64)
+    adv = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    mask = t([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]])
+    whole, _ = alg.ppo_policy_loss(logp, old, adv, mask, 0.2)
+    (grad_whole,) = torch.autograd.grad(whole, logp)
+    per_process = mask.sum() / 2
+    halves = [slice(0, 2), slice(2, 4)]
+    losses = [alg.ppo_policy_loss(logp[h], old[h], adv[h], mask[h], 0.2, per_process)[0] for h in halves]
+    assert float(sum(losses) / 2) == pytest.approx(float(whole), rel=1e-12)
+    (grad_split,) = torch.autograd.grad(sum(losses) / 2, logp)
+    assert torch.allclose(grad_split, grad_whole, rtol=1e-12, atol=1e-15)
+    own = [alg.ppo_policy_loss(logp[h], old[h], adv[h], mask[h], 0.2)[0] for h in halves]
+    assert abs(float(sum(own) / 2) - float(whole)) > 1e-3  # the 7 and 4 tokens weigh differently
+    v = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    ret = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    whole_v = alg.value_loss(v, v, ret, mask, 0.2)
+    split_v = [alg.value_loss(v[h], v[h], ret[h], mask[h], 0.2, per_process) for h in halves]
+    assert float(sum(split_v) / 2) == pytest.approx(float(whole_v), rel=1e-12)
