@@ -72,6 +72,9 @@ class PodInfo:
     waiting: str | None = None  # why the pod is stuck before running, e.g. "ImagePullBackOff: ..."
     ip: str | None = None  # status.podIP: where the operator reads the stage's live progress
     rank: int | None = None  # the completion index of an Indexed Job's pod (a JobSet's node rank)
+    # metadata.deletionTimestamp: the pod is being removed, most often by the Job controller because
+    # Kueue suspended (preempted) its Job; a real kubelet reports it Failed on its way out.
+    deleted: bool = False
 
 
 def summarize_job(body: dict[str, Any]) -> JobInfo | None:
@@ -180,6 +183,7 @@ def summarize_pod(body: dict[str, Any]) -> PodInfo | None:
         else None,
         rank=_completion_index(meta),
         ip=status.get("podIP") or None,
+        deleted=bool(meta.get("deletionTimestamp")),
     )
 
 
@@ -376,8 +380,12 @@ def _speaking_rank(job: JobInfo, terminal: list[PodInfo]) -> PodInfo | None:
 
 
 def attempt_of(job: JobInfo, pods: list[PodInfo]) -> Attempt:
-    terminal = [p for p in pods if p.phase in ("Succeeded", "Failed")]
-    pod = terminal[-1] if terminal else (pods[-1] if pods else None)
+    # A pod deleted while it ran and stopped on its way out (Failed) is no verdict on the attempt:
+    # a preempted stage's pod still lingers like that on a real node after Kueue readmits its Job.
+    # Whether the attempt failed is then the Job's own status (a deleted pod counts there).
+    counted = [p for p in pods if not (p.deleted and p.phase == "Failed")]
+    terminal = [p for p in counted if p.phase in ("Succeeded", "Failed")]
+    pod = terminal[-1] if terminal else (counted[-1] if counted else None)
     if job.kind == "JobSet":
         pod = _speaking_rank(job, terminal)
     elif job.completions > 1:

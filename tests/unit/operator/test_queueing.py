@@ -173,3 +173,30 @@ def test_events_are_named_by_what_they_were_derived_from() -> None:
     sim.finish(JOB, 0, {"stage": "label"})
     later = sim.step()
     assert not {e.key for e in later.events} & {e.key for e in first.events}
+
+
+def test_a_preempted_pod_that_lingers_after_the_readmission_is_no_failure() -> None:
+    """On a real node the preempted pod stays a while after Kueue readmitted its Job: deleted (by the
+    Job controller, for the suspension) and Failed (SIGTERM). Found by the real-node e2e test: it
+    was taken for the attempt's failure, and with backoffLimit 0 the job failed."""
+    sim = queued_sim(backoffLimit=0)
+    admit(sim)
+    sim.step()
+    sim.advance(30)
+    preempt(sim)
+    sim.step()
+    assert sim.status()["phase"] == "Queued"
+    sim.advance(10)
+    admit(sim)
+    sim.pods[JOB] = PodInfo(
+        name="p1", job_name=JOB, phase="Failed", exit_code=143, finished_at=fmt_time(sim.now), deleted=True
+    )
+    sim.step()
+    assert sim.status()["phase"] == "Labeling", sim.status()
+    assert sim.events("StageFailed") == [] and len(sim.events("StageResumed")) == 1
+    # A pod of the readmitted Job that fails on its own is the attempt's failure, as ever.
+    sim.pods[JOB] = PodInfo(
+        name="p2", job_name=JOB, phase="Failed", exit_code=1, finished_at=fmt_time(sim.now)
+    )
+    sim.step()
+    assert sim.status()["phase"] == "Failed" and sim.condition("Failed")["reason"] == "BackoffLimitExceeded"
