@@ -1055,7 +1055,9 @@ class RLAIFJobSpec(ApiModel):
             # The resolved spec's judge is a copy of the labeler (resolve_spec), server included; CEL
             # cannot compare the two (different schema types), so only here is the copy let through.
             check=lambda s: (
-                s.evaluation.judge is None or s.evaluation.judge.server is None or s.evaluation.judge == s.labeler
+                s.evaluation.judge is None
+                or s.evaluation.judge.server is None
+                or s.evaluation.judge == s.labeler
             ),
         ),
         CelRule(
