@@ -406,6 +406,11 @@ def build_stage_job(
         "backoffLimit": 0,
         "completions": 1,
         "parallelism": 1,
+        # A pod's replacement only once it has stopped (phase Failed), not while it terminates: when
+        # Kueue readmits a preempted stage, the old pod may still run out its grace period (the
+        # trainer, PID 1 in its container, does not die of SIGTERM), and two trainers would write
+        # the same checkpoints and metrics (seen on the real node: a step logged twice).
+        "podReplacementPolicy": "Failed",
         "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations}, "spec": pod_spec},
     }
     shards = spec.resources.shards(stage)

@@ -200,3 +200,10 @@ def test_a_preempted_pod_that_lingers_after_the_readmission_is_no_failure() -> N
     )
     sim.step()
     assert sim.status()["phase"] == "Failed" and sim.condition("Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_stage_pod_is_replaced_only_once_it_stopped() -> None:
+    """Readmitted after a preemption, the stage Job starts its new pod only once the old one is
+    Failed (podReplacementPolicy), so two trainers never write the same workspace."""
+    sim = queued_sim()
+    assert sim.jobs[JOB]["spec"]["podReplacementPolicy"] == "Failed"
