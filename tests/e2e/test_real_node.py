@@ -14,15 +14,20 @@ import json
 import math
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cluster import Cluster
+from tests.cluster.kueue import Kueue
 from tests.cluster.node import NODE_NAME
 
 from .realnode import (
     PSS_RESTRICTED,
+    REAL_NODE_PLACEMENT,
     RESULT_FIELDS,
+    STAGE_UID,
     Operator,
     Watcher,
     create_namespace,
@@ -33,6 +38,7 @@ from .realnode import (
     local_workspace,
     printer_table,
     put_file,
+    rlaifjob,
     scrape,
     seconds_between,
     stage_inputs,
@@ -44,7 +50,7 @@ from .realnode import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 STAGES = ("label", "reward", "rl", "evaluate")
-TESTS = ("quickstart", "badprompts", "resume", "suspend")
+TESTS = ("quickstart", "badprompts", "resume", "suspend", "preempt")
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +261,132 @@ def test_suspend_stops_the_real_pod_and_resume_continues(node_cluster: Cluster, 
     label = watcher.by_stage("label")
     assert len(label) == 2 and label[-1].exit_code == 0, label
     assert (workspace / ns / "suspend" / "labels" / "DONE").exists()
+
+
+def _restricted_sleeper(
+    name: str, image: str, queue: str, priority_class: str, memory: str
+) -> dict[str, Any]:
+    """A plain batch/v1 Job in ``queue`` that holds ``memory`` for a few seconds: the higher-priority
+    workload that makes Kueue preempt a stage. Pod Security "restricted", placed on the real node."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": queue}},
+        "spec": {
+            "suspend": True,
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "priorityClassName": priority_class,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": STAGE_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "sleep",
+                            "image": image,
+                            "imagePullPolicy": "Never",
+                            "command": ["python", "-c", "import time; time.sleep(8)"],
+                            "resources": {"requests": {"memory": memory}, "limits": {"memory": memory}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                    **REAL_NODE_PLACEMENT,
+                }
+            },
+        },
+    }
+
+
+def _checkpoint_steps(root: Path) -> list[int]:
+    return sorted(
+        int(p.parent.name.removeprefix("step-")) for p in root.glob("**/checkpoints/step-*/state.pt")
+    )
+
+
+def test_a_preempted_rl_stage_resumes_from_its_checkpoint_when_readmitted(
+    node_cluster: Cluster, setup
+) -> None:
+    """Real Kueue beside the real node: the rl stage (a checkpoint every step) runs in a LocalQueue
+    whose memory quota fits one stage pod; once a checkpoint is on the volume a higher-priority Job
+    enters the queue and Kueue preempts the stage (Job suspended, pod deleted). When the Job is
+    readmitted the same attempt continues: the trainer's own summary and metrics.jsonl show that it
+    resumed from the checkpointed step, and with backoffLimit 0 the job still succeeds, so the
+    preemption was not counted as a failed attempt."""
+    c = node_cluster
+    _, namespaces = setup
+    ns = namespaces["preempt"]
+    kueue = Kueue(c).start()
+    try:
+        low, high = kueue.priority_class("rlaif-e2e-low", 100), kueue.priority_class("rlaif-e2e-high", 1000)
+        queue = kueue.queue(ns, gpus=0, memory="4Gi")  # room for one 3Gi pod
+        workspace = local_workspace(c, ns)
+        stage_inputs(workspace)
+        # rl alone, rewarded by the labeler (direct), so no label and reward stages come first.
+        job = fast_quickstart("preempt", "workspace", stages=["rl"])
+        job["spec"]["rl"].update({"steps": 6, "checkpointEvery": 1, "reward": "direct"})
+        job["spec"]["runPolicy"] = {"queueName": queue, "priorityClassName": low, "backoffLimit": 0}
+        kubectl_apply_file(c, ns, job)
+        watcher = Watcher(c, ns)
+        root = workspace / ns / "preempt"
+        wait_for(c, watcher, "an rl checkpoint on the volume", lambda: bool(_checkpoint_steps(root)))
+        checkpoints = _checkpoint_steps(root)
+        image = c.node.loaded["operator"].name  # type: ignore[union-attr]
+        c.request(
+            "POST",
+            f"/apis/batch/v1/namespaces/{ns}/jobs",
+            _restricted_sleeper("urgent", image, queue, high, "3Gi"),
+        )
+
+        def preempted() -> bool:
+            st = rlaifjob(c, ns, "preempt").get("status") or {}
+            return st.get("phase") == "Queued" and any(
+                x["type"] == "Queued" and x["reason"] == "Preempted" for x in st.get("conditions", [])
+            )
+
+        wait_for(c, watcher, "the rl stage preempted (Queued, Preempted)", preempted, timeout=120)
+        at_preemption = _checkpoint_steps(root)
+        final = wait_for_phase(c, ns, "preempt", {"Succeeded", "Failed"}, watcher, timeout=900)
+        status = final["status"]
+        assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+        urgent = c.get(f"/apis/batch/v1/namespaces/{ns}/jobs/urgent") or {}
+        assert (urgent.get("status") or {}).get("succeeded") == 1, urgent.get("status")
+        rl = status["stages"]["rl"]
+        assert rl["attempts"] == 1 and rl["jobName"] == "preempt-rl-1", rl  # the same attempt and Job
+        pods = watcher.by_stage("rl")
+        assert len(pods) == 2 and {p.attempt for p in pods} == {"1"}, pods  # one pod before, one after
+        summary = watcher.summary("rl")
+        resumed = summary.get("resumed_from_step")
+        # From a checkpoint the first pod wrote (more of them while it ran out its grace period), not 0.
+        assert resumed is not None and 6 > resumed >= max(checkpoints) >= 1, (
+            summary,
+            checkpoints,
+            at_preemption,
+        )
+        # The trainer's per-step log: after the resume the steps continue from the checkpoint.
+        lines = next(root.glob("**/metrics.jsonl")).read_text().splitlines()
+        steps = [int(json.loads(x)["step"]) for x in lines if x.strip()]
+        assert steps == list(range(1, 7)), steps  # each step once: cut back to the checkpoint, then on
+        (after,) = [p for p in pods if p.exit_code == 0]
+        logs = c.kubectl("logs", after.name, "-n", ns)
+        log = logs.stdout + logs.stderr
+        assert f"(step {resumed})" in log and "resumed from" in log, log[-2000:]
+        got = [e["reason"] for e in (c.get(f"/api/v1/namespaces/{ns}/events") or {"items": []})["items"]]
+        assert "Preempted" in got and "StageResumed" in got and "StageFailed" not in got, got
+        print(
+            f"\n[e2e] rl preempted (checkpoints {at_preemption} when the preemption showed); readmitted, "
+            f"resumed from step {resumed}; "
+            f"metrics.jsonl steps {steps}"
+        )
+    finally:
+        kueue.delete_cluster_queues(ns)
+        kueue.stop()
 
 
 def test_two_operator_replicas_hand_over_without_duplicate_jobs(node_cluster: Cluster, setup) -> None:
