@@ -315,6 +315,18 @@ class Kueue:
 
     # -- installation ---------------------------------------------------------------------------
 
+    def _apply(self, items: list[dict[str, Any]]) -> None:
+        """Server-side apply of ``items`` in one List, as the harness's field manager."""
+        self.cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=rlaif-tests",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+
     def _install_crds(self, components: Path, deadline: float) -> None:
         assert self.certs is not None
         crds: list[dict[str, Any]] = []
@@ -333,15 +345,7 @@ class Kueue:
                     }
                 crds.append(crd)
         # server-side: the CRDs are too large for client-side apply's last-applied annotation
-        self.cluster.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=rlaif-tests",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}),
-        )
+        self._apply(crds)
         names = [c["metadata"]["name"] for c in crds]
 
         def established() -> bool:
@@ -378,15 +382,7 @@ class Kueue:
             "metrics_auth_role_binding",
         ):
             manifests += [_as_installed(d) for d in _documents(rbac / f"{stem}.yaml")]
-        c.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=rlaif-tests",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
-        )
+        self._apply(manifests)
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
