@@ -163,10 +163,10 @@ def stage_configs(job: RLAIFJob, settings: Settings) -> dict[str, str]:
     configs = resolve_stage_configs(frozen, settings.workspace_root)
     for config in configs.values():
         # labeler.server: the stages call the server the operator runs (the judge too, when it is
-        # the labeler's copy).
+        # the labeler's copy), as an endpoint; the server's own spec is the operator's business.
         for labeler in (config.spec.labeler, config.spec.evaluation.judge):
             if labeler is not None and labeler.server is not None:
-                labeler.endpoint = labeler_server_endpoint(job.metadata.name)
+                labeler.endpoint, labeler.server = labeler_server_endpoint(job.metadata.name), None
     return {f"{stage}.json": config.to_json() for stage, config in configs.items()}
 
 

@@ -80,11 +80,16 @@ def test_server_pods_meet_pod_security_restricted() -> None:
     check_restricted(deployment["spec"]["template"]["spec"])
 
 
-def test_stages_call_the_served_endpoint_the_judge_too() -> None:
+def test_stages_call_the_served_endpoint_the_judge_too(tmp_path) -> None:
+    from rlaif_trainer.cli import _load_config  # the trainer's own reader of /etc/rlaif/<stage>.json
+
     data = build_configmap(job(), OWNER, Settings())["data"]
     for stage in ("label", "rl", "evaluate"):
         spec = json.loads(data[f"{stage}.json"])["spec"]
         assert spec["labeler"]["endpoint"] == "http://demo-labeler:8000/v1"
+        (tmp_path / f"{stage}.json").write_text(data[f"{stage}.json"])
+        loaded = _load_config(stage, str(tmp_path / f"{stage}.json"))  # the real consumer accepts it
+        assert loaded.spec.labeler is not None and loaded.spec.labeler.server is None
     assert (
         json.loads(data["evaluate.json"])["spec"]["evaluation"]["judge"]["endpoint"]
         == "http://demo-labeler:8000/v1"
