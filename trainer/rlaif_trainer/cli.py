@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ from rlaif_api.contract import (
     TERMINATION_LOG,
     compact_summary,
 )
-from rlaif_trainer.errors import BadInputError
+from rlaif_trainer.errors import BadInputError, StageTerminated
 from rlaif_trainer.stages import StageOutcome, failure
 from rlaif_trainer.stages import run_stage as run_registered_stage
 
@@ -112,13 +113,28 @@ def _run_stage(stage: str, config_path: str, termination_log: str | None, progre
     return outcome.exit_code
 
 
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`StageTerminated` in the main thread: the stage stops at once and
+    says why in its termination message (PID 1 would otherwise ignore the signal until SIGKILL)."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise StageTerminated(
+            f"stopped by signal {signal.Signals(signum).name} (the pod was deleted, suspended or preempted); "
+            "a new attempt resumes from the last checkpoint"
+        )
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def _cmd_stage(args: argparse.Namespace) -> int:
+    _stop_on_sigterm()
     return run_stage(args.command, args.config, args.termination_log, not args.no_progress, args.metrics_port)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from rlaif_trainer.pipeline import run_pipeline
 
+    _stop_on_sigterm()
     result = run_pipeline(args.job, args.workspace, stages=args.stages, progress=not args.no_progress)
     return int(result["exit_code"])
 
