@@ -121,6 +121,20 @@ def install_operator(
     return Operator(release, namespace, f"{release}-rlaif-operator")
 
 
+def sole_operator(cluster: Cluster, job_namespaces: list[str], release: str) -> Operator:
+    """The chart's operator for ``job_namespaces``, alone: releases other modules left (each watches
+    every namespace, so two would race for a job) are uninstalled first. A CRD kept from one of
+    them (crds.keep) stays, and the new release then does not install its own."""
+    releases = json.loads(helm(cluster, "list", "--all-namespaces", "--output", "json").stdout or "[]")
+    for rel in releases:
+        helm(
+            cluster, "uninstall", rel["name"], "--namespace", rel["namespace"], "--wait", "--timeout", "120s"
+        )
+    crd = cluster.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rlaifjobs.rlaif.dev")
+    extra = {"crds": {"install": False}} if crd is not None else {}
+    return install_operator(cluster, job_namespaces, release=release, extra_values=extra)
+
+
 def local_workspace(cluster: Cluster, namespace: str, name: str = "workspace", size: str = "5Gi") -> Path:
     """A local PersistentVolume on the real node, pre-bound to a claim ``name`` in ``namespace``;
     returns the directory on this machine that backs it (the pods' /workspace)."""

@@ -26,11 +26,10 @@ from .realnode import (
     Watcher,
     create_namespace,
     fast_quickstart,
-    helm,
-    install_operator,
     kubectl_apply_file,
     local_workspace,
     put_file,
+    sole_operator,
     unique,
     wait_for_phase,
 )
@@ -68,17 +67,9 @@ def jobset_operator(node_cluster: Cluster) -> tuple[JobSet, Operator, str]:
     are uninstalled first."""
     c = node_cluster
     js = JobSet(c).start()
-    releases = json.loads(helm(c, "list", "--all-namespaces", "--output", "json").stdout or "[]")
-    for rel in releases:
-        helm(c, "uninstall", rel["name"], "--namespace", rel["namespace"], "--wait", "--timeout", "120s")
     ns = unique("jobset")
     create_namespace(c, ns, PSS_RESTRICTED)
-    crd_present = (
-        c.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rlaifjobs.rlaif.dev") is not None
-    )
-    # A CRD kept from an uninstalled release (crds.keep) stays; a new release must not own it.
-    extra = {"crds": {"install": False}} if crd_present else {}
-    return js, install_operator(c, [ns], release="rlaif-jobset", extra_values=extra), ns
+    return js, sole_operator(c, [ns], release="rlaif-jobset"), ns
 
 
 def test_a_two_node_reward_stage_trains_across_two_pods(node_cluster: Cluster, jobset_operator) -> None:
