@@ -124,11 +124,12 @@ def test_quickstart_runs_end_to_end_on_the_real_node(node_cluster: Cluster, setu
             assert math.isclose(results[field], summary[key], rel_tol=1e-6, abs_tol=1e-9), (stage, key)
     assert results["winRateCiLow"] <= results["winRateVsInitial"] <= results["winRateCiHigh"]
 
-    # kubectl get rlaif -o wide: every column filled but QUEUE: this job names no Kueue queue
+    # kubectl get rlaif -o wide: every column filled but QUEUE (this job names no Kueue queue) and STAGE-%
     # (no Kueue runs beside the real node; tests/integration/test_kueue_status.py covers it).
     table = c.kubectl("get", "rlaif", "-n", ns, "-o", "wide").stdout
     (row,) = printer_table(table)
     assert row.pop("QUEUE") == "", table  # kubectl prints an absent field as an empty cell
+    assert row.pop("STAGE-%") == "", table  # the running stage's live progress: none once finished
     assert all(cell and cell != "<none>" for cell in row.values()), table
     assert row["PHASE"] == "Succeeded" and row["REASON"] == "AllStagesSucceeded", table
     assert row["ATTEMPT"] == "1" and row["MESSAGE"] == "all 4 stages succeeded", table
