@@ -111,6 +111,10 @@ FLAG_CONFIG = "--config"
 FLAG_TERMINATION_LOG = "--termination-log"
 FLAG_NO_PROGRESS = "--no-progress"
 FLAG_METRICS_PORT = "--metrics-port"
+#: Top log-probabilities the openai labeler asks an endpoint for (OpenAI's cap, vLLM's default
+#: --max-logprobs): enough for "1"/"2", "Yes"/"No" and the nine score tokens of d-RLAIF. The
+#: operator-run labeler server allows as many.
+LABELER_TOP_LOGPROBS = 20
 #: The rendezvous port of a multi-node stage, on its rank-0 pod.
 RENDEZVOUS_PORT = 29500
 

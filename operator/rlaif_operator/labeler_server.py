@@ -47,13 +47,8 @@ from .timing import fmt_time, parse_time
 PORT = LABELER_SERVER_PORT
 PORT_NAME = "http"
 CONTAINER = "server"
-# The most top log-probabilities a request may ask for: the openai client asks for 20 (OpenAI's
-# cap), enough for "1"/"2", "Yes"/"No" and the nine score tokens of d-RLAIF.
-MAX_LOGPROBS = 20
-
-
-server_name = labeler_server_name
-endpoint = labeler_server_endpoint
+# The most top log-probabilities a request may ask for: what the openai client asks for.
+MAX_LOGPROBS = api.contract.LABELER_TOP_LOGPROBS
 
 
 def needed(job: RLAIFJob, stage: str | None) -> bool:
@@ -88,7 +83,7 @@ def build_server(job: RLAIFJob, owner: Owner, settings: Settings, trainer_image:
     labeler = job.spec.labeler
     assert labeler is not None and labeler.server is not None
     server = labeler.server
-    name = server_name(owner.name)
+    name = labeler_server_name(owner.name)
     select = {LABEL_COMPONENT: LABELER_SERVER_COMPONENT, LABEL_SERVER: name}
     tpl = job.spec.pod_template or api.PodTemplateOverrides()
     resources = server.resources or api.ResourceSpec(gpus=1 if server.engine == "vllm" else 0)
@@ -208,7 +203,7 @@ def server_step(
     server = job.spec.labeler.server if job.spec.labeler is not None else None
     if server is None:
         return ServerStep(delete=_removal(mine))
-    name = server_name(owner.name)
+    name = labeler_server_name(owner.name)
     if not (running and needed(job, current)):
         why = "no stage that asks the labeler runs now" if running else "the job is not running"
         return ServerStep(
@@ -216,7 +211,7 @@ def server_step(
             condition=(False, Reason.LABELER_SERVER_NOT_NEEDED, f"server {name} is stopped: {why}"),
         )
     objects = build_server(job, owner, settings, trainer_image)
-    url = endpoint(owner.name)
+    url = labeler_server_endpoint(owner.name)
     if mine is not None and mine.ready_replicas > 0 and not mine.deleting:
         return ServerStep(
             ensure=objects,

@@ -30,6 +30,7 @@ from rlaif_api.contract import (
     FLAG_METRICS_PORT,
     FLAG_NO_PROGRESS,
     FLAG_TERMINATION_LOG,
+    LABELER_TOP_LOGPROBS,
     STAGE_ORDER,
     STAGES,
     TERMINATION_LOG,
@@ -390,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-logprobs",
         type=argtypes.count,
-        default=20,
-        help="most top log-probabilities a request may ask for (default 20)",
+        default=LABELER_TOP_LOGPROBS,
+        help=f"most top log-probabilities a request may ask for (default {LABELER_TOP_LOGPROBS}, what the openai labeler asks for)",
     )
     p.add_argument("--max-model-len", type=argtypes.count, help="context limit (default: the model's)")
     p.add_argument(

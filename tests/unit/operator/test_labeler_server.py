@@ -14,7 +14,8 @@ import pytest
 
 import rlaif_api as api
 from rlaif_operator.builders import Owner, build_configmap
-from rlaif_operator.labeler_server import build_server, server_name
+from rlaif_operator.builders import labeler_server_name as server_name
+from rlaif_operator.labeler_server import build_server
 from rlaif_operator.observe import Observed, ServerInfo, summarize_server, summarize_server_pod
 from rlaif_operator.plan import Plan
 from rlaif_operator.settings import Settings

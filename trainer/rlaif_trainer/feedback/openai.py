@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, Unpack
 
+from rlaif_api.contract import LABELER_TOP_LOGPROBS
 from rlaif_trainer.errors import BadInputError
 from rlaif_trainer.feedback import prompts as P
 from rlaif_trainer.feedback.base import LabelerError, PairwiseLabelerBase, PointwiseLabelerBase
@@ -179,7 +180,7 @@ _APIS: dict[str, _Api] = {
     "completions": _Api("/completions", _completions_payload, _completions_top, _completions_text),
 }
 #: Most top logprobs OpenAI's chat API returns (vLLM's limit is its --max-logprobs, 20 by default).
-TOP_LOGPROBS = 20
+TOP_LOGPROBS = LABELER_TOP_LOGPROBS
 
 
 def two_way(top: dict[str, float], yes: str, no: str) -> tuple[float, float]:
