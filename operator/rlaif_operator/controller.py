@@ -35,7 +35,7 @@ import rlaif_api as api
 from .builders import ANNOTATION_JOB_NAME, JOBSET_API_VERSION, JOBSET_KIND, stage_job_name
 from .kube import PLURALS, RETRYABLE, ApiError, KubeClient, collection_path, object_collection
 from .metrics import Metrics
-from .observe import JobInfo, Observed, PodInfo, ServerInfo, summarize_jobset
+from .observe import JobInfo, Observed, PodInfo, ServerInfo, ServerPodState, summarize_jobset
 from .plan import EventSpec, Plan
 from .progress import ProgressScraper
 from .reconcile import reconcile
@@ -95,14 +95,16 @@ class Indexes:
         claims_known: Callable[[], bool] = lambda: True,
         jobsets: Mapping[Key, Iterable[JobInfo]] | None = None,
         servers: Mapping[Key, Iterable[ServerInfo]] | None = None,
-        server_pods: Mapping[Key, Iterable[str]] | None = None,
+        server_pods: Mapping[Key, Iterable[ServerPodState]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.children = children
         self.jobsets: Mapping[Key, Iterable[JobInfo]] = jobsets if jobsets is not None else {}
         # labeler.server: Deployments by owning RLAIFJob, their pods' states by Deployment
         self.servers: Mapping[Key, Iterable[ServerInfo]] = servers if servers is not None else {}
-        self.server_pods: Mapping[Key, Iterable[str]] = server_pods if server_pods is not None else {}
+        self.server_pods: Mapping[Key, Iterable[ServerPodState]] = (
+            server_pods if server_pods is not None else {}
+        )
         self.pods = pods
         self.claims = claims
         self.claims_known = claims_known
@@ -395,9 +397,9 @@ class Controller:
         )
         if server is None:
             return None
-        states = list(self.indexes.server_pods.get((namespace, server.name), ()))
-        waiting = [s for s in states if not s.endswith(" is ready")]
-        shown = waiting[-1] if waiting else (states[-1] if states else None)
+        pods = list(self.indexes.server_pods.get((namespace, server.name), ()))
+        waiting = [p.state for p in pods if not p.ready]
+        shown = waiting[-1] if waiting else (pods[-1].state if pods else None)
         return dataclasses.replace(server, pod_state=shown)
 
     async def reconcile_key(self, key: Key) -> Plan | None:

@@ -269,14 +269,24 @@ def summarize_server(body: dict[str, Any]) -> ServerInfo | None:
     )
 
 
-def summarize_server_pod(body: dict[str, Any]) -> tuple[str, str] | None:
-    """(server name, why the pod does not serve) for a labeler-server pod, or None if it is not one.
-    The reason is the container's waiting or last terminated state, or the scheduler's refusal."""
+@dataclass(frozen=True)
+class ServerPodState:
+    """One labeler-server pod: whether it serves, and its state in words (why it does not, if not)."""
+
+    ready: bool
+    state: str
+
+
+def summarize_server_pod(body: dict[str, Any]) -> tuple[str, ServerPodState] | None:
+    """(server name, the pod's state) for a labeler-server pod, or None if it is not one. The state
+    of a pod that does not serve is the container's waiting or last terminated state, or the
+    scheduler's refusal."""
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
     if labels.get(LABEL_COMPONENT) != LABELER_SERVER_COMPONENT or not labels.get(LABEL_SERVER):
         return None
     status = body.get("status") or {}
+    ready = False
     state = f"pod {meta.get('name', '')} is {status.get('phase') or 'Pending'}"
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
@@ -289,10 +299,10 @@ def summarize_server_pod(body: dict[str, Any]) -> tuple[str, str] | None:
             if last:
                 state += f" (last exit code {last.get('exitCode')}: {last.get('reason') or ''})"
         elif cs.get("ready"):
-            state = f"pod {meta.get('name', '')} is ready"
+            ready, state = True, f"pod {meta.get('name', '')} is ready"
         elif (cs.get("state") or {}).get("running"):
             state = f"pod {meta.get('name', '')} is running, not ready yet (loading the model)"
-    return str(labels[LABEL_SERVER]), truncate(state.rstrip(": "), 512)
+    return str(labels[LABEL_SERVER]), ServerPodState(ready, truncate(state.rstrip(": "), 512))
 
 
 @dataclass

@@ -16,7 +16,13 @@ import rlaif_api as api
 from rlaif_operator.builders import Owner, build_configmap
 from rlaif_operator.builders import labeler_server_name as server_name
 from rlaif_operator.labeler_server import build_server
-from rlaif_operator.observe import Observed, ServerInfo, summarize_server, summarize_server_pod
+from rlaif_operator.observe import (
+    Observed,
+    ServerInfo,
+    ServerPodState,
+    summarize_server,
+    summarize_server_pod,
+)
 from rlaif_operator.plan import Plan
 from rlaif_operator.settings import Settings
 from rlaif_operator.timing import fmt_time
@@ -275,13 +281,16 @@ def test_server_pod_states_read_from_real_pod_shapes() -> None:
             ],
         },
     }
-    assert summarize_server_pod(pull) == ("demo-labeler", "pod demo-labeler-x: ImagePullBackOff: nope")
+    assert summarize_server_pod(pull) == (
+        "demo-labeler",
+        ServerPodState(False, "pod demo-labeler-x: ImagePullBackOff: nope"),
+    )
     crash = copy.deepcopy(pull)
     crash["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "CrashLoopBackOff"}}
     crash["status"]["containerStatuses"][0]["lastState"] = {"terminated": {"exitCode": 1, "reason": "Error"}}
     assert (
-        "CrashLoopBackOff" in summarize_server_pod(crash)[1]
-        and "last exit code 1" in summarize_server_pod(crash)[1]
+        "CrashLoopBackOff" in summarize_server_pod(crash)[1].state
+        and "last exit code 1" in summarize_server_pod(crash)[1].state
     )
     unscheduled = {
         "metadata": {"name": "p", "labels": labels},
@@ -297,7 +306,16 @@ def test_server_pod_states_read_from_real_pod_shapes() -> None:
             ],
         },
     }
-    assert "Unschedulable: 0/3 nodes" in summarize_server_pod(unscheduled)[1]
+    assert "Unschedulable: 0/3 nodes" in summarize_server_pod(unscheduled)[1].state
+    serving = copy.deepcopy(pull)
+    serving["status"] = {
+        "phase": "Running",
+        "containerStatuses": [{"name": "server", "ready": True, "state": {"running": {}}}],
+    }
+    assert summarize_server_pod(serving) == (
+        "demo-labeler",
+        ServerPodState(True, "pod demo-labeler-x is ready"),
+    )
     assert summarize_server_pod({"metadata": {"name": "stage-pod", "labels": {}}}) is None
     when = fmt_time(T0 + timedelta(seconds=1))
     assert (
