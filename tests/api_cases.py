@@ -116,6 +116,14 @@ INVALID_CASES = [
     InvalidCase("pointwise-without-principles", _set("spec.labeler.principles", []), "principles"),
     InvalidCase("python-without-callable", _set("spec.labeler.provider", "python"), "callable"),
     InvalidCase(
+        "information-term-on-a-pairwise-labeler",
+        _all(_set("spec.labeler.mode", "pairwise"), _set("spec.labeler.informationWeight", 4)),
+        "informationWeight",
+    ),
+    InvalidCase(
+        "negative-information-weight", _set("spec.labeler.informationWeight", -1), "informationWeight"
+    ),
+    InvalidCase(
         "rloo-with-one-sample",
         _all(_set("spec.rl.algorithm", "rloo"), _set("spec.rl.samplesPerPrompt", 1)),
         "samplesPerPrompt",

@@ -259,6 +259,18 @@ class LabelerSpec(ApiModel):
         max_length=MAX_LIST,
         description="Yes/no questions for pointwise mode, e.g. 'Is the summary faithful to the text?'. Required for pointwise.",
     )
+    information_weight: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description=(
+            "For provider hf in pointwise mode: add one term to the principles, this weight times the response's "
+            "information about its prompt under the labeler model, (log P(prompt | response) - log P(prompt)) "
+            "per prompt token, read as one more log-odds (in scores and preferences alike). It sees what small "
+            "labelers' yes/no answers miss (off-topic or invented content) and favours copying and length, "
+            "which the principles penalise. 0 turns it off. Default 0."
+        ),
+    )
     preamble: Text = Field(
         "base",
         min_length=1,
@@ -330,6 +342,12 @@ class LabelerSpec(ApiModel):
             message="labeler.callable is required when labeler.provider is python",
             field_path=".callable",
             check=lambda s: s.provider != "python" or s.callable is not None,
+        ),
+        CelRule(
+            rule="!has(self.informationWeight) || self.informationWeight == 0.0 || (self.provider == 'hf' && self.mode == 'pointwise')",
+            message="labeler.informationWeight needs labeler.provider hf and labeler.mode pointwise (it reads the labeler model's log-likelihood of the prompt)",
+            field_path=".informationWeight",
+            check=lambda s: s.information_weight == 0 or (s.provider == "hf" and s.mode == "pointwise"),
         ),
         CelRule(
             rule="self.mode != 'pointwise' || self.principles.size() > 0",

@@ -242,6 +242,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     lspec = spec.labeler
     if args.principle:
         lspec = lspec.model_copy(update={"principles": list(args.principle), "mode": "pointwise"})
+    if args.information_weight is not None:
+        if lspec.provider != "hf" or lspec.mode != "pointwise":
+            raise BadInputError("--information-weight needs an hf labeler in pointwise mode")
+        if not 0 <= args.information_weight <= 100:
+            raise BadInputError("--information-weight must be between 0 and 100 (labeler.informationWeight)")
+        lspec = lspec.model_copy(update={"information_weight": args.information_weight})
     path = args.pairs or spec.dataset.calibration_pairs
     if not path:
         raise BadInputError(f"{args.job}: no calibration pairs: set dataset.calibrationPairs or pass --pairs")
@@ -249,6 +255,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     report, records = calibration.calibrate(build_labeler(lspec), pairs)
     report["labeler"] = labeler_name(lspec)
     report["principles"] = list(lspec.principles) if lspec.mode == "pointwise" else None
+    report["information_weight"] = lspec.information_weight if lspec.mode == "pointwise" else None
     report["path"] = str(path)
     if args.out:
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -363,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="TEXT",
         help="a pointwise yes/no principle to use instead of the job's (repeat for several)",
+    )
+    p.add_argument(
+        "--information-weight",
+        type=float,
+        metavar="W",
+        help="labeler.informationWeight to use instead of the job's (hf, pointwise; 0 turns the term off)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", metavar="JSONL", help="also write one record per pair (labels, agreement) here")

@@ -42,6 +42,7 @@ def build_labeler(
                 principles=spec.principles,
                 preamble=spec.preamble,
                 batch_size=spec.batch_size,
+                information_weight=spec.information_weight,
             )
         return HFPairwiseLabeler(
             model,

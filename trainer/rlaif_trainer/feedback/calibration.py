@@ -108,7 +108,8 @@ def calibrate(
             by_flaw.setdefault(str(p["flaw"]), []).append(h)
     if by_flaw:
         report["alignment_by_flaw"] = {f: sum(v) / len(v) for f, v in sorted(by_flaw.items())}
-    principles = getattr(labeler, "principles", None)
+    # Each log-odds column alone: the principles, and the information term when the labeler has one.
+    principles = getattr(labeler, "term_names", None) or getattr(labeler, "principles", None)
     if mode == "pointwise" and principles and all("logodds_a" in r.details for r in results):
         from rlaif_trainer.feedback.base import sigmoid
 

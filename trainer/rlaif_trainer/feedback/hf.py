@@ -28,6 +28,7 @@ from typing import Any
 
 from rlaif_trainer.feedback import prompts as P
 from rlaif_trainer.feedback.base import InputTooLongError, PairwiseLabelerBase, PointwiseLabelerBase
+from rlaif_trainer.feedback.information import INFORMATION_TERM, PromptInformation
 from rlaif_trainer.feedback.prefix import PrefixScorer, single_token_id
 
 __all__ = ["HFPairwiseLabeler", "HFPointwiseLabeler"]
@@ -139,9 +140,18 @@ class HFPointwiseLabeler(PointwiseLabelerBase):
         batch_size: int = 8,
         use_prefix_cache: bool = True,
         use_chat_template: bool = True,
+        information_weight: float = 0.0,
     ) -> None:
         super().__init__(principles)
         self.ids = [single_token_id(tokenizer, "Yes"), single_token_id(tokenizer, "No")]
+        # One more log-odds column after the principles' (labeler.informationWeight; 0 = none): what
+        # the response tells about its prompt (rlaif_trainer.feedback.information).
+        self.information_weight = float(information_weight)
+        self.information = (
+            PromptInformation(model, tokenizer, batch_size=batch_size)
+            if self.information_weight > 0
+            else None
+        )
         self.fmt = P.ChatFormatter(tokenizer, use_chat_template=use_chat_template)
         self.head = P.pointwise_head(preamble)
         self.ending = "" if self.fmt.chat else "Answer="
@@ -162,4 +172,19 @@ class HFPointwiseLabeler(PointwiseLabelerBase):
         out = []
         for i in range(len(prompts)):
             out.append([lps[i * k + j][-1][0] - lps[i * k + j][-1][1] for j in range(k)])
+        if self.information is not None:
+            info = self.information(prompts, responses)
+            for row, x in zip(out, info, strict=True):
+                row.append(self.information_weight * x)
         return out
+
+    @property
+    def term_names(self) -> list[str]:
+        """What each log-odds column is: the principles, then the information term when it is on."""
+        return self.principles + ([INFORMATION_TERM] if self.information is not None else [])
+
+    def clear_cache(self) -> None:
+        """Forget cached prefixes and prompt baselines (after the weights this labeler sees change)."""
+        self.scorer.clear_cache()
+        if self.information is not None:
+            self.information.clear_cache()

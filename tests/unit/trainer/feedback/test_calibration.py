@@ -145,3 +145,24 @@ def test_calibrate_cli_without_pairs_is_bad_input(tmp_path: Path, capsys):
     )
     assert cli.main(["calibrate", str(path)]) == 65
     assert "calibrationPairs" in capsys.readouterr().err
+
+
+def test_calibrate_cli_information_weight_needs_an_hf_pointwise_labeler(tmp_path: Path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "metadata": {"name": "cal"},
+                "spec": {
+                    "policy": {"model": "m"},
+                    "dataset": {"prompts": "p.jsonl", "calibrationPairs": str(SHIPPED)},
+                    "labeler": {
+                        "provider": "python",
+                        "callable": "rlaif_trainer.feedback.rules:prefer_shorter",
+                    },
+                },
+            }
+        )
+    )
+    assert cli.main(["calibrate", str(path), "--information-weight", "2"]) == 65
+    assert "--information-weight" in capsys.readouterr().err
