@@ -126,7 +126,20 @@ def test_calibrate_cli_reports_on_the_shipped_pairs_with_a_rule_labeler(tmp_path
     assert len((tmp_path / "cal.jsonl").read_text().splitlines()) == report["pairs"]
 
 
-def test_calibrate_cli_without_pairs_is_bad_input(tmp_path: Path, capsys):
+@pytest.mark.parametrize(
+    ("dataset", "extra_args", "named"),
+    [
+        ({"prompts": "p.jsonl"}, [], "calibrationPairs"),
+        # The information term reads an hf model's log-likelihoods: a rule labeler has none.
+        (
+            {"prompts": "p.jsonl", "calibrationPairs": str(SHIPPED)},
+            ["--information-weight", "2"],
+            "--information-weight",
+        ),
+    ],
+    ids=["without-pairs", "information-weight-on-a-python-labeler"],
+)
+def test_calibrate_cli_bad_input_names_what_is_wrong(tmp_path: Path, capsys, dataset, extra_args, named):
     path = tmp_path / "job.yaml"
     path.write_text(
         json.dumps(
@@ -134,7 +147,7 @@ def test_calibrate_cli_without_pairs_is_bad_input(tmp_path: Path, capsys):
                 "metadata": {"name": "cal"},
                 "spec": {
                     "policy": {"model": "m"},
-                    "dataset": {"prompts": "p.jsonl"},
+                    "dataset": dataset,
                     "labeler": {
                         "provider": "python",
                         "callable": "rlaif_trainer.feedback.rules:prefer_shorter",
@@ -143,26 +156,5 @@ def test_calibrate_cli_without_pairs_is_bad_input(tmp_path: Path, capsys):
             }
         )
     )
-    assert cli.main(["calibrate", str(path)]) == 65
-    assert "calibrationPairs" in capsys.readouterr().err
-
-
-def test_calibrate_cli_information_weight_needs_an_hf_pointwise_labeler(tmp_path: Path, capsys):
-    path = tmp_path / "job.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "metadata": {"name": "cal"},
-                "spec": {
-                    "policy": {"model": "m"},
-                    "dataset": {"prompts": "p.jsonl", "calibrationPairs": str(SHIPPED)},
-                    "labeler": {
-                        "provider": "python",
-                        "callable": "rlaif_trainer.feedback.rules:prefer_shorter",
-                    },
-                },
-            }
-        )
-    )
-    assert cli.main(["calibrate", str(path), "--information-weight", "2"]) == 65
-    assert "--information-weight" in capsys.readouterr().err
+    assert cli.main(["calibrate", str(path), *extra_args]) == 65
+    assert named in capsys.readouterr().err
