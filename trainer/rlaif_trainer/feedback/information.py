@@ -42,36 +42,33 @@ class PromptInformation:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
-        self._baseline: dict[str, float] = {}
+        self._baseline: dict[str, tuple[float, int]] = {}  # prompt -> (log P(prompt), its tokens)
 
     def clear_cache(self) -> None:
         """Forget the per-prompt baselines (after the weights it sees change)."""
         self._baseline.clear()
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def prompt_logprob(self, contexts: Sequence[str], prompts: Sequence[str]) -> list[float]:
-        """``log P(prompt | context)`` summed over the prompt's tokens, per item."""
+    def prompt_logprob(self, contexts: Sequence[str], prompts: Sequence[str]) -> list[tuple[float, int]]:
+        """``(log P(prompt | context) summed over the prompt's tokens, the number of those tokens)``."""
         import torch
 
-        from rlaif_trainer.modeling.generation import response_logprobs
+        from rlaif_trainer.modeling.generation import response_logprobs, tokenize_prompts
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = next(self.model.parameters()).device
-        out: list[float] = []
+        out: list[tuple[float, int]] = []
         for s in range(0, len(prompts), self.batch_size):
-            ctx = [self._encode(c) for c in contexts[s : s + self.batch_size]]
-            tgt = [self._encode(p) for p in prompts[s : s + self.batch_size]]
-            c_len, t_len = max(map(len, ctx)), max(map(len, tgt))
             # The context left-padded and the prompt right-padded: the layout of a sampled batch.
-            q_ids = torch.tensor([[pad] * (c_len - len(c)) + c for c in ctx], device=device)
-            q_mask = torch.tensor([[0] * (c_len - len(c)) + [1] * len(c) for c in ctx], device=device)
-            r_ids = torch.tensor([t + [pad] * (t_len - len(t)) for t in tgt], device=device)
-            r_mask = torch.tensor([[1.0] * len(t) + [0.0] * (t_len - len(t)) for t in tgt], device=device)
+            q_ids, q_mask = tokenize_prompts(self.tokenizer, list(contexts[s : s + self.batch_size]), device)
+            tgt = [
+                self.tokenizer.encode(p, add_special_tokens=False) for p in prompts[s : s + self.batch_size]
+            ]
+            width = max(map(len, tgt))
+            r_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tgt], device=device)
+            r_mask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tgt], device=device)
             with torch.no_grad():
                 logp, _, _ = response_logprobs(self.model, q_ids, q_mask, r_ids, r_mask, temperature=1.0)
-            out.extend(float(x) for x in logp.sum(dim=1).tolist())
+            out.extend((float(x), len(t)) for x, t in zip(logp.sum(dim=1).tolist(), tgt, strict=True))
         return out
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
@@ -83,7 +80,4 @@ class PromptInformation:
             base = self.prompt_logprob([CONTEXT.format(response="")] * len(new), new)
             self._baseline.update(zip(new, base, strict=True))
         given = self.prompt_logprob([CONTEXT.format(response=r) for r in responses], prompts)
-        return [
-            (g - self._baseline[p]) / max(1, len(self._encode(p)))
-            for p, g in zip(prompts, given, strict=True)
-        ]
+        return [(g - self._baseline[p][0]) / max(1, n) for p, (g, n) in zip(prompts, given, strict=True)]
