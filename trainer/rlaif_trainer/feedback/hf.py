@@ -16,8 +16,9 @@ the same ids, so the two agree to float precision (checked by the tests within 1
 
 The cached keys/values assume fixed weights. A labeler that shares a model being trained (e.g. the
 policy's base weights under ``disable_adapter()`` during RL) stays valid as long as it is always
-called the same way; call ``clear_cache()`` (``labeler.scorer.clear_cache()``) after the weights
-it sees change.
+called the same way; after the weights it sees change, call ``labeler.scorer.clear_cache()``, or
+for a pointwise labeler ``labeler.clear_cache()``, which also forgets the information term's
+per-prompt baselines (:mod:`rlaif_trainer.feedback.information`).
 """
 
 from __future__ import annotations

@@ -75,6 +75,10 @@ def test_the_weighted_term_is_one_more_log_odds_column(tiny_model_and_tokenizer)
     pref = lab.preference(PROMPTS[:1], RESPONSES[:1], RESPONSES[1:2])[0]
     want = sum(torch.sigmoid(torch.tensor(a - b)).item() for a, b in zip(rows[0], rows[1], strict=True)) / 2
     assert pref.p_a == pytest.approx(want, abs=1e-5)
+    # The labeler's clear_cache forgets the term's baselines too (weights it reads have changed).
+    assert lab.information is not None and lab.information._baseline
+    lab.clear_cache()
+    assert not lab.information._baseline
 
 
 def test_calibration_reports_the_term_alone_beside_each_principle(tiny_model_and_tokenizer):
