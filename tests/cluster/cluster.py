@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -306,19 +307,29 @@ class Cluster:
         self.startup_seconds = time.monotonic() - t0
 
     def stop(self) -> None:
-        """Stop every component (reverse start order) and remove the temp dir."""
+        """Stop every component (the API server and etcd last) and remove the temp dir."""
         with self._lock:
             if self.node is not None:
                 with contextlib.suppress(Exception):
                     self.node.stop()  # drains its pods first, then kube-proxy, kubelet, containerd
                 self.node = None
-            for name in reversed(list(self.procs)):
-                with contextlib.suppress(Exception):
-                    self.procs[name].stop()
+            # The controllers (and kwok) stop together, so a loaded machine's teardown takes the
+            # slowest one's grace period rather than the sum of them all; the API server and then
+            # etcd go last, because the others' graceful shutdown still talks to them.
+            last = [name for name in ("kube-apiserver", "etcd") if name in self.procs]
+            first = [name for name in reversed(list(self.procs)) if name not in last]
+            with ThreadPoolExecutor(max_workers=max(len(first), 1)) as pool:
+                list(pool.map(self._stop_quietly, first))
+            for name in last:
+                self._stop_quietly(name)
             self.started = False
             _live.discard(self)
             if self.dir != Path() and not self.keep_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_quietly(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            self.procs[name].stop()
 
     # -- the API server alone (fault-tolerance tests) -----------------------------------
 

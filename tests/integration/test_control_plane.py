@@ -339,7 +339,9 @@ def test_up_command_stops_everything_on_ctrl_c(cluster: Cluster, tmp_path: Path)
     children = _descendants(proc.pid)
     assert len(children) >= 5, text
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 0
+    # Each component gets up to 10 s of grace, in three rounds (the controllers together, then the
+    # API server, then etcd): about 1 s on an idle machine, but a loaded CI box can use the rounds.
+    assert proc.wait(45) == 0
     assert not [p for p in children if _alive(p)]
     assert not Path(kubeconfig.group(1)).exists()  # temp dir removed
 
