@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rlaif_trainer.feedback.base import InputTooLongError
 from rlaif_trainer.feedback.hf import HFPointwiseLabeler
 from rlaif_trainer.feedback.information import CONTEXT, INFORMATION_TERM, PromptInformation
 
@@ -79,6 +80,18 @@ def test_the_weighted_term_is_one_more_log_odds_column(tiny_model_and_tokenizer)
     assert lab.information is not None and lab.information._baseline
     lab.clear_cache()
     assert not lab.information._baseline
+
+
+def test_a_response_too_long_for_the_labeler_is_named_before_the_term_runs(tiny_model_and_tokenizer):
+    # The term reads the prompt and the response in a shorter text than any principle's, so the
+    # principles' context check, which runs first, is the one that must catch an oversized item.
+    model, tok = tiny_model_and_tokenizer
+    lab = HFPointwiseLabeler(model, tok, principles=["Is the response a summary?"], information_weight=1.0)
+    too_long = "word " * lab.scorer.max_length
+    with pytest.raises(InputTooLongError) as err:
+        lab.logodds(PROMPTS[:2], ["A park.", too_long])
+    assert err.value.index == 1 and err.value.limit == lab.scorer.max_length
+    assert lab.information is not None and not lab.information._baseline
 
 
 def test_calibration_reports_the_term_alone_beside_each_principle(tiny_model_and_tokenizer):
