@@ -32,7 +32,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -317,15 +316,30 @@ class Cluster:
             # slowest one's grace period rather than the sum of them all; the API server and then
             # etcd go last, because the others' graceful shutdown still talks to them.
             last = [name for name in ("kube-apiserver", "etcd") if name in self.procs]
-            first = [name for name in reversed(list(self.procs)) if name not in last]
-            with ThreadPoolExecutor(max_workers=max(len(first), 1)) as pool:
-                list(pool.map(self._stop_quietly, first))
+            self._stop_together([name for name in reversed(list(self.procs)) if name not in last])
             for name in last:
                 self._stop_quietly(name)
             self.started = False
             _live.discard(self)
             if self.dir != Path() and not self.keep_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_together(self, names: list[str]) -> None:
+        # Plain threads, not an executor: stop() also runs from atexit, where concurrent.futures
+        # refuses new work ("cannot schedule new futures after interpreter shutdown").
+        threads = []
+        for name in names:
+            thread = threading.Thread(
+                target=self._stop_quietly, args=(name,), name=f"stop-{name}", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # no new threads this late in shutdown: stop it here instead
+                self._stop_quietly(name)
+                continue
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
 
     def _stop_quietly(self, name: str) -> None:
         with contextlib.suppress(Exception):

@@ -346,6 +346,26 @@ def test_up_command_stops_everything_on_ctrl_c(cluster: Cluster, tmp_path: Path)
     assert not Path(kubeconfig.group(1)).exists()  # temp dir removed
 
 
+def test_a_cluster_left_running_is_stopped_at_exit(cluster: Cluster) -> None:
+    # A script that never calls stop(): the atexit hook must stop it and remove its temp dir (the
+    # SIGKILL safety net below kills the components, but leaves the directory behind).
+    script = (
+        "from tests.cluster import Cluster\n"
+        "c = Cluster(nodes=1)\n"
+        "c.start()\n"
+        "print(c.dir)\n"
+        "print(' '.join(str(p.popen.pid) for p in c.procs.values() if p.popen))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    workdir, pids = proc.stdout.splitlines()[-2:]
+    assert len(pids.split()) >= 5, proc.stdout
+    assert not Path(workdir).exists()
+    assert not [pid for pid in map(int, pids.split()) if _alive(pid)]
+
+
 def test_components_die_with_a_sigkilled_parent(cluster: Cluster, tmp_path: Path) -> None:
     proc, lines = _start_up_command(tmp_path)
     children = _descendants(proc.pid)
