@@ -343,9 +343,14 @@ def test_up_command_stops_everything_on_ctrl_c(cluster: Cluster, tmp_path: Path)
     children = _descendants(proc.pid)
     assert len(children) >= 5, text
     proc.send_signal(signal.SIGINT)
-    # Each component gets up to 10 s of grace, in three rounds (the controllers together, then the
-    # API server, then etcd): about 1.3 s on an idle machine, but a loaded CI box can use the rounds.
-    assert proc.wait(45) == 0
+    try:
+        # Each component gets up to 10 s of grace, in three rounds (the controllers together, then
+        # the API server, then etcd): about 1.3 s idle, but a loaded CI box can use the rounds.
+        assert proc.wait(45) == 0
+    finally:
+        if proc.poll() is None:  # failed: do not leave a control plane running after the test
+            proc.kill()  # its components die with it (PR_SET_PDEATHSIG)
+            proc.wait(10)
     assert not [p for p in children if _alive(p)]
     assert not Path(kubeconfig.group(1)).exists()  # temp dir removed
 
